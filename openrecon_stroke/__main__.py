@@ -1,0 +1,3 @@
+from openrecon_stroke.cli import main
+
+raise SystemExit(main())

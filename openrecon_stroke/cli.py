@@ -1,0 +1,79 @@
+"""``openrecon-stroke serve`` (the MRD server) and ``openrecon-stroke process`` (offline run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import APP_NAME, __version__
+
+
+def _serve(args) -> int:
+    from .protocol import Limits
+    from .server import MrdServer, ServerSettings
+
+    settings = ServerSettings(
+        limits=Limits(max_image=int(args.max_image_mb * 2**20)),
+        idle_timeout_s=args.timeout,
+        max_parallel=args.max_parallel,
+        save_dir=Path(args.save_data) if args.save_data else None,
+    )
+    if settings.save_dir:
+        settings.save_dir.mkdir(parents=True, exist_ok=True)
+    server = MrdServer((args.host, args.port), settings)
+    logging.getLogger(APP_NAME).info("%s %s listening on %s:%d", APP_NAME, __version__, args.host, server.port)
+    print(f"{APP_NAME} {__version__} listening on {args.host}:{server.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _process(args) -> int:
+    from .offline import process
+
+    from .params import parse_cli_params
+
+    if not args.t1 and not args.flair:
+        print("error: give at least one of --t1 PATH and --flair PATH", file=sys.stderr)
+        return 2
+    report = process(t1=args.t1, flair=args.flair, out_dir=Path(args.out), raw_params=parse_cli_params(args.param))
+    print(json.dumps({k: report[k] for k in ("findings", "timings_s", "warnings")}, indent=1))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog=APP_NAME, description="Inline stroke MRI analysis for OpenRecon (MRD server).")
+    p.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="run the MRD server (what the scanner talks to)")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=9002)
+    s.add_argument("--save-data", metavar="DIR", help="save every incoming stream as an ISMRMRD file in DIR")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds of silence before a connection is dropped")
+    s.add_argument("--max-parallel", type=int, default=2, help="studies processed at the same time")
+    s.add_argument("--max-image-mb", type=float, default=2048, help="largest single image accepted (MiB)")
+    q = sub.add_parser("process", help="run the same pipeline offline on files")
+    q.add_argument("--t1", help="T1-weighted input: NIfTI, DICOM folder or ISMRMRD file")
+    q.add_argument("--flair", help="FLAIR input: NIfTI, DICOM folder or ISMRMRD file")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = p.parse_args(["serve"] + (argv or sys.argv[1:]))
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _process(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,215 @@
+"""ISMRMRD HDF5 files: what the simulator writes, the server saves (``--save-data``) and replay sends.
+
+Layout (the ``ismrmrd`` package's ``Dataset``): group ``dataset`` with ``xml`` (the MRD header),
+``data`` (raw acquisitions, if any) and one group ``image_<series index>`` per image series.
+Two optional attributes on ``dataset`` record how the stream was sent, so that a saved stream
+replays as it arrived: ``openrecon_config`` (the config name) and ``openrecon_parameters``
+(the JSON text of UI parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import ismrmrd
+import numpy as np
+from ismrmrd.xsd import CreateFromDocument
+
+from .geometry import Volume
+
+DATASET = "dataset"
+
+
+@dataclass
+class MrdStream:
+    """Everything one connection carries, in order of arrival."""
+
+    header_xml: str = ""
+    images: list = field(default_factory=list)  # ismrmrd.Image
+    acquisitions: list = field(default_factory=list)  # ismrmrd.Acquisition
+    config: str | None = None
+    parameters: dict | None = None
+
+
+def volume_to_images(volume: Volume, series_index: int, *, as_3d: bool = False,
+                     meta: dict | None = None, dtype=np.uint16) -> list[ismrmrd.Image]:
+    """MRD images of a volume on its own grid: one per slice (default) or a single 3D image.
+
+    Data is cast to ``dtype`` (uint16 magnitude, as scanners send DICOM-like images; values
+    are rounded and clipped to the dtype's range).
+    """
+    data = volume.data
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        data = np.clip(np.rint(data), info.min, info.max)
+    data = data.astype(dtype)
+    heads = [volume.grid.volume_header()] if as_3d else volume.mrd_headers()
+    out = []
+    for k, h in enumerate(heads):
+        arr = data if as_3d else data[k:k + 1]
+        img = ismrmrd.Image.from_array(arr)
+        h.data_type = img.data_type
+        h.image_series_index = series_index
+        h.image_index = k + 1
+        img.setHead(h)
+        img.data[:] = arr[None]
+        m = ismrmrd.Meta()
+        for key, v in (meta or {}).items():
+            m[key] = v
+        img.meta = m
+        out.append(img)
+    return out
+
+
+def write(path: str | Path, stream: MrdStream) -> Path:
+    """Write a stream to an ISMRMRD HDF5 file (overwrites)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    ds = ismrmrd.Dataset(str(path), DATASET, create_if_needed=True)
+    try:
+        if stream.header_xml:
+            ds.write_xml_header(stream.header_xml.encode("utf-8"))
+        for acq in stream.acquisitions:
+            ds.append_acquisition(acq)
+        for img in stream.images:
+            ds.append_image(f"image_{int(img.image_series_index)}", img)
+        grp = ds._file.require_group(DATASET)
+        if stream.config is not None:
+            grp.attrs["openrecon_config"] = stream.config
+        if stream.parameters is not None:
+            grp.attrs["openrecon_parameters"] = json.dumps(stream.parameters)
+    finally:
+        ds.close()
+    return path
+
+
+class StreamFileWriter:
+    """Appends a stream to an ISMRMRD file as it arrives (``--save-data``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ds = ismrmrd.Dataset(str(self.path), DATASET, create_if_needed=True)
+        self.ds._file.require_group(DATASET)
+
+    def config(self, name: str):
+        self.ds._file[DATASET].attrs["openrecon_config"] = name
+
+    def parameters(self, params: dict):
+        self.ds._file[DATASET].attrs["openrecon_parameters"] = json.dumps(params)
+
+    def header(self, xml: str):
+        self.ds.write_xml_header(xml.encode("utf-8"))
+
+    def image(self, img):
+        self.ds.append_image(f"image_{int(img.image_series_index)}", img)
+
+    def acquisition(self, acq):
+        self.ds.append_acquisition(acq)
+
+    def close(self):
+        self.ds.close()
+
+
+def _series_key(name: str) -> tuple:
+    m = re.search(r"(\d+)$", name)
+    return (int(m.group(1)) if m else 1 << 30, name)
+
+
+def read(path: str | Path) -> MrdStream:
+    """Read an ISMRMRD HDF5 file into a :class:`MrdStream` (images in series order)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            if DATASET not in f:
+                raise ValueError(f"{path}: not an ISMRMRD file (no '{DATASET}' group)")
+            keys = list(f[DATASET].keys())
+            attrs = dict(f[DATASET].attrs)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    s = MrdStream()
+    ds = ismrmrd.Dataset(str(path), DATASET, create_if_needed=False, mode="r")
+    try:
+        if "xml" in keys:
+            x = ds.read_xml_header()
+            s.header_xml = x.decode("utf-8") if isinstance(x, bytes) else str(x)
+            s.header_xml = s.header_xml.rstrip("\x00")
+        if "data" in keys:
+            s.acquisitions = [ds.read_acquisition(i) for i in range(ds.number_of_acquisitions())]
+        for g in sorted((k for k in keys if k not in ("xml", "data", "waveforms")), key=_series_key):
+            if "header" in ds._file[DATASET][g]:
+                s.images += [ds.read_image(g, i) for i in range(ds.number_of_images(g))]
+    finally:
+        ds.close()
+    if "openrecon_config" in attrs:
+        c = attrs["openrecon_config"]
+        s.config = c.decode() if isinstance(c, bytes) else str(c)
+    if "openrecon_parameters" in attrs:
+        p = attrs["openrecon_parameters"]
+        s.parameters = json.loads(p.decode() if isinstance(p, bytes) else p)
+    return s
+
+
+def parse_header(xml: str):
+    """Parse MRD header XML (trailing NULs tolerated). Raises ValueError with the reason."""
+    try:
+        return CreateFromDocument(xml.rstrip("\x00").strip())
+    except Exception as e:
+        raise ValueError(f"the MRD XML header could not be parsed ({type(e).__name__}: {e})") from None
+
+
+def make_header_xml(*, protocol_name: str, series_description: str = "", patient_id: str = "PHANTOM",
+                    patient_name: str = "Phantom^Synthetic", study_uid: str = "",
+                    frame_of_reference_uid: str = "", matrix=(256, 256, 1), fov_mm=(256.0, 256.0, 5.0),
+                    encoded_matrix=None, encoded_fov_mm=None, ti_ms: float | None = None,
+                    tr_ms: float | None = None, te_ms: float | None = None,
+                    field_strength_t: float = 3.0, slices: int = 1, ky_max: int | None = None,
+                    kz_max: int | None = None) -> str:
+    """A minimal, schema-valid MRD header XML for a synthetic or converted series."""
+    from ismrmrd import xsd
+
+    hdr = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(
+        H1resonanceFrequency_Hz=int(42.576e6 * field_strength_t)))
+    hdr.subjectInformation = xsd.subjectInformationType(patientName=patient_name, patientID=patient_id)
+    hdr.studyInformation = xsd.studyInformationType(studyInstanceUID=study_uid or None)
+    hdr.measurementInformation = xsd.measurementInformationType(
+        protocolName=protocol_name, seriesDescription=series_description or protocol_name,
+        frameOfReferenceUID=frame_of_reference_uid or None,
+        patientPosition=xsd.patientPositionType.HFS)
+    hdr.acquisitionSystemInformation = xsd.acquisitionSystemInformationType(
+        systemVendor="SIEMENS", systemModel="openrecon-stroke simulator",
+        systemFieldStrength_T=field_strength_t)
+    em = encoded_matrix or matrix
+    ef = encoded_fov_mm or fov_mm
+    ky = (ky_max if ky_max is not None else int(em[1]) - 1)
+    kz = (kz_max if kz_max is not None else int(em[2]) - 1)
+    enc = xsd.encodingType(
+        encodedSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=int(em[0]), y=int(em[1]), z=int(em[2])),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(ef[0]), y=float(ef[1]), z=float(ef[2]))),
+        reconSpace=xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2])),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(fov_mm[0]), y=float(fov_mm[1]), z=float(fov_mm[2]))),
+        trajectory=xsd.trajectoryType.CARTESIAN,
+        encodingLimits=xsd.encodingLimitsType(
+            kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=ky, center=(ky + 1) // 2),
+            kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=kz, center=(kz + 1) // 2),
+            slice=xsd.limitType(minimum=0, maximum=max(slices - 1, 0), center=0)))
+    hdr.encoding.append(enc)
+    sp = xsd.sequenceParametersType()
+    if tr_ms is not None:
+        sp.TR = [float(tr_ms)]
+    if te_ms is not None:
+        sp.TE = [float(te_ms)]
+    if ti_ms is not None:
+        sp.TI = [float(ti_ms)]
+    hdr.sequenceParameters = sp
+    return hdr.toXML("utf-8")

@@ -1,0 +1,58 @@
+"""``process``: the very same pipeline as the server, on files, writing NIfTI and report.json.
+
+Each derived series is written on the grid of the input it derives from (NIfTI is RAS on disk;
+SimpleITK converts from our LPS grids). With both contrasts the files get a ``_t1`` /
+``_flair`` suffix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .outputs import report_dict
+from .params import coerce
+from .pipeline import build_pipeline, resolve_pipeline_name
+from .study import Study
+
+log = logging.getLogger(__name__)
+
+
+def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None) -> dict:
+    from .inputs import load_volume
+
+    params = coerce(raw_params)
+    for w in params.warnings:
+        log.warning(w)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = Study(inputs={}, params=params)
+    t0 = time.perf_counter()
+    for key, path in (("t1", t1), ("flair", flair)):
+        if path:
+            study.inputs[key] = load_volume(path)
+    study.timings_s["load"] = time.perf_counter() - t0
+    name, _ = resolve_pipeline_name(params["config"])
+    build_pipeline(name).run(study)
+    both = len(study.inputs) > 1
+    for d in study.derived:
+        grid = study.inputs[d.reference].grid
+        arr = d.data
+        if d.kind == "mask":
+            arr = arr.astype(np.uint8)
+        elif d.kind in ("map", "image"):
+            arr = arr.astype(np.float32)
+        img = grid.to_sitk(arr)
+        fname = f"{d.name}_{d.reference}.nii.gz" if both else f"{d.name}.nii.gz"
+        sitk.WriteImage(img, str(out_dir / fname), useCompression=True)
+        log.info("wrote %s", out_dir / fname)
+    for w in params.warnings:
+        study.warnings.insert(0, w)
+    report = report_dict(study, name)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return report

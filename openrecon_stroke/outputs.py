@@ -1,0 +1,119 @@
+"""Derived series -> MRD images the scanner accepts, and the text report.
+
+Every derived image reuses the exact geometry header of the input image it derives from
+(position, directions, field of view, slice), gets its own ``image_series_index``, a series
+name suffix and fresh meta (never the input's series identity), integer display windows only.
+"""
+
+from __future__ import annotations
+
+import ismrmrd
+import numpy as np
+
+from . import APP_NAME, __version__
+from .geometry import Volume
+from .study import DerivedSeries, Study
+
+HISTORY = ["OPENRECON", APP_NAME.upper()]
+#: Float maps go out as uint16 after multiplying by this factor (windows are integers).
+MAP_SCALE = 1000.0
+
+
+def _meta(series: DerivedSeries, volume: Volume, header, is_3d: bool) -> ismrmrd.Meta:
+    m = ismrmrd.Meta()
+    m["DataRole"] = "Segmentation" if series.kind == "mask" else "Image"
+    m["ImageProcessingHistory"] = list(HISTORY)
+    m["SequenceDescriptionAdditional"] = series.description
+    base = volume.description or "series"
+    m["SeriesDescription"] = f"{base}_{series.description}"
+    m["ImageComments"] = series.comment or series.description
+    m["Keep_image_geometry"] = 0 if is_3d else 1
+    m["ImageRowDir"] = [f"{v:.9f}" for v in header.read_dir]
+    m["ImageColumnDir"] = [f"{v:.9f}" for v in header.phase_dir]
+    if series.kind == "mask":
+        top = int(max(1, np.max(series.data)))
+        m["WindowCenter"], m["WindowWidth"] = str((top + 1) // 2), str(max(top, 1))
+    elif series.kind == "map" and series.window is not None:
+        c, w = series.window
+        m["WindowCenter"], m["WindowWidth"] = str(int(round(c * MAP_SCALE))), str(max(1, int(round(w * MAP_SCALE))))
+    elif series.kind == "rgb":
+        m["InternalSend"] = 1
+    return m
+
+
+def _as_wire(series: DerivedSeries) -> tuple[np.ndarray, int]:
+    """Array ``(channels, nz, ny, nx)`` and MRD image_type for a derived series."""
+    d = series.data
+    if series.kind == "rgb":
+        return np.moveaxis(d.astype(np.uint16), -1, 0), ismrmrd.IMTYPE_RGB
+    if series.kind == "map":
+        d = np.clip(np.rint(np.nan_to_num(d) * MAP_SCALE), 0, 65535)
+    elif series.kind == "image":
+        d = np.clip(np.rint(np.nan_to_num(d)), 0, 65535)
+    return d.astype(np.uint16)[None], ismrmrd.IMTYPE_MAGNITUDE
+
+
+def derived_images(series: DerivedSeries, volume: Volume, series_index: int) -> list[ismrmrd.Image]:
+    """MRD images of one derived series on ``volume``'s exact input geometry."""
+    arr, image_type = _as_wire(series)
+    heads = volume.mrd_headers()
+    is_3d = volume.is_3d
+    out = []
+    for k, h in enumerate(heads):
+        part = arr if is_3d else arr[:, k:k + 1]
+        img = ismrmrd.Image(head=h, data=np.ascontiguousarray(part))
+        hh = img.getHead()
+        hh.image_series_index = series_index
+        hh.image_index = k + 1
+        hh.image_type = image_type
+        img.setHead(hh)
+        img.meta = _meta(series, volume, h, is_3d)
+        out.append(img)
+    return out
+
+
+def original_images(images: list[ismrmrd.Image]) -> list[ismrmrd.Image]:
+    """The input images, unchanged (the scanner loses what the plugin does not return)."""
+    return images
+
+
+def report_text(study: Study, pipeline_name: str) -> str:
+    """One human-readable summary for the scanner log (an MRD TEXT message)."""
+    lines = [f"{APP_NAME} {__version__} report (pipeline '{pipeline_name}', RESEARCH USE ONLY)"]
+    for key, vol in study.inputs.items():
+        g = vol.grid
+        lines.append(
+            f"input {key}: {g.shape[2]}x{g.shape[1]}x{g.shape[0]} voxels, "
+            f"{g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm"
+        )
+    for k, v in study.findings.items():
+        lines.append(f"{k}: {v}")
+    for name, t in study.timings_s.items():
+        lines.append(f"time {name}: {t:.2f} s ({study.stage_status.get(name, '?')})")
+    for w in study.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def report_dict(study: Study, pipeline_name: str) -> dict:
+    """The report as JSON-ready data (offline ``report.json``)."""
+    return {
+        "app": APP_NAME,
+        "version": __version__,
+        "pipeline": pipeline_name,
+        "research_use_only": True,
+        "inputs": {
+            k: {
+                "shape_xyz": [v.grid.shape[2], v.grid.shape[1], v.grid.shape[0]],
+                "spacing_mm": list(v.grid.spacing),
+                "description": v.description,
+            }
+            for k, v in study.inputs.items()
+        },
+        "parameters": study.params.as_dict(),
+        "findings": study.findings,
+        "timings_s": {k: round(v, 4) for k, v in study.timings_s.items()},
+        "stage_status": study.stage_status,
+        "warnings": study.warnings,
+        "derived": [{"name": d.name, "reference": d.reference, "kind": d.kind} for d in study.derived],
+    }

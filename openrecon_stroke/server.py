@@ -1,0 +1,316 @@
+"""The MRD server: one thread per connection, each connection isolated.
+
+Data path of one connection (read top to bottom):
+
+1. :meth:`Connection.receive` reads config, XML header, UI parameters, images / raw readouts
+   until CLOSE (bounded sizes, idle timeout), optionally saving the stream to a file.
+2. :meth:`Connection.respond` reconstructs raw data, sends the originals back first, assembles
+   volumes, runs the selected pipeline, sends derived series and a text report, then CLOSE.
+
+Errors never escape a connection: each becomes an MRD TEXT message and a log line, the
+originals received so far still go back, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from . import APP_NAME
+from .geometry import GeometryError, assemble_series, group_series
+from .kspace import reconstruct
+from .mrdfile import StreamFileWriter, parse_header
+from .outputs import derived_images, original_images, report_text
+from .params import coerce, parse_parameter_text
+from .pipeline import build_pipeline, resolve_pipeline_name
+from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
+from .study import Study, detect_contrast
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    limits: Limits = Limits()
+    #: Seconds without a byte from the scanner before the connection is given up.
+    idle_timeout_s: float = 600.0
+    #: Connections processed at once (each pipeline run needs memory); others wait.
+    max_parallel: int = 2
+    save_dir: Path | None = None
+
+
+@dataclass
+class Incoming:
+    """What one connection delivered."""
+
+    config: str | None = None
+    header_xml: str | None = None
+    header: object = None
+    raw_params: dict | None = None
+    images: list = field(default_factory=list)
+    acquisitions: list = field(default_factory=list)
+    texts: list = field(default_factory=list)
+    waveforms: int = 0
+    error: str | None = None  # why reading stopped early, if it did
+    closed_cleanly: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.images and not self.acquisitions
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, peer, settings: ServerSettings, gate: threading.Semaphore,
+                 stats: collections.deque | None = None):
+        self.id = next(_ids)
+        self.phases_s: dict[str, float] = {}
+        self.stats = stats
+        self.sock = sock
+        self.peer = peer
+        self.settings = settings
+        self.gate = gate
+        self.log = logging.LoggerAdapter(log, {"conn": self.id})
+        self.writer = MessageWriter(sock)
+        self.saver: StreamFileWriter | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def info(self, msg, *args):
+        self.log.info(f"[conn {self.id}] " + msg, *args)
+
+    def tell(self, level: str, text: str):
+        """A TEXT message to the scanner and the same line in the log."""
+        getattr(self.log, level.lower() if level != "ERROR" else "error")(f"[conn {self.id}] {text}")
+        try:
+            self.writer.text(f"{APP_NAME} {level}: {text}")
+        except OSError:
+            pass
+
+    # -- 1. receive ------------------------------------------------------------------------
+    def receive(self) -> Incoming:
+        inc = Incoming()
+        self.sock.settimeout(self.settings.idle_timeout_s)
+        reader = MessageReader(SocketReader(self.sock), self.settings.limits)
+        try:
+            while True:
+                msg = reader.next()
+                if msg.id == MessageId.CLOSE:
+                    inc.closed_cleanly = True
+                    break
+                self._take(msg, inc)
+        except StreamClosed as e:
+            if not (inc.empty and inc.config is None and inc.header_xml is None and "without a CLOSE" in str(e)):
+                inc.error = str(e)
+        except ProtocolError as e:
+            inc.error = str(e)
+        except OSError as e:
+            inc.error = f"connection error: {e}"
+        return inc
+
+    def _take(self, msg, inc: Incoming):
+        mid = msg.id
+        if mid in (MessageId.CONFIG_FILE, MessageId.CONFIG_TEXT):
+            inc.config = msg.value
+            self.info("config %r", msg.value if len(msg.value) < 80 else msg.value[:80] + "...")
+            if self.saver:
+                self.saver.config(msg.value)
+        elif mid == MessageId.HEADER:
+            inc.header_xml = msg.value
+            try:
+                inc.header = parse_header(msg.value)
+            except ValueError as e:
+                self.tell("WARNING", f"{e}; continuing without it (contrast detection and raw "
+                                     "reconstruction need it)")
+            if self.saver:
+                self.saver.header(msg.value)
+        elif mid == MessageId.TEXT:
+            try:
+                p = parse_parameter_text(msg.value)
+            except ValueError as e:
+                self.tell("WARNING", f"{e}; using default parameters")
+                p = None
+            if p is not None:
+                inc.raw_params = p
+                if self.saver:
+                    self.saver.parameters(p)
+            else:
+                inc.texts.append(msg.value)
+        elif mid == MessageId.IMAGE:
+            inc.images.append(msg.value)
+            if self.saver:
+                self.saver.image(msg.value)
+        elif mid == MessageId.ACQUISITION:
+            inc.acquisitions.append(msg.value)
+            if self.saver:
+                self.saver.acquisition(msg.value)
+        elif mid == MessageId.WAVEFORM:
+            inc.waveforms += 1
+
+    # -- 2. respond ------------------------------------------------------------------------
+    def respond(self, inc: Incoming):
+        params = coerce(inc.raw_params)
+        for w in params.warnings:
+            self.tell("WARNING", w)
+        name, warn = resolve_pipeline_name(inc.config)
+        if warn and inc.raw_params and "config" in inc.raw_params and not any(
+                "'config'" in w for w in params.warnings):
+            name, warn = params["config"], None  # the UI's own choice names a known pipeline
+        if warn:
+            self.tell("WARNING", warn)
+
+        images = list(inc.images)
+        if inc.acquisitions:
+            try:
+                with self.phase("reconstruct"):
+                    images += reconstruct(inc.acquisitions, inc.header,
+                                          series_index=1 + max([int(i.image_series_index) for i in images] or [0]))
+            except Exception as e:
+                self.tell("ERROR", f"raw data could not be reconstructed: {e}")
+
+        if params["sendoriginal"]:
+            with self.phase("send_originals"):
+                for img in original_images(images):
+                    self.writer.image(img)
+        if inc.error:
+            self.tell("ERROR", f"the stream from the scanner ended early: {inc.error}. "
+                               f"{len(images)} image(s) received were "
+                               f"{'returned unchanged' if params['sendoriginal'] else 'kept'}; no analysis was run")
+            return
+        if not images:
+            self.tell("WARNING", "no images or raw data arrived; nothing to process")
+            return
+
+        study = Study(inputs={}, params=params)
+        t_assemble = time.perf_counter()
+        for sidx, series in group_series(images).items():
+            desc = ""
+            if inc.header is not None and inc.header.measurementInformation is not None:
+                desc = inc.header.measurementInformation.protocolName or ""
+            try:
+                vol = assemble_series(series, description=desc or f"series{sidx}")
+            except GeometryError as e:
+                self.tell("ERROR", f"series {sidx} skipped: {e}")
+                continue
+            contrast, why = detect_contrast(inc.header, params["contrast"], desc)
+            if contrast is None:
+                contrast = "t1"
+                study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
+                                      "Set 'Input contrast' in the UI if this is wrong")
+            if contrast in study.inputs:
+                self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
+                continue
+            self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
+            study.inputs[contrast] = vol
+        self.phases_s["assemble"] = time.perf_counter() - t_assemble
+        if not study.inputs:
+            return
+
+        pipeline = build_pipeline(name)
+        with self.gate, self.phase("pipeline"):
+            pipeline.run(study)
+
+        next_index = 1 + max(int(i.image_series_index) for i in images)
+        with self.phase("send_derived"):
+            for d in study.derived:
+                if d.send_param and not params[d.send_param]:
+                    continue
+                for img in derived_images(d, study.inputs[d.reference], next_index):
+                    self.writer.image(img)
+                next_index += 1
+        for w in study.warnings:
+            self.tell("WARNING", w)
+        self.writer.text(report_text(study, name))
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases_s[name] = self.phases_s.get(name, 0.0) + time.perf_counter() - t0
+
+    # -- whole connection --------------------------------------------------------------------
+    def handle(self):
+        t0 = time.perf_counter()
+        self.info("connection from %s", self.peer)
+        if self.settings.save_dir is not None:
+            stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+            self.saver = StreamFileWriter(Path(self.settings.save_dir) / f"stream_{stamp}_{self.id}.h5")
+        try:
+            with self.phase("receive"):
+                inc = self.receive()
+            if self.saver:
+                self.saver.close()
+                self.info("stream saved to %s", self.saver.path)
+                self.saver = None
+            if inc.empty and not inc.error:
+                self.info("no data (liveness probe or empty study); closing")
+            else:
+                self.info("received %d image(s), %d readout(s), %d waveform(s)%s",
+                          len(inc.images), len(inc.acquisitions), inc.waveforms,
+                          f"; stopped early: {inc.error}" if inc.error else "")
+                if inc.error and inc.empty:
+                    self.tell("ERROR", f"the stream from the scanner could not be read: {inc.error}")
+                else:
+                    self.respond(inc)
+            self.writer.close()
+        except OSError as e:
+            self.log.warning("[conn %d] the scanner went away while we were answering (%s)", self.id, e)
+        except Exception as e:  # never let one connection take the server down
+            self.log.exception("[conn %d] internal error", self.id)
+            try:
+                self.tell("ERROR", f"internal error: {type(e).__name__}: {e}. Please report it with the server log")
+                self.writer.close()
+            except OSError:
+                pass
+        finally:
+            if self.saver:
+                self.saver.close()
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.phases_s["total"] = time.perf_counter() - t0
+            self.info("closed after %.2f s, %d image(s) sent; phases (s): %s", self.phases_s["total"],
+                      self.writer.sent_images, {k: round(v, 3) for k, v in self.phases_s.items()})
+            if self.stats is not None:
+                self.stats.append(dict(self.phases_s))
+
+
+class MrdServer(socketserver.ThreadingTCPServer):
+    """``MrdServer((host, port), settings).serve_forever()``; port 0 picks a free port."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, address, settings: ServerSettings = ServerSettings()):
+        self.settings = settings
+        self.gate = threading.Semaphore(settings.max_parallel)
+        #: phase timings (s) of the most recent connections, newest last (for benchmarks)
+        self.stats: collections.deque = collections.deque(maxlen=64)
+        super().__init__(address, _Handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start_background(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="mrd-server", daemon=True)
+        t.start()
+        return t
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        Connection(self.request, self.client_address, self.server.settings, self.server.gate,
+                   self.server.stats).handle()

@@ -1,0 +1,113 @@
+"""What the pipeline works on: the input volumes of a study, keyed by contrast, and what the
+stages derive from them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import GeometryError, Volume
+from .params import Params, defaults
+
+CONTRASTS = ("t1", "flair")
+
+#: Kinds of derived series and how they go back to the scanner.
+#: mask: integer labels (0 background); map: float values with a fixed display window;
+#: image: float image in the input's intensity range; rgb: (nz, ny, nx, 3) uint8.
+DERIVED_KINDS = ("mask", "map", "image", "rgb")
+
+
+@dataclass
+class DerivedSeries:
+    """A volume computed by a stage, on the grid of one input volume.
+
+    Attributes:
+        name: file-system-safe identifier, e.g. ``head_mask`` (also the NIfTI file stem).
+        reference: key of the input volume whose grid (and MRD geometry) it shares.
+        data: ``(nz, ny, nx)`` array (``(nz, ny, nx, 3)`` uint8 for rgb).
+        kind: one of :data:`DERIVED_KINDS`.
+        description: series name suffix shown on the scanner (``SequenceDescriptionAdditional``).
+        window: (centre, width) display window in the data's units, for kind ``map``.
+        comment: free text for ``ImageComments``.
+        send_param: id of the boolean UI parameter that switches this series on the scanner.
+    """
+
+    name: str
+    reference: str
+    data: np.ndarray
+    kind: str
+    description: str
+    window: tuple[float, float] | None = None
+    comment: str = ""
+    send_param: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in DERIVED_KINDS:
+            raise ValueError(f"derived series {self.name}: unknown kind {self.kind}")
+        if not re.fullmatch(r"[a-z0-9_]+", self.name):
+            raise ValueError(f"derived series name {self.name!r} must be lower-case letters, digits, _")
+
+
+@dataclass
+class Study:
+    """Inputs, parameters and accumulated results of one run of a pipeline."""
+
+    inputs: dict[str, Volume]
+    params: Params = field(default_factory=defaults)
+    derived: list[DerivedSeries] = field(default_factory=list)
+    findings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    stage_status: dict[str, str] = field(default_factory=dict)
+
+    def add(self, series: DerivedSeries):
+        ref = self.inputs.get(series.reference)
+        if ref is None:
+            raise GeometryError(f"derived series {series.name} refers to missing input {series.reference}")
+        want = ref.grid.shape + ((3,) if series.kind == "rgb" else ())
+        if tuple(series.data.shape) != want:
+            raise GeometryError(
+                f"derived series {series.name} has shape {series.data.shape}, input grid is {want}"
+            )
+        self.derived.append(series)
+
+    def get(self, name: str, reference: str) -> DerivedSeries | None:
+        for d in self.derived:
+            if d.name == name and d.reference == reference:
+                return d
+        return None
+
+
+_FLAIR_WORDS = re.compile(r"flair|tirm|dark[-_ ]?fluid|darkfluid", re.I)
+_T1_WORDS = re.compile(r"t1|mprage|mp2rage|tfl|spgr|bravo|tfe", re.I)
+
+
+def detect_contrast(header, requested: str = "auto", description: str = "") -> tuple[str | None, str]:
+    """Contrast of a series: ``"t1"``, ``"flair"`` or None (unknown), and how it was decided.
+
+    ``requested`` (the UI parameter) wins unless it is ``auto``; otherwise the inversion time
+    (FLAIR: TI >= 1500 ms) and then the protocol/series name decide.
+    """
+    if requested in CONTRASTS:
+        return requested, "set by the Input contrast parameter"
+    names = [description]
+    ti = None
+    if header is not None:
+        mi = getattr(header, "measurementInformation", None)
+        if mi is not None:
+            names += [mi.protocolName or "", mi.seriesDescription or ""]
+        sp = getattr(header, "sequenceParameters", None)
+        if sp is not None and sp.TI:
+            ti = float(sp.TI[0])
+    text = " ".join(dict.fromkeys(n for n in names if n))
+    if ti is not None and ti >= 1500:
+        return "flair", f"inversion time {ti:.0f} ms"
+    if _FLAIR_WORDS.search(text):
+        return "flair", f"protocol name '{text.strip()}'"
+    if _T1_WORDS.search(text):
+        return "t1", f"protocol name '{text.strip()}'"
+    if ti is not None and 300 <= ti <= 1400:
+        return "t1", f"inversion time {ti:.0f} ms"
+    return None, "neither the protocol name nor the inversion time identify it"

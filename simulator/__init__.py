@@ -1,0 +1,2 @@
+"""The scanner simulator: synthetic studies (``phantom``), replay over MRD (``replay``) and
+conversion of users' own DICOM/NIfTI studies to ISMRMRD (``convert``)."""
