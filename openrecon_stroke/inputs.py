@@ -425,49 +425,13 @@ def _load_itk(p: Path) -> Volume:
 # ISMRMRD
 # --------------------------------------------------------------------------------------------
 def _info_from_mrd_header(xml: str) -> dict:
-    info: dict = {}
     if not xml:
-        return info
+        return {}
     try:
-        hdr = mrdfile.parse_header(xml)
+        return mrdfile.header_info(mrdfile.parse_header(xml))
     except ValueError as e:
         log.warning("MRD header not used: %s", e)
-        return info
-    info["modality"] = "MR"
-    si = hdr.subjectInformation
-    if si is not None:
-        for key, attr in (("patient_name", "patientName"), ("patient_id", "patientID")):
-            if getattr(si, attr, None):
-                info[key] = str(getattr(si, attr))
-        if si.patientBirthdate is not None:
-            info["patient_birth_date"] = str(si.patientBirthdate).replace("-", "")
-        if si.patientGender:
-            info["patient_sex"] = str(si.patientGender)
-    st = hdr.studyInformation
-    if st is not None:
-        if st.studyInstanceUID:
-            info["study_uid"] = str(st.studyInstanceUID)
-        if st.studyDate is not None:
-            info["study_date"] = str(st.studyDate).replace("-", "")
-    mi = hdr.measurementInformation
-    if mi is not None:
-        for key, attr in (("protocol_name", "protocolName"), ("series_description", "seriesDescription"),
-                          ("frame_of_reference_uid", "frameOfReferenceUID"),
-                          ("series_uid", "seriesInstanceUIDRoot")):
-            if getattr(mi, attr, None):
-                info[key] = str(getattr(mi, attr))
-    sp = hdr.sequenceParameters
-    if sp is not None:
-        for key, attr in (("tr_ms", "TR"), ("te_ms", "TE"), ("ti_ms", "TI")):
-            vals = getattr(sp, attr, None) or []
-            if vals:
-                info[key] = float(vals[0])
-    acq = hdr.acquisitionSystemInformation
-    if acq is not None and acq.systemFieldStrength_T:
-        info["field_strength_t"] = float(acq.systemFieldStrength_T)
-    elif hdr.experimentalConditions is not None and hdr.experimentalConditions.H1resonanceFrequency_Hz:
-        info["field_strength_t"] = round(hdr.experimentalConditions.H1resonanceFrequency_Hz / 42.576e6, 2)
-    return info
+        return {}
 
 
 def _reconstruct_raw(stream: mrdfile.MrdStream, p: Path) -> list:

@@ -166,6 +166,45 @@ def parse_header(xml: str):
         raise ValueError(f"the MRD XML header could not be parsed ({type(e).__name__}: {e})") from None
 
 
+def header_info(hdr) -> dict:
+    """Identity and sequence facts from a parsed MRD header, keyed as ``Volume.info``."""
+    info: dict = {"modality": "MR"}
+    si = hdr.subjectInformation
+    if si is not None:
+        for key, attr in (("patient_name", "patientName"), ("patient_id", "patientID")):
+            if getattr(si, attr, None):
+                info[key] = str(getattr(si, attr))
+        if si.patientBirthdate is not None:
+            info["patient_birth_date"] = str(si.patientBirthdate).replace("-", "")
+        if si.patientGender:
+            info["patient_sex"] = str(si.patientGender)
+    st = hdr.studyInformation
+    if st is not None:
+        if st.studyInstanceUID:
+            info["study_uid"] = str(st.studyInstanceUID)
+        if st.studyDate is not None:
+            info["study_date"] = str(st.studyDate).replace("-", "")
+    mi = hdr.measurementInformation
+    if mi is not None:
+        for key, attr in (("protocol_name", "protocolName"), ("series_description", "seriesDescription"),
+                          ("frame_of_reference_uid", "frameOfReferenceUID"),
+                          ("series_uid", "seriesInstanceUIDRoot")):
+            if getattr(mi, attr, None):
+                info[key] = str(getattr(mi, attr))
+    sp = hdr.sequenceParameters
+    if sp is not None:
+        for key, attr in (("tr_ms", "TR"), ("te_ms", "TE"), ("ti_ms", "TI")):
+            vals = getattr(sp, attr, None) or []
+            if vals:
+                info[key] = float(vals[0])
+    acq = hdr.acquisitionSystemInformation
+    if acq is not None and acq.systemFieldStrength_T:
+        info["field_strength_t"] = float(acq.systemFieldStrength_T)
+    elif hdr.experimentalConditions is not None and hdr.experimentalConditions.H1resonanceFrequency_Hz:
+        info["field_strength_t"] = round(hdr.experimentalConditions.H1resonanceFrequency_Hz / 42.576e6, 2)
+    return info
+
+
 def make_header_xml(*, protocol_name: str, series_description: str = "", patient_id: str = "PHANTOM",
                     patient_name: str = "Phantom^Synthetic", study_uid: str = "",
                     frame_of_reference_uid: str = "", matrix=(256, 256, 1), fov_mm=(256.0, 256.0, 5.0),

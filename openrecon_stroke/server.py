@@ -28,7 +28,7 @@ from pathlib import Path
 from . import APP_NAME
 from .geometry import GeometryError, assemble_series, group_series
 from .kspace import reconstruct
-from .mrdfile import StreamFileWriter, parse_header
+from .mrdfile import StreamFileWriter, header_info, parse_header
 from .outputs import derived_images, original_images, report_text
 from .params import coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
@@ -208,6 +208,8 @@ class Connection:
             if contrast in study.inputs:
                 self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
                 continue
+            if inc.header is not None:
+                vol.info = header_info(inc.header)
             self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
             study.inputs[contrast] = vol
         self.phases_s["assemble"] = time.perf_counter() - t_assemble

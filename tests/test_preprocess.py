@@ -1,0 +1,140 @@
+"""Preprocessing parts: RAS reorientation, N4, rigid registration with its check, study cache."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from openrecon_stroke.geometry import Grid
+from openrecon_stroke.preprocess import (
+    RegistrationCheck, from_ras, n4_correct, orientation_code, register_rigid, resample_spacing, to_ras,
+)
+from openrecon_stroke.study_cache import StudyCache, study_key
+
+from conftest import rotation
+
+
+def blob_head(grid: Grid, seed=0) -> sitk.Image:
+    """A head-like image: ellipsoid 'brain' with internal structure, a bright rim, noise."""
+    nz, ny, nx = grid.shape
+    idx = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="xy"), -1).reshape(-1, 3)
+    p = grid.index_to_lps(idx).reshape(ny, nx, nz, 3).transpose(2, 0, 1, 3)
+    r = np.sqrt((p[..., 0] / 60) ** 2 + (p[..., 1] / 75) ** 2 + (p[..., 2] / 60) ** 2)
+    rng = np.random.default_rng(seed)
+    img = np.where(r < 0.85, 400 + 150 * np.sin(p[..., 0] / 6) * np.cos(p[..., 1] / 9) + 80 * (p[..., 2] > 10), 0.0)
+    img = np.where((r >= 0.9) & (r < 1.0), 700.0, img)
+    img = img + (r < 1.0) * rng.normal(0, 10, img.shape)
+    return grid.to_sitk(img.astype(np.float32))
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), rotation(20, -10, 35),
+                                       np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]], float).T])
+def test_ras_round_trip_is_exact(direction):
+    g = Grid((7, 9, 11), (1.0, 1.5, 2.0), direction, (3.0, -4.0, 5.0))
+    img = g.to_sitk(np.random.default_rng(0).random(g.shape).astype(np.float32))
+    ras = to_ras(img)
+    d = np.array(ras.GetDirection()).reshape(3, 3)
+    # axes point (mostly) towards R, A, S, i.e. -x, -y, +z in LPS
+    assert d[0, 0] < 0 and d[1, 1] < 0 and d[2, 2] > 0
+    # same physical point holds the same value
+    for ijk in [(0, 0, 0), (4, 5, 6), (10, 8, 6)]:
+        pt = img.TransformIndexToPhysicalPoint(ijk)
+        assert ras.GetPixel(ras.TransformPhysicalPointToIndex(pt)) == img.GetPixel(ijk)
+    back = from_ras(ras, img)
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
+    assert orientation_code(back) == orientation_code(img)
+
+
+def test_n4_removes_a_smooth_bias():
+    g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
+    arr = sitk.GetArrayFromImage(blob_head(g))
+    arr = np.where(arr > 450, 550.0, np.where(arr > 100, 350.0, 0.0)).astype(np.float32)  # two tissues
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in arr.shape], indexing="ij")
+    bias = np.exp(0.35 * xx - 0.25 * yy + 0.2 * zz).astype(np.float32)
+    biased = g.to_sitk(arr * bias)
+    corrected, field = n4_correct(biased)
+    inside = arr > 300
+
+    def cv(a):
+        return float(np.std(a[inside]) / np.mean(a[inside]))
+
+    c = sitk.GetArrayFromImage(corrected)
+    assert cv(c) < 0.8 * cv(arr * bias)
+    est = sitk.GetArrayFromImage(field)[inside]
+    assert np.corrcoef(est, bias[inside])[0, 1] > 0.9
+
+
+def _moved(img, angles, shift):
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+    tx.SetRotation(*angles)
+    tx.SetTranslation(shift)
+    return sitk.Resample(img, img, tx, sitk.sitkLinear, 0.0), tx
+
+
+def test_registration_recovers_small_motion_and_passes_check():
+    g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
+    fixed = blob_head(g)
+    moving, tx = _moved(fixed, (0.06, -0.04, 0.05), (4.0, -3.0, 2.0))
+    res = register_rigid(fixed, moving)
+    assert res.ok, res.reason
+    # moving(p) = fixed(tx(p)), so the fixed -> moving map is tx's inverse
+    inv = tx.GetInverse()
+    for p in [(0, 0, 0), (30, -20, 10)]:
+        assert np.linalg.norm(np.subtract(res.transform.TransformPoint(p), inv.TransformPoint(p))) < 1.5
+    assert res.metric_after < res.metric_before
+
+
+def test_registration_check_rejects_implausible_result():
+    g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
+    fixed = blob_head(g)
+    moving, _ = _moved(fixed, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    strict = RegistrationCheck(max_rotation_deg=15, max_translation_mm=20, min_mask_dice=1.01)
+    res = register_rigid(fixed, moving, check=strict)
+    assert not res.ok and "overlap" in res.reason
+    assert json.loads(json.dumps(res.summary()))["ok"] is False  # reportable as JSON
+
+
+def test_resample_spacing_keeps_extent():
+    g = Grid((10, 20, 30), (1.0, 1.0, 2.0), rotation(5, 10, 15), (1.0, 2.0, 3.0))
+    img = g.to_sitk(np.ones(g.shape, np.float32))
+    out = resample_spacing(img, (2.0, 2.0, 4.0))
+    assert out.GetSize() == (15, 10, 5)
+    # the outer corner of the first voxel stays where it was
+    corner = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
+    assert np.allclose(corner(img), corner(out), atol=1e-6)
+
+
+# --- study cache -------------------------------------------------------------------------------
+def test_study_key_needs_identity():
+    assert study_key({}) is None
+    a = study_key({"patient_id": "P1", "frame_of_reference_uid": "1.2.3"})
+    assert a and a == study_key({"patient_id": "P1", "frame_of_reference_uid": "1.2.3", "x": 1})
+    assert a != study_key({"patient_id": "P2", "frame_of_reference_uid": "1.2.3"})
+
+
+def test_cache_put_get_expiry_eviction_and_corruption(tmp_path, caplog):
+    g = Grid((4, 5, 6), (1.0, 1.0, 1.0), rotation(10, 0, 0), (0.0, 0.0, 0.0))
+    img = g.to_sitk(np.arange(120, dtype=np.float32).reshape(g.shape))
+    c = StudyCache(tmp_path, ttl_s=60, max_entries=2)
+    c.put("k1", "t1", {"image": img}, {"note": "a"})
+    got, meta = c.get("k1", "t1")
+    assert meta == {"note": "a"} and Grid.from_sitk(got["image"]).same_as(g)
+    assert np.array_equal(sitk.GetArrayFromImage(got["image"]), sitk.GetArrayFromImage(img))
+    assert c.get("k1", "flair") is None
+    c.put("k2", "t1", {"image": img}, {})
+    time.sleep(0.01)
+    c.put("k3", "t1", {"image": img}, {})
+    assert c.get("k1", "t1") is None  # oldest evicted beyond max_entries
+    assert c.get("k3", "t1") is not None
+    (tmp_path / "k3_t1" / "image.mha").write_bytes(b"garbage")
+    assert c.get("k3", "t1") is None
+    assert "unreadable" in caplog.text and not (tmp_path / "k3_t1").exists()
+    old = StudyCache(tmp_path, ttl_s=0.0)
+    assert old.get("k2", "t1") is None  # expired
+    with pytest.raises(ValueError):
+        c.put("../x", "t1", {}, {})
