@@ -75,8 +75,8 @@ def write(path: str | Path, stream: MrdStream) -> Path:
     try:
         if stream.header_xml:
             ds.write_xml_header(stream.header_xml.encode("utf-8"))
-        for acq in stream.acquisitions:
-            ds.append_acquisition(acq)
+        if stream.acquisitions:
+            _write_acquisitions(ds, stream.acquisitions)
         for img in stream.images:
             ds.append_image(f"image_{int(img.image_series_index)}", img)
         grp = ds._file.require_group(DATASET)
@@ -87,6 +87,31 @@ def write(path: str | Path, stream: MrdStream) -> Path:
     finally:
         ds.close()
     return path
+
+
+def _write_acquisitions(ds: ismrmrd.Dataset, acqs: list) -> None:
+    """All readouts in one HDF5 write (the package's per-readout append resizes every time)."""
+    from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+
+    rows = np.empty((len(acqs),), dtype=acquisition_dtype)
+    for i, a in enumerate(acqs):
+        rows[i]["head"] = np.frombuffer(a.getHead(), dtype=acquisition_header_dtype)[0]
+        rows[i]["data"] = a.data.view(np.float32).reshape(-1)
+        rows[i]["traj"] = a.traj.view(np.float32).reshape(-1)
+    grp = ds._file.require_group(DATASET)
+    grp.create_dataset("data", data=rows, maxshape=(None,), chunks=True)
+
+
+def _read_acquisitions(rows) -> list:
+    out = []
+    for r in rows:
+        a = ismrmrd.Acquisition(r["head"].tobytes())
+        if a.data.size:
+            a.data[:] = np.asarray(r["data"], np.float32).view(np.complex64).reshape(a.data.shape)
+        if a.traj.size:
+            a.traj[:] = np.asarray(r["traj"], np.float32).reshape(a.traj.shape)
+        out.append(a)
+    return out
 
 
 class StreamFileWriter:
@@ -143,7 +168,7 @@ def read(path: str | Path) -> MrdStream:
             s.header_xml = x.decode("utf-8") if isinstance(x, bytes) else str(x)
             s.header_xml = s.header_xml.rstrip("\x00")
         if "data" in keys:
-            s.acquisitions = [ds.read_acquisition(i) for i in range(ds.number_of_acquisitions())]
+            s.acquisitions = _read_acquisitions(ds._file[DATASET]["data"][()])
         for g in sorted((k for k in keys if k not in ("xml", "data", "waveforms")), key=_series_key):
             if "header" in ds._file[DATASET][g]:
                 s.images += [ds.read_image(g, i) for i in range(ds.number_of_images(g))]
