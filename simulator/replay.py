@@ -111,12 +111,19 @@ def send_stream(host: str, port: int, messages, *, timeout_s: float = 600.0, pro
     return res
 
 
-def replay_file(path, host="127.0.0.1", port=9002, config: str | None = None,
-                parameters: dict | None = None, **kw) -> ReplayResult:
+def prepare(path, config: str | None = None, parameters: dict | None = None):
+    """``(stream, config, parameters)`` to replay a file: the config and UI parameters saved in
+    the file (``--save-data``) unless given; given parameters override saved ones key by key."""
     stream = mrdfile.read(path)
     cfg = config or stream.config or DEFAULT_PIPELINE
     params = dict(stream.parameters or {})
     params.update(parameters or {})
+    return stream, cfg, params
+
+
+def replay_file(path, host="127.0.0.1", port=9002, config: str | None = None,
+                parameters: dict | None = None, **kw) -> ReplayResult:
+    stream, cfg, params = prepare(path, config, parameters)
     n = 3 + len(stream.images) + len(stream.acquisitions)
     return send_stream(host, port, stream_messages(stream, cfg, params), total=n, **kw)
 
@@ -189,11 +196,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    params = parse_cli_params(args.param)
-    stream = mrdfile.read(args.file)
-    cfg = args.config or stream.config or DEFAULT_PIPELINE
-    merged = dict(stream.parameters or {})
-    merged.update(params)
+    stream, cfg, merged = prepare(args.file, args.config, parse_cli_params(args.param))
     n = 3 + len(stream.images) + len(stream.acquisitions)
     print(f"replaying {args.file}: {len(stream.images)} image(s), {len(stream.acquisitions)} readout(s) "
           f"to {args.host}:{args.port} (config '{cfg}')")

@@ -1,0 +1,156 @@
+"""Lesion segmentation runner, driven entirely by a :class:`~openrecon_stroke.model_card.ModelCard`:
+resample the inputs onto the network grid, normalise, predict patch-wise (folds averaged,
+optional mirroring), map the probability back onto each input grid, threshold, drop small
+components, and describe each lesion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .model_card import ModelCard
+from .sliding_window import predict
+
+log = logging.getLogger(__name__)
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    from .brain_extraction import physical_cores
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = physical_cores()
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def network_grid(card: ModelCard, reference: sitk.Image, brain: sitk.Image | None) -> sitk.Image:
+    """Empty image on the network grid: the card's orientation and spacing, covering the brain's
+    bounding box (plus the card margin) of ``reference``, or its whole field of view."""
+    d = np.array(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), card.orientation).GetDirection()).reshape(3, 3)
+    if brain is not None and sitk.GetArrayViewFromImage(brain).any():
+        idx = np.argwhere(sitk.GetArrayViewFromImage(brain) > 0)[:, ::-1]  # (x, y, z)
+        lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5
+    else:
+        lo, hi = np.full(3, -0.5), np.array(reference.GetSize()) - 0.5
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    pts = np.array([reference.TransformContinuousIndexToPhysicalPoint(tuple(map(float, c))) for c in corners])
+    local = pts @ d  # coordinates along the network axes
+    lo_n = local.min(0) - card.margin_mm
+    hi_n = local.max(0) + card.margin_mm
+    sp = np.array(card.spacing_mm)
+    size = np.maximum(np.ceil((hi_n - lo_n) / sp).astype(int), 1)
+    origin = d @ (lo_n + sp / 2)
+    out = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    out.SetSpacing(tuple(float(s) for s in sp))
+    out.SetDirection(tuple(d.flatten()))
+    out.SetOrigin(tuple(origin))
+    return out
+
+
+def normalise(a: np.ndarray, mask: np.ndarray | None, how: str) -> np.ndarray:
+    sel = a[mask] if (how == "zscore_brain" and mask is not None and mask.any()) else a
+    mu, sd = float(sel.mean()), float(sel.std())
+    out = (a - mu) / (sd if sd > 0 else 1.0)
+    if how == "zscore_brain" and mask is not None:
+        out = np.where(mask, out, 0.0)
+    return out.astype(np.float32)
+
+
+@dataclass
+class Lesion:
+    label: int
+    volume_ml: float
+    centroid_lps_mm: tuple[float, float, float]
+    hemisphere: str
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "volume_ml": round(self.volume_ml, 3),
+                "centroid_lps_mm": [round(v, 1) for v in self.centroid_lps_mm], "hemisphere": self.hemisphere}
+
+
+def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float) -> np.ndarray:
+    """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed."""
+    mask = prob >= threshold
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel()) * voxel_mm3
+    keep = sizes >= min_lesion_mm3
+    keep[0] = False
+    return keep[lab]
+
+
+def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float) -> list[Lesion]:
+    """Connected lesions of a mask on ``image``'s grid, largest first. Hemisphere by the side of
+    the brain's mid-sagittal plane (LPS x > midline: patient left)."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    vox = float(np.prod(image.GetSpacing())) / 1000.0
+    out = []
+    for i, com in enumerate(ndimage.center_of_mass(mask, lab, range(1, n + 1)), start=1):
+        pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in com[::-1]))
+        out.append(Lesion(i, float((lab == i).sum()) * vox, tuple(pt),
+                          "left" if pt[0] > midline_x_lps else "right"))
+    out.sort(key=lambda les: -les.volume_ml)
+    return out
+
+
+class LesionSegmenter:
+    """A card plus its ONNX Runtime sessions (created once, on first use)."""
+
+    def __init__(self, card: ModelCard):
+        self.card = card
+        self._sessions = None
+        self._lock = threading.Lock()
+
+    @property
+    def sessions(self):
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = [_session(f) for f in self.card.files]
+            return self._sessions
+
+    def probability(self, images: dict[str, sitk.Image], brain: sitk.Image | None,
+                    to_contrast: dict[str, sitk.Transform] | None = None, mirror: bool = False,
+                    overlap: float | None = None) -> sitk.Image:
+        """Lesion probability on the network grid.
+
+        ``images``: one SimpleITK image per card input contrast (each on its own grid);
+        ``brain``: brain mask on the grid of the first input; ``to_contrast``: transforms mapping
+        points of the first input to each other contrast (registration), identity if absent.
+        """
+        card = self.card
+        ref_key = card.inputs[0]
+        grid = network_grid(card, images[ref_key], brain)
+        mask = None
+        if brain is not None:
+            mask = sitk.GetArrayFromImage(sitk.Resample(brain, grid, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                                        0, sitk.sitkUInt8)) > 0
+        chans = []
+        for c in card.inputs:
+            tx = (to_contrast or {}).get(c) if c != ref_key else None
+            r = sitk.Resample(sitk.Cast(images[c], sitk.sitkFloat32), grid, tx or sitk.Transform(),
+                              sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            chans.append(normalise(sitk.GetArrayFromImage(r), mask, card.normalisation))
+        x = np.stack(chans)
+        prob = predict(self.sessions, x, card.patch_size, overlap=card.overlap if overlap is None else overlap,
+                       activation=card.activation, channel=card.channel,
+                       mirror_axes=card.mirror_axes if mirror else ())
+        if mask is not None:
+            prob = np.where(mask, prob, 0.0)
+        out = sitk.GetImageFromArray(prob.astype(np.float32))
+        out.CopyInformation(grid)
+        return out
+
+    def on_grid(self, prob: sitk.Image, image: sitk.Image, transform: sitk.Transform | None = None) -> np.ndarray:
+        """Probability on ``image``'s grid (``transform`` maps its points to the network frame)."""
+        r = sitk.Resample(prob, image, transform or sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(r)

@@ -1,0 +1,118 @@
+"""Model cards: a segmentation model is ONNX files plus this description, not code.
+
+A card is ``card.json`` beside the ONNX files. Required keys (validated on load, so that a
+wrong card cannot be built):
+
+* ``name``, ``version``: shown on the report;
+* ``inputs``: contrasts in channel order, e.g. ``["t1", "flair"]``;
+* ``spacing_mm``: network voxel size (x, y, z) in mm; ``orientation``: voxel axis directions of
+  the network grid as an ITK code, ``"RAS"`` (x towards patient Right, y Anterior, z Superior);
+* ``normalisation``: ``"zscore_brain"`` (each channel minus its mean, over its standard deviation,
+  inside the brain mask; 0 outside) or ``"zscore"`` (whole volume);
+* ``patch_size``: (z, y, x) voxels of one network input;
+* ``output``: ``{"activation": "softmax"|"sigmoid"|"probability", "channel": k}``, the lesion class;
+* ``files``: ``[{"file": "fold0.onnx", "sha256": "..."}]``, one per fold (ensembled by mean);
+* ``threshold`` (probability, default 0.2), ``min_lesion_mm3`` (default 10);
+* optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVATIONS = ("softmax", "sigmoid", "probability")
+NORMALISATIONS = ("zscore_brain", "zscore")
+
+
+class ModelCardError(ValueError):
+    """The card is missing something or contradicts itself (the message says what)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    name: str
+    version: str
+    inputs: tuple[str, ...]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    normalisation: str
+    patch_size: tuple[int, int, int]
+    activation: str
+    channel: int
+    files: tuple[Path, ...]
+    sha256: tuple[str, ...]
+    threshold: float = 0.2
+    min_lesion_mm3: float = 10.0
+    overlap: float = 0.5
+    mirror_axes: tuple[int, ...] = ()
+    margin_mm: float = 8.0
+
+    def __post_init__(self):
+        if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
+            raise ModelCardError(f"{self.path}: inputs must be contrasts among t1, flair; got {self.inputs}")
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise ModelCardError(f"{self.path}: spacing_mm must be three positive numbers")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
+            raise ModelCardError(f"{self.path}: patch_size must be three sizes >= 8")
+        if self.activation not in ACTIVATIONS:
+            raise ModelCardError(f"{self.path}: output activation must be one of {ACTIVATIONS}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ModelCardError(f"{self.path}: normalisation must be one of {NORMALISATIONS}")
+        if not 0 < self.threshold < 1:
+            raise ModelCardError(f"{self.path}: threshold must be in (0, 1)")
+        if not 0 <= self.overlap < 0.95:
+            raise ModelCardError(f"{self.path}: overlap must be in [0, 0.95)")
+        if not self.files:
+            raise ModelCardError(f"{self.path}: no model files listed")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes):
+            raise ModelCardError(f"{self.path}: mirror_axes are spatial axes 0, 1, 2")
+        if len(self.orientation) != 3:
+            raise ModelCardError(f"{self.path}: orientation must be a 3-letter code such as RAS")
+
+    @staticmethod
+    def load(path: str | Path, verify: bool = True) -> "ModelCard":
+        path = Path(path)
+        card_file = path / "card.json" if path.is_dir() else path
+        try:
+            d = json.loads(card_file.read_text())
+        except FileNotFoundError:
+            raise ModelCardError(f"no model card at {card_file}") from None
+        except json.JSONDecodeError as e:
+            raise ModelCardError(f"{card_file} is not valid JSON ({e})") from None
+        try:
+            files = tuple(card_file.parent / f["file"] for f in d["files"])
+            sums = tuple(str(f.get("sha256", "")) for f in d["files"])
+            out = d["output"]
+            card = ModelCard(
+                path=card_file, name=str(d["name"]), version=str(d["version"]),
+                inputs=tuple(d["inputs"]), spacing_mm=tuple(float(v) for v in d["spacing_mm"]),
+                orientation=str(d.get("orientation", "RAS")), normalisation=str(d["normalisation"]),
+                patch_size=tuple(int(v) for v in d["patch_size"]), activation=str(out["activation"]),
+                channel=int(out["channel"]), files=files, sha256=sums,
+                threshold=float(d.get("threshold", 0.2)), min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+                overlap=float(d.get("overlap", 0.5)), mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
+                margin_mm=float(d.get("margin_mm", 8.0)),
+            )
+        except KeyError as e:
+            raise ModelCardError(f"{card_file} lacks the required key {e}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ModelCardError):
+                raise
+            raise ModelCardError(f"{card_file} has a malformed value ({e})") from None
+        if verify:
+            card.verify_files()
+        return card
+
+    def verify_files(self):
+        for f, s in zip(self.files, self.sha256):
+            if not f.is_file():
+                raise ModelCardError(f"model file {f} listed in {self.path} is missing")
+            if s:
+                h = hashlib.sha256(f.read_bytes()).hexdigest()
+                if h != s:
+                    raise ModelCardError(f"model file {f} does not match its sha256 in {self.path} "
+                                         "(damaged or replaced; rebuild it with the command in the model card)")
