@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from . import APP_NAME, __version__
@@ -20,6 +21,7 @@ def _serve(args) -> int:
         idle_timeout_s=args.timeout,
         max_parallel=args.max_parallel,
         save_dir=Path(args.save_data) if args.save_data else None,
+        cache_dir=None if args.no_cache else Path(args.cache_dir),
     )
     if settings.save_dir:
         settings.save_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +62,9 @@ def main(argv=None) -> int:
     s.add_argument("--save-data", metavar="DIR", help="save every incoming stream as an ISMRMRD file in DIR")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds of silence before a connection is dropped")
     s.add_argument("--max-parallel", type=int, default=2, help="studies processed at the same time")
+    s.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "openrecon-stroke-cache"),
+                   help="where a preprocessed series waits (2 h) for the other contrast of its study")
+    s.add_argument("--no-cache", action="store_true", help="do not fuse series sent on separate connections")
     s.add_argument("--max-image-mb", type=float, default=2048, help="largest single image accepted (MiB)")
     q = sub.add_parser("process", help="run the same pipeline offline on files")
     q.add_argument("--t1", help="T1-weighted input: NIfTI, DICOM folder or ISMRMRD file")

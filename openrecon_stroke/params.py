@@ -95,8 +95,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("contrast", "Input contrast", "choice", "auto",
               "Contrast of the incoming series; auto reads it from the protocol (TI, name).",
               choices=(("auto", "auto"), ("t1", "T1-weighted"), ("flair", "FLAIR"))),
+    Parameter("betmode", "Brain extraction", "choice", "fast",
+              "HD-BET brain extraction: fast (one network, no mirroring) or accurate (all "
+              "shipped networks with mirroring; several times slower).",
+              choices=(("fast", "fast"), ("accurate", "accurate"))),
+    Parameter("sendbrainmask", "Send brain mask", "boolean", True,
+              "Return the brain mask series (HD-BET)."),
     Parameter("sendmask", "Send head mask", "boolean", True,
-              "Return the foreground (head) mask series."),
+              "Return the foreground (head) mask series of the headmask check pipeline."),
 )
 
 BY_ID = MappingProxyType({p.id: p for p in PARAMETERS})

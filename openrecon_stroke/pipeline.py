@@ -87,10 +87,11 @@ class Pipeline:
 
 def build_pipeline(name: str) -> Pipeline:
     """The pipeline registered under ``name``; raises KeyError for unknown names."""
-    from .stages import basic
+    from .stages import basic, brain
 
     factories = {
-        DEFAULT_PIPELINE: lambda: [basic.InputCheck(), basic.HeadMask()],
+        DEFAULT_PIPELINE: lambda: [basic.InputCheck(), brain.Preprocess()],
+        "headmask": lambda: [basic.InputCheck(), basic.HeadMask()],
         "passthrough": lambda: [],
     }
     assert set(factories) == set(PIPELINE_NAMES)

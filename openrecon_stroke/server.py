@@ -34,6 +34,7 @@ from .params import coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
 from .study import Study, detect_contrast
+from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -47,6 +48,9 @@ class ServerSettings:
     #: Connections processed at once (each pipeline run needs memory); others wait.
     max_parallel: int = 2
     save_dir: Path | None = None
+    #: where preprocessed series wait for the other contrast of their study (None: no cache)
+    cache_dir: Path | None = None
+    cache_ttl_s: float = 2 * 3600
 
 
 @dataclass
@@ -71,10 +75,11 @@ class Incoming:
 
 class Connection:
     def __init__(self, sock: socket.socket, peer, settings: ServerSettings, gate: threading.Semaphore,
-                 stats: collections.deque | None = None):
+                 stats: collections.deque | None = None, cache: StudyCache | None = None):
         self.id = next(_ids)
         self.phases_s: dict[str, float] = {}
         self.stats = stats
+        self.cache = cache
         self.sock = sock
         self.peer = peer
         self.settings = settings
@@ -189,7 +194,7 @@ class Connection:
             self.tell("WARNING", "no images or raw data arrived; nothing to process")
             return
 
-        study = Study(inputs={}, params=params)
+        study = Study(inputs={}, params=params, cache=self.cache)
         t_assemble = time.perf_counter()
         for sidx, series in group_series(images).items():
             desc = ""
@@ -300,6 +305,7 @@ class MrdServer(socketserver.ThreadingTCPServer):
         self.gate = threading.Semaphore(settings.max_parallel)
         #: phase timings (s) of the most recent connections, newest last (for benchmarks)
         self.stats: collections.deque = collections.deque(maxlen=64)
+        self.cache = StudyCache(settings.cache_dir, settings.cache_ttl_s) if settings.cache_dir else None
         super().__init__(address, _Handler)
 
     @property
@@ -315,4 +321,4 @@ class MrdServer(socketserver.ThreadingTCPServer):
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self):
         Connection(self.request, self.client_address, self.server.settings, self.server.gate,
-                   self.server.stats).handle()
+                   self.server.stats, self.server.cache).handle()

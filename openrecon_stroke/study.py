@@ -61,6 +61,11 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     stage_status: dict[str, str] = field(default_factory=dict)
+    #: intermediate results stages hand to later stages (not sent to the scanner), e.g.
+    #: bias-corrected images and brain masks as SimpleITK images, the inter-series transform
+    shared: dict = field(default_factory=dict)
+    #: on-disk cache of earlier series of the same study (server: other connections), or None
+    cache: object = None
 
     def add(self, series: DerivedSeries):
         ref = self.inputs.get(series.reference)

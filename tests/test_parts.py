@@ -151,7 +151,7 @@ def test_save_data_then_replay_cli_reproduces_outputs(tmp_path, capsys):
         saved = sorted((tmp_path / "saved").glob("*.h5"))
         assert len(saved) == 1
         s = read_mrd(saved[0])
-        assert s.config == "openrecon-stroke" and s.parameters == {"contrast": "t1"}
+        assert s.config == "headmask" and s.parameters == {"contrast": "t1"}
         assert len(s.images) == len(images) and "t1_mprage_tra" in s.header_xml
         out = tmp_path / "returned.h5"
         rc = simulator_main(["replay", str(saved[0]), "--port", str(srv.port), "--out", str(out)])

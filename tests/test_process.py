@@ -34,7 +34,8 @@ def test_process_nifti_and_ismrmrd_inputs_write_outputs_on_their_own_grids(tmp_p
     write(flair, MrdStream(header_xml=make_header_xml(protocol_name="t2_tirm_tra_dark-fluid", ti_ms=2500),
                            images=volume_to_images(v2, 2)))
     out = tmp_path / "out"
-    rc = cli_main(["process", "--t1", str(t1), "--flair", str(flair), "--out", str(out)])
+    rc = cli_main(["process", "--t1", str(t1), "--flair", str(flair), "--out", str(out),
+                   "--param", "config=headmask"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["stage_status"] == {"input_check": "ok", "head_mask": "ok"}

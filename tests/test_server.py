@@ -25,7 +25,7 @@ from conftest import ORIENTATIONS, brightest_lps, marker_series
 HEADER = make_header_xml(protocol_name="t1_mprage_tra", ti_ms=900, tr_ms=2300, te_ms=3)
 
 
-def scanner_messages(images=(), acquisitions=(), *, config="openrecon-stroke", header=HEADER, params=None):
+def scanner_messages(images=(), acquisitions=(), *, config="headmask", header=HEADER, params=None):
     yield encode_config_file(config)
     yield encode_text(MessageId.HEADER, header)
     yield encode_text(MessageId.TEXT, json.dumps({"parameters": params or {}}))
@@ -110,9 +110,10 @@ def test_sendoriginal_false_and_passthrough(server):
 def test_unknown_config_falls_back_with_warning(server):
     images, _ = marker_series("axial")
     res = send_stream("127.0.0.1", server.port, scanner_messages(images, config="../../etc/passwd"), timeout_s=30)
-    orig, derived = by_role(res)
-    assert len(orig) == 1 and len(derived) == 1
-    assert any("is not one of" in t and "openrecon-stroke" in t for t in res.texts)
+    orig, _ = by_role(res)
+    assert len(orig) == 1
+    assert any("is not one of" in t and "running 'openrecon-stroke'" in t for t in res.texts)
+    assert any("pipeline 'openrecon-stroke'" in t for t in res.texts)  # the report names it
 
 
 def test_bad_parameter_values_fall_back(server):
@@ -165,7 +166,7 @@ def raw_exchange(port, payload: bytes, half_close=True, timeout=15):
 
 
 def preamble():
-    return (encode_config_file("openrecon-stroke") + encode_text(MessageId.HEADER, HEADER)
+    return (encode_config_file("headmask") + encode_text(MessageId.HEADER, HEADER)
             + encode_text(MessageId.TEXT, json.dumps({"parameters": {}})))
 
 
@@ -191,7 +192,7 @@ def test_unknown_message_id(server):
 
 def test_garbage_header_is_reported_and_images_still_processed(server):
     images, _ = marker_series("axial")
-    payload = (encode_config_file("openrecon-stroke") + encode_text(MessageId.HEADER, "<notxml<<")
+    payload = (encode_config_file("headmask") + encode_text(MessageId.HEADER, "<notxml<<")
                + b"".join(encode_image(im) for im in images) + encode_close())
     texts, got, closed = raw_exchange(server.port, payload)
     assert closed

