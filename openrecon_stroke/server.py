@@ -166,9 +166,10 @@ class Connection:
         for w in params.warnings:
             self.tell("WARNING", w)
         name, warn = resolve_pipeline_name(inc.config)
-        if warn and inc.raw_params and "config" in inc.raw_params and not any(
-                "'config'" in w for w in params.warnings):
-            name, warn = params["config"], None  # the UI's own choice names a known pipeline
+        if warn and (inc.raw_params or {}).get("config") is not None:
+            ui_name, ui_warn = resolve_pipeline_name(str(inc.raw_params["config"]))
+            if ui_warn is None:  # the UI's own choice names a known pipeline
+                name, warn = ui_name, None
         if warn:
             self.tell("WARNING", warn)
 
@@ -188,36 +189,15 @@ class Connection:
         if inc.error:
             self.tell("ERROR", f"the stream from the scanner ended early: {inc.error}. "
                                f"{len(images)} image(s) received were "
-                               f"{'returned unchanged' if params['sendoriginal'] else 'kept'}; no analysis was run")
+                               f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
+                               "; no analysis was run")
             return
         if not images:
             self.tell("WARNING", "no images or raw data arrived; nothing to process")
             return
 
-        study = Study(inputs={}, params=params, cache=self.cache)
-        t_assemble = time.perf_counter()
-        for sidx, series in group_series(images).items():
-            desc = ""
-            if inc.header is not None and inc.header.measurementInformation is not None:
-                desc = inc.header.measurementInformation.protocolName or ""
-            try:
-                vol = assemble_series(series, description=desc or f"series{sidx}")
-            except GeometryError as e:
-                self.tell("ERROR", f"series {sidx} skipped: {e}")
-                continue
-            contrast, why = detect_contrast(inc.header, params["contrast"], desc)
-            if contrast is None:
-                contrast = "t1"
-                study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
-                                      "Set 'Input contrast' in the UI if this is wrong")
-            if contrast in study.inputs:
-                self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
-                continue
-            if inc.header is not None:
-                vol.info = header_info(inc.header)
-            self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
-            study.inputs[contrast] = vol
-        self.phases_s["assemble"] = time.perf_counter() - t_assemble
+        with self.phase("assemble"):
+            study = self.build_study(images, inc.header, params)
         if not study.inputs:
             return
 
@@ -236,6 +216,32 @@ class Connection:
         for w in study.warnings:
             self.tell("WARNING", w)
         self.writer.text(report_text(study, name))
+
+    def build_study(self, images, header, params) -> Study:
+        """Assemble each image series into a volume and file it under its contrast."""
+        study = Study(inputs={}, params=params, cache=self.cache)
+        desc = ""
+        if header is not None and header.measurementInformation is not None:
+            desc = header.measurementInformation.protocolName or ""
+        for sidx, series in group_series(images).items():
+            try:
+                vol = assemble_series(series, description=desc or f"series{sidx}")
+            except GeometryError as e:
+                self.tell("ERROR", f"series {sidx} skipped: {e}")
+                continue
+            contrast, why = detect_contrast(header, params["contrast"], desc)
+            if contrast is None:
+                contrast = "t1"
+                study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
+                                      "Set 'Input contrast' in the UI if this is wrong")
+            if contrast in study.inputs:
+                self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
+                continue
+            if header is not None:
+                vol.info = header_info(header)
+            self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
+            study.inputs[contrast] = vol
+        return study
 
     @contextlib.contextmanager
     def phase(self, name: str):

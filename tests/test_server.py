@@ -273,3 +273,13 @@ def test_nan_pixels_are_reported(server):
     assert res.closed_cleanly
     assert any("NaN" in t for t in res.texts)
     assert np.allclose(brightest_lps(by_role(res)[1].popitem()[1]), lps, atol=1e-3)
+
+
+def test_ui_config_choice_selects_pipeline_when_config_message_is_the_clients_default(server):
+    images, _ = marker_series("axial")
+    res = send_stream("127.0.0.1", server.port,
+                      scanner_messages(images, config="default", params={"config": "passthrough"}), timeout_s=30)
+    orig, derived = by_role(res)
+    assert len(orig) == 1 and not derived
+    assert not any("is not one of" in t for t in res.texts)
+    assert any("pipeline 'passthrough'" in t for t in res.texts)
