@@ -28,6 +28,7 @@ def _serve(args) -> int:
     server = MrdServer((args.host, args.port), settings)
     logging.getLogger(APP_NAME).info("%s %s listening on %s:%d", APP_NAME, __version__, args.host, server.port)
     print(f"{APP_NAME} {__version__} listening on {args.host}:{server.port}", flush=True)
+    server.warm_up()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -318,6 +318,24 @@ class MrdServer(socketserver.ThreadingTCPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def warm_up(self) -> threading.Thread:
+        """Load the default networks in the background, so that the first study does not pay
+        for it; connections are accepted meanwhile."""
+
+        def load():
+            t0 = time.perf_counter()
+            try:
+                from .brain_extraction import get_extractor
+
+                get_extractor().session(0)
+                log.info("networks loaded in %.1f s", time.perf_counter() - t0)
+            except Exception as e:  # reported again, with context, when a study needs them
+                log.warning("could not load the brain extraction network at start-up: %s", e)
+
+        t = threading.Thread(target=load, name="warm-up", daemon=True)
+        t.start()
+        return t
+
     def start_background(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="mrd-server", daemon=True)
         t.start()
