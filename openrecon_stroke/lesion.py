@@ -35,7 +35,14 @@ def _session(path):
 def network_grid(card: ModelCard, reference: sitk.Image, brain: sitk.Image | None) -> sitk.Image:
     """Empty image on the network grid: the card's orientation and spacing, covering the brain's
     bounding box (plus the card margin) of ``reference``, or its whole field of view."""
-    d = np.array(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), card.orientation).GetDirection()).reshape(3, 3)
+    return brain_box_grid(reference, brain, card.orientation, card.spacing_mm, card.margin_mm)
+
+
+def brain_box_grid(reference: sitk.Image, brain: sitk.Image | None, orientation: str = "RAS",
+                   spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 8.0) -> sitk.Image:
+    """Empty float image with voxel axes along ``orientation`` (ITK code) and ``spacing_mm``,
+    covering the bounding box of ``brain`` (on ``reference``'s grid) plus ``margin_mm``."""
+    d = np.array(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), orientation).GetDirection()).reshape(3, 3)
     if brain is not None and sitk.GetArrayViewFromImage(brain).any():
         idx = np.argwhere(sitk.GetArrayViewFromImage(brain) > 0)[:, ::-1]  # (x, y, z)
         lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5
@@ -44,9 +51,9 @@ def network_grid(card: ModelCard, reference: sitk.Image, brain: sitk.Image | Non
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
     pts = np.array([reference.TransformContinuousIndexToPhysicalPoint(tuple(map(float, c))) for c in corners])
     local = pts @ d  # coordinates along the network axes
-    lo_n = local.min(0) - card.margin_mm
-    hi_n = local.max(0) + card.margin_mm
-    sp = np.array(card.spacing_mm)
+    lo_n = local.min(0) - margin_mm
+    hi_n = local.max(0) + margin_mm
+    sp = np.array(spacing_mm, dtype=float)
     size = np.maximum(np.ceil((hi_n - lo_n) / sp).astype(int), 1)
     origin = d @ (lo_n + sp / 2)
     out = sitk.Image([int(s) for s in size], sitk.sitkFloat32)

@@ -1,0 +1,74 @@
+"""Training and test cases for the lesion models, from the same generator as the phantom.
+
+One case = a synthetic head (SynthSeg label map or MNI) with stroke lesions, acquired as a
+domain-randomised T1-w (1 mm, sagittal or other orientation) and FLAIR (thick slices), then
+prepared exactly as the runner prepares scanner data (:mod:`openrecon_stroke.lesion`): both
+contrasts resampled onto the network grid (RAS, 1 mm, the brain's bounding box plus margin)
+and z-scored inside the brain. Seeded and reproducible; cases are cached as ``.npz``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from openrecon_stroke.lesion import brain_box_grid, normalise
+
+log = logging.getLogger(__name__)
+
+ORIENTATIONS_T1 = ("sagittal", "axial", "coronal", "oblique")
+ORIENTATIONS_FLAIR = ("axial", "oblique", "coronal")
+
+
+def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 8.0,
+              randomize: bool = True) -> dict:
+    """``{"x": (2, z, y, x) float32 [t1, flair], "y": (z, y, x) uint8 lesion, "brain": bool,
+    "lesions": [...]}`` on the network grid."""
+    from simulator.phantom import make_study
+
+    rng = np.random.default_rng(seed)
+    orient = {"t1": ORIENTATIONS_T1[rng.integers(len(ORIENTATIONS_T1))],
+              "flair": ORIENTATIONS_FLAIR[rng.integers(len(ORIENTATIONS_FLAIR))]}
+    chans, brain_ref = {}, None
+    st = None
+    for c in ("t1", "flair"):
+        st = make_study(source, seed, randomize=randomize, orientation=orient[c], series=(c,))
+        s = st["series"][c]
+        img = s["volume"].to_sitk()
+        if c == "t1":
+            brain_ref = s["volume"].grid.to_sitk(s["brain_mask"])
+            grid = brain_box_grid(img, brain_ref, "RAS", spacing_mm, margin_mm)
+        chans[c] = sitk.GetArrayFromImage(sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                        sitk.sitkFloat32))
+    labels = st["labels"]
+    lesion = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(st["lesion_mask"] > 0, sitk.sitkUInt8), grid,
+                                                  sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    from simulator.anatomy import brain_mask
+
+    brain = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(labels, sitk.sitkInt16), grid, sitk.Transform(),
+                                                 sitk.sitkNearestNeighbor, 0))
+    brain = brain_mask(brain)
+    x = np.stack([normalise(chans[c], brain, "zscore_brain") for c in ("t1", "flair")])
+    return {"x": x.astype(np.float32), "y": (lesion > 0).astype(np.uint8), "brain": brain,
+            "lesions": st["lesions"], "spacing_mm": tuple(grid.GetSpacing())}
+
+
+def cached_case(cache: Path, source: str | None, seed: int, **kw) -> dict:
+    """:func:`make_case`, stored as ``.npz`` under ``cache`` (a corrupt file is remade)."""
+    name = f"{Path(source).name.split('.')[0] if source else 'mni'}_{seed}.npz"
+    path = Path(cache) / name
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return {"x": z["x"], "y": z["y"], "brain": z["brain"]}
+        except Exception as e:
+            log.warning("cached case %s unreadable (%s); remaking it", path, e)
+    case = make_case(source, seed, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=case["x"], y=case["y"], brain=case["brain"])
+    tmp.replace(path)
+    return case
