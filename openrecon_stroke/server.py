@@ -325,9 +325,13 @@ class MrdServer(socketserver.ThreadingTCPServer):
         def load():
             t0 = time.perf_counter()
             try:
+                import numpy as np
+
                 from .brain_extraction import get_extractor
 
-                get_extractor().session(0)
+                sess = get_extractor().session(0)
+                # one small inference: ONNX Runtime's first run in a process carries set-up costs
+                sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 64, 64, 64), np.float32)})
                 log.info("networks loaded in %.1f s", time.perf_counter() - t0)
             except Exception as e:  # reported again, with context, when a study needs them
                 log.warning("could not load the brain extraction network at start-up: %s", e)
