@@ -31,7 +31,7 @@ def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict |
         log.warning(w)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = Study(inputs={}, params=params)
+    study = Study(inputs={}, params=params, warnings=list(params.warnings))
     t0 = time.perf_counter()
     for key, path in (("t1", t1), ("flair", flair)):
         if path:
@@ -51,8 +51,6 @@ def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict |
         fname = f"{d.name}_{d.reference}.nii.gz" if both else f"{d.name}.nii.gz"
         sitk.WriteImage(img, str(out_dir / fname), useCompression=True)
         log.info("wrote %s", out_dir / fname)
-    for w in params.warnings:
-        study.warnings.insert(0, w)
     report = report_dict(study, name)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report

@@ -55,3 +55,14 @@ def test_process_needs_an_input(tmp_path, capsys):
 def test_process_reports_missing_file_clearly(tmp_path, capsys):
     assert cli_main(["process", "--t1", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path)]) == 2
     assert "nope.nii.gz" in capsys.readouterr().err
+
+
+def test_process_reports_bad_parameters_first_and_in_order(tmp_path):
+    g = Grid((20, 40, 40), (2.5, 2.5, 5.0), np.eye(3), (-50.0, -50.0, -50.0))
+    t1 = tmp_path / "t1.nii.gz"
+    sitk.WriteImage(g.to_sitk(head_like(g, (0.0, 0.0, 0.0))), str(t1))
+    rc = cli_main(["process", "--t1", str(t1), "--out", str(tmp_path / "o"), "--param", "config=headmask",
+                   "--param", "sendoriginal=maybe", "--param", "zzz=1"])
+    assert rc == 0
+    w = json.loads((tmp_path / "o" / "report.json").read_text())["warnings"]
+    assert "sendoriginal" in w[0] and "zzz" in w[1]

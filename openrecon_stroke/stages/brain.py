@@ -103,8 +103,7 @@ class Preprocess(Stage):
             reg = register_rigid(shared["n4"]["t1"], shared["n4"]["flair"],
                                  fixed_mask=_dilated(shared["brain_mask"]["t1"], 10.0))
             timings["registration"] = time.perf_counter() - t0
-            shared["registration"] = reg.summary()
-            res.findings["registration"] = reg.summary()
+            shared["registration"] = res.findings["registration"] = reg.summary()
             if reg.ok:
                 shared["flair_to_t1"] = reg.transform
                 if "flair" in images and "flair" not in shared["brain_mask"]:
