@@ -41,15 +41,16 @@ from scipy import ndimage
 
 from .model_card import file_sha256
 
-#: Folder with card.json and the ONNX files (override with ``OPENRECON_HDBET_DIR``).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "hdbet"
 
 
 _INTERPOLATORS = {"bspline3": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 
 
 def model_dir() -> Path:
-    return Path(os.environ.get("OPENRECON_HDBET_DIR", DEFAULT_MODEL_DIR))
+    """Folder with card.json and the ONNX files: ``OPENRECON_HDBET_DIR``, else ``models_dir()/hdbet``."""
+    from .paths import models_dir
+
+    return Path(os.environ.get("OPENRECON_HDBET_DIR") or models_dir() / "hdbet")
 
 
 def physical_cores() -> int:

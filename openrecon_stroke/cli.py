@@ -22,6 +22,7 @@ def _serve(args) -> int:
         max_parallel=args.max_parallel,
         save_dir=Path(args.save_data) if args.save_data else None,
         cache_dir=None if args.no_cache else Path(args.cache_dir),
+        dicom_dir=Path(args.dicom_dir) if args.dicom_dir else None,
     )
     if settings.save_dir:
         settings.save_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,8 @@ def _process(args) -> int:
     if not args.t1 and not args.flair:
         print("error: give at least one of --t1 PATH and --flair PATH", file=sys.stderr)
         return 2
-    report = process(t1=args.t1, flair=args.flair, out_dir=Path(args.out), raw_params=parse_cli_params(args.param))
+    report = process(t1=args.t1, flair=args.flair, out_dir=Path(args.out), raw_params=parse_cli_params(args.param),
+                     dicom=args.dicom)
     print(json.dumps({k: report[k] for k in ("findings", "timings_s", "warnings")}, indent=1))
     print(f"outputs in {args.out}")
     return 0
@@ -67,11 +69,16 @@ def main(argv=None) -> int:
                    help="where a preprocessed series waits (2 h) for the other contrast of its study")
     s.add_argument("--no-cache", action="store_true", help="do not fuse series sent on separate connections")
     s.add_argument("--max-image-mb", type=float, default=2048, help="largest single image accepted (MiB)")
+    s.add_argument("--dicom-dir", metavar="DIR", help="also write what is sent back as DICOM in DIR (one folder per study)")
     q = sub.add_parser("process", help="run the same pipeline offline on files")
     q.add_argument("--t1", help="T1-weighted input: NIfTI, DICOM folder or ISMRMRD file")
     q.add_argument("--flair", help="FLAIR input: NIfTI, DICOM folder or ISMRMRD file")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--dicom", action="store_true",
+                   help="also write every output as DICOM (SEG, secondary capture, MR) under OUT/dicom/<series>/")
+    from . import manifest
+    manifest.add_arguments(sub.add_parser("manifest", help="print, write (--out) or --check the OpenRecon manifest"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
@@ -79,6 +86,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "manifest":
+            return manifest.run(args)
         return _process(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -78,10 +78,20 @@ class Lesion:
     volume_ml: float
     centroid_lps_mm: tuple[float, float, float]
     hemisphere: str
+    #: "cortical" (at least half the lesion within ``CORTICAL_MM`` of the brain surface),
+    #: "subcortical", or "" when no brain mask was given
+    region: str = ""
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "volume_ml": round(self.volume_ml, 3),
-                "centroid_lps_mm": [round(v, 1) for v in self.centroid_lps_mm], "hemisphere": self.hemisphere}
+        d = {"label": self.label, "volume_ml": round(self.volume_ml, 3),
+             "centroid_lps_mm": [round(v, 1) for v in self.centroid_lps_mm], "hemisphere": self.hemisphere}
+        if self.region:
+            d["region"] = self.region
+        return d
+
+
+#: Distance to the brain surface (mm) under which lesion voxels count as cortical.
+CORTICAL_MM = 6.0
 
 
 def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float) -> np.ndarray:
@@ -96,17 +106,27 @@ def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion
     return keep[lab]
 
 
-def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float) -> list[Lesion]:
-    """Connected lesions of a mask on ``image``'s grid, largest first. Hemisphere by the side of
-    the brain's mid-sagittal plane (LPS x > midline: patient left)."""
+def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float,
+             brain: np.ndarray | None = None) -> list[Lesion]:
+    """Connected lesions of a mask on ``image``'s grid, largest first, labelled 1..n in that
+    order. Hemisphere by the side of the brain's mid-sagittal plane (LPS x > midline: patient
+    left); region (cortical/subcortical) from the distance to the surface of ``brain``."""
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     vox = float(np.prod(image.GetSpacing())) / 1000.0
+    depth = (ndimage.distance_transform_edt(brain, sampling=tuple(image.GetSpacing())[::-1])
+             if brain is not None and n else None)
     out = []
     for i, com in enumerate(ndimage.center_of_mass(mask, lab, range(1, n + 1)), start=1):
         pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in com[::-1]))
-        out.append(Lesion(i, float((lab == i).sum()) * vox, tuple(pt),
-                          "left" if pt[0] > midline_x_lps else "right"))
+        sel = lab == i
+        region = ""
+        if depth is not None:
+            region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
+        out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right",
+                          region))
     out.sort(key=lambda les: -les.volume_ml)
+    for k, les in enumerate(out, start=1):
+        les.label = k
     return out
 
 

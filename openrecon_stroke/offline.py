@@ -2,7 +2,8 @@
 
 Each derived series is written on the grid of the input it derives from (NIfTI is RAS on disk;
 SimpleITK converts from our LPS grids). With both contrasts the files get a ``_t1`` /
-``_flair`` suffix.
+``_flair`` suffix. The report page goes out as ``report.png``. With ``dicom=True`` every output
+is also written as DICOM under ``<out>/dicom/<series>/`` (:mod:`openrecon_stroke.dicom_export`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .study import Study
 log = logging.getLogger(__name__)
 
 
-def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None) -> dict:
+def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None,
+            dicom: bool = False) -> dict:
     from .inputs import load_volume
 
     params = coerce(raw_params)
@@ -41,6 +43,13 @@ def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict |
     build_pipeline(name).run(study)
     both = len(study.inputs) > 1
     for d in study.derived:
+        if d.kind == "page":
+            from PIL import Image
+
+            fname = f"{d.name}_{d.reference}.png" if both else f"{d.name}.png"
+            Image.fromarray(d.data[0]).save(out_dir / fname)
+            log.info("wrote %s", out_dir / fname)
+            continue
         grid = study.inputs[d.reference].grid
         arr = d.data
         if d.kind == "mask":
@@ -52,5 +61,12 @@ def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict |
         sitk.WriteImage(img, str(out_dir / fname), useCompression=True)
         log.info("wrote %s", out_dir / fname)
     report = report_dict(study, name)
+    if dicom:
+        from .dicom_export import export_study
+
+        res = export_study(study, out_dir / "dicom", sources={"t1": t1, "flair": flair})
+        report["dicom"] = {k: len(v) for k, v in res.series.items()}
+        report["warnings"] = list(report["warnings"]) + res.warnings
+        log.info("wrote DICOM to %s: %s", res.folder, report["dicom"])
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report

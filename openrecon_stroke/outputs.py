@@ -3,6 +3,14 @@
 Every derived image reuses the exact geometry header of the input image it derives from
 (position, directions, field of view, slice), gets its own ``image_series_index``, a series
 name suffix and fresh meta (never the input's series identity), integer display windows only.
+
+Meta on every derived image (what the scanner reads, see docs/openrecon-notes): ``DataRole``
+(``Segmentation`` for masks), ``ImageProcessingHistory``, ``SequenceDescriptionAdditional``
+(series name suffix), ``SeriesDescription``, ``ImageComments``, ``Keep_image_geometry``,
+``ImageRowDir`` / ``ImageColumnDir``; integer ``WindowCenter`` / ``WindowWidth`` on masks and
+maps only; ``InternalSend`` = 1 and no window on RGB (overlay, report page). A report page is
+one 2D image of its own size, centred on the input's field of view in its slice plane
+(:func:`page_grid`).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import ismrmrd
 import numpy as np
 
 from . import APP_NAME, __version__
-from .geometry import Volume
+from .geometry import Grid, Volume
 from .study import DerivedSeries, Study
 
 HISTORY = ["OPENRECON", APP_NAME.upper()]
@@ -19,14 +27,36 @@ HISTORY = ["OPENRECON", APP_NAME.upper()]
 MAP_SCALE = 1000.0
 
 
+def _suffix(text: str) -> str:
+    """A series-name suffix the scanner accepts: letters, digits and underscores."""
+    s = "".join(c if c.isascii() and c.isalnum() else "_" for c in str(text)).strip("_")
+    return s[:32] or "DERIVED"
+
+
+def page_grid(grid: Grid, height: int, width: int) -> Grid:
+    """Where a 2D page (report image) of ``height`` x ``width`` pixels sits: in the slice plane
+    of ``grid`` (same read/phase/slice directions), centred on the volume's centre, square
+    pixels sized so that the page spans the larger in-plane field of view, one slice as thick
+    as the input's."""
+    nz, ny, nx = grid.shape
+    dx, dy, dz = grid.spacing
+    fov = max(nx * dx, ny * dy)
+    s = fov / max(int(height), int(width))
+    read, phase, _ = grid.direction.T
+    centre = grid.index_to_lps(((nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2))
+    origin = centre - read * s * (width - 1) / 2 - phase * s * (height - 1) / 2
+    return Grid((1, int(height), int(width)), (s, s, dz), grid.direction, origin)
+
+
 def _meta(series: DerivedSeries, volume: Volume, header, is_3d: bool) -> ismrmrd.Meta:
     m = ismrmrd.Meta()
     m["DataRole"] = "Segmentation" if series.kind == "mask" else "Image"
-    m["ImageProcessingHistory"] = list(HISTORY)
-    m["SequenceDescriptionAdditional"] = series.description
+    m["ImageProcessingHistory"] = list(HISTORY) + [series.name.upper()]
+    suffix = _suffix(series.description)
+    m["SequenceDescriptionAdditional"] = suffix
     base = volume.description or "series"
-    m["SeriesDescription"] = f"{base}_{series.description}"
-    m["ImageComments"] = series.comment or series.description
+    m["SeriesDescription"] = f"{base}_{suffix}"
+    m["ImageComments"] = (series.comment or series.description)[:1024]
     m["Keep_image_geometry"] = 0 if is_3d else 1
     m["ImageRowDir"] = [f"{v:.9f}" for v in header.read_dir]
     m["ImageColumnDir"] = [f"{v:.9f}" for v in header.phase_dir]
@@ -36,7 +66,7 @@ def _meta(series: DerivedSeries, volume: Volume, header, is_3d: bool) -> ismrmrd
     elif series.kind == "map" and series.window is not None:
         c, w = series.window
         m["WindowCenter"], m["WindowWidth"] = str(int(round(c * MAP_SCALE))), str(max(1, int(round(w * MAP_SCALE))))
-    elif series.kind == "rgb":
+    elif series.kind in ("rgb", "page"):
         m["InternalSend"] = 1
     return m
 
@@ -44,8 +74,8 @@ def _meta(series: DerivedSeries, volume: Volume, header, is_3d: bool) -> ismrmrd
 def _as_wire(series: DerivedSeries) -> tuple[np.ndarray, int]:
     """Array ``(channels, nz, ny, nx)`` and MRD image_type for a derived series."""
     d = series.data
-    if series.kind == "rgb":
-        return np.moveaxis(d.astype(np.uint16), -1, 0), ismrmrd.IMTYPE_RGB
+    if series.kind in ("rgb", "page"):
+        return np.moveaxis(np.clip(d, 0, 255).astype(np.uint16), -1, 0), ismrmrd.IMTYPE_RGB
     if series.kind == "map":
         d = np.clip(np.rint(np.nan_to_num(d) * MAP_SCALE), 0, 65535)
     elif series.kind == "image":
@@ -56,8 +86,12 @@ def _as_wire(series: DerivedSeries) -> tuple[np.ndarray, int]:
 def derived_images(series: DerivedSeries, volume: Volume, series_index: int) -> list[ismrmrd.Image]:
     """MRD images of one derived series on ``volume``'s exact input geometry."""
     arr, image_type = _as_wire(series)
-    heads = volume.mrd_headers()
-    is_3d = volume.is_3d
+    if series.kind == "page":
+        heads = page_grid(volume.grid, arr.shape[2], arr.shape[3]).slice_headers()
+        is_3d = False
+    else:
+        heads = volume.mrd_headers()
+        is_3d = volume.is_3d
     out = []
     for k, h in enumerate(heads):
         part = arr if is_3d else arr[:, k:k + 1]

@@ -103,6 +103,22 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Return the brain mask series (HD-BET)."),
     Parameter("sendmask", "Send head mask", "boolean", True,
               "Return the foreground (head) mask series of the headmask check pipeline."),
+    Parameter("lesionthreshold", "Lesion threshold", "double", 0.2,
+              "Lesion probability (ensemble mean) at or above which a voxel is lesion.",
+              minimum=0.05, maximum=0.95),
+    Parameter("minlesion", "Smallest lesion", "double", 10.0,
+              "Lesions smaller than this are dropped as noise.", minimum=0.0, maximum=5000.0, unit="mm3"),
+    Parameter("anomalysteps", "Anomaly steps", "int", 2,
+              "Euler steps of the flow model that makes the pseudo-healthy brain; more is slower.",
+              minimum=1, maximum=16),
+    Parameter("sendlesion", "Send lesion mask", "boolean", True,
+              "Return the lesion mask series (label 1 = lesion)."),
+    Parameter("sendoverlay", "Send overlay", "boolean", True,
+              "Return the colour overlay series: anatomy in grey, lesion and anomaly map in colour."),
+    Parameter("sendanomaly", "Send anomaly map", "boolean", True,
+              "Return the anomaly map series (difference to the pseudo-healthy brain)."),
+    Parameter("sendreport", "Send report page", "boolean", True,
+              "Return a one-page summary image: lesions, anomaly load, timings, warnings."),
 )
 
 BY_ID = MappingProxyType({p.id: p for p in PARAMETERS})

@@ -87,10 +87,11 @@ class Pipeline:
 
 def build_pipeline(name: str) -> Pipeline:
     """The pipeline registered under ``name``; raises KeyError for unknown names."""
-    from .stages import basic, brain
+    from .stages import anomaly, basic, brain, lesion, report
 
     factories = {
-        DEFAULT_PIPELINE: lambda: [basic.InputCheck(), brain.Preprocess()],
+        DEFAULT_PIPELINE: lambda: [basic.InputCheck(), brain.Preprocess(), lesion.LesionSegmentation(),
+                                   anomaly.AnomalyDetection(), report.Overlay(), report.ReportPage()],
         "headmask": lambda: [basic.InputCheck(), basic.HeadMask()],
         "passthrough": lambda: [],
     }

@@ -104,8 +104,6 @@ class RegistrationCheck:
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
     min_mask_dice: float = 0.85
-    #: relative loss of mutual information still accepted as sampling noise
-    mi_tolerance: float = 0.02
 
 
 @dataclass
@@ -189,6 +187,12 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     after = _mi(fs, ms, tx, fmask)
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(tx).GetNthTransform(0)) \
         if tx.GetName() == "CompositeTransform" else sitk.Euler3DTransform(tx)
+    kept_scanner = False
+    if after > before:  # Mattes MI is negative: the optimiser ended worse than where it began
+        # Series of one study share the scanner's frame: its geometry is the other candidate.
+        # Keep the better of the two; the overlap check below still judges the one kept.
+        euler = sitk.Euler3DTransform(init)
+        after, kept_scanner = before, True
     rot = math.degrees(max(abs(a) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())))
     trans = float(np.linalg.norm(euler.GetTranslation()))
     # overlap of the two head masks after registration (on the fixed grid)
@@ -206,12 +210,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
         reasons.append(f"translation {trans:.1f} mm exceeds {check.max_translation_mm:.0f} mm")
     if dice < check.min_mask_dice:
         reasons.append(f"head overlap after registration is {dice:.2f} (< {check.min_mask_dice:.2f})")
-    if after > before + check.mi_tolerance * abs(before):  # Mattes MI is negative: lower is better
-        reasons.append(f"registration made the alignment worse than the scanner geometry "
-                       f"(mutual information {before:.3f} -> {after:.3f})")
     ok = not reasons
-    return RegistrationResult(euler, rot, trans, before, after, dice, ok,
-                              "; ".join(reasons) or "passed", time.perf_counter() - t0)
+    reason = "; ".join(reasons) or ("passed (scanner geometry kept: the optimiser did not improve on it)"
+                                    if kept_scanner else "passed")
+    return RegistrationResult(euler, rot, trans, before, after, dice, ok, reason, time.perf_counter() - t0)
 
 
 def resample_to(img: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,

@@ -51,6 +51,8 @@ class ServerSettings:
     #: where preprocessed series wait for the other contrast of their study (None: no cache)
     cache_dir: Path | None = None
     cache_ttl_s: float = 2 * 3600
+    #: also write what was sent back as DICOM, one sub-folder per connection (None: do not)
+    dicom_dir: Path | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
         self.writer = MessageWriter(sock)
         self.saver: StreamFileWriter | None = None
+        self.pending_dicom = None  # (study, params) to write as DICOM once the scanner has its answer
 
     # -- helpers ---------------------------------------------------------------------------
     def info(self, msg, *args):
@@ -216,6 +219,22 @@ class Connection:
         for w in study.warnings:
             self.tell("WARNING", w)
         self.writer.text(report_text(study, name))
+        if self.settings.dicom_dir is not None:
+            self.pending_dicom = (study, params)
+
+    def write_dicom(self):
+        """What was sent, as DICOM under ``dicom_dir`` (after CLOSE: the scanner does not wait)."""
+        study, params = self.pending_dicom
+        self.pending_dicom = None
+        from .dicom_export import export_study
+
+        folder = Path(self.settings.dicom_dir) / f"{datetime.now():%Y%m%d_%H%M%S}_{self.id}"
+        try:
+            with self.phase("dicom"):
+                res = export_study(study, folder, send_params=params)
+            self.info("DICOM written to %s (%d series)", folder, len(res.series))
+        except Exception:  # noqa: BLE001 - the scanner already has its images
+            self.log.exception("[conn %d] DICOM export to %s failed", self.id, folder)
 
     def build_study(self, images, header, params) -> Study:
         """Assemble each image series into a volume and file it under its contrast."""
@@ -276,6 +295,8 @@ class Connection:
                 else:
                     self.respond(inc)
             self.writer.close()
+            if self.pending_dicom is not None:
+                self.write_dicom()
         except OSError as e:
             self.log.warning("[conn %d] the scanner went away while we were answering (%s)", self.id, e)
         except Exception as e:  # never let one connection take the server down
@@ -332,9 +353,15 @@ class MrdServer(socketserver.ThreadingTCPServer):
                 sess = get_extractor().session(0)
                 # one small inference: ONNX Runtime's first run in a process carries set-up costs
                 sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 64, 64, 64), np.float32)})
+                from .anomaly import get_model
+                from .stages.lesion import MODEL_FOLDERS, get_segmenter
+
+                for inputs in MODEL_FOLDERS:
+                    get_segmenter(inputs).sessions
+                get_model().session
                 log.info("networks loaded in %.1f s", time.perf_counter() - t0)
             except Exception as e:  # reported again, with context, when a study needs them
-                log.warning("could not load the brain extraction network at start-up: %s", e)
+                log.warning("could not load all networks at start-up: %s", e)
 
         t = threading.Thread(target=load, name="warm-up", daemon=True)
         t.start()

@@ -15,8 +15,10 @@ CONTRASTS = ("t1", "flair")
 
 #: Kinds of derived series and how they go back to the scanner.
 #: mask: integer labels (0 background); map: float values with a fixed display window;
-#: image: float image in the input's intensity range; rgb: (nz, ny, nx, 3) uint8.
-DERIVED_KINDS = ("mask", "map", "image", "rgb")
+#: image: float image in the input's intensity range; rgb: (nz, ny, nx, 3) uint8;
+#: page: one 2D RGB picture (1, height, width, 3) uint8 that is not on the input grid (the report
+#: page; :func:`openrecon_stroke.outputs.page_grid` places it in the input's slice plane).
+DERIVED_KINDS = ("mask", "map", "image", "rgb", "page")
 
 
 @dataclass
@@ -72,7 +74,12 @@ class Study:
         if ref is None:
             raise GeometryError(f"derived series {series.name} refers to missing input {series.reference}")
         want = ref.grid.shape + ((3,) if series.kind == "rgb" else ())
-        if tuple(series.data.shape) != want:
+        if series.kind == "page":
+            d = series.data
+            if d.ndim != 4 or d.shape[0] != 1 or d.shape[3] != 3 or min(d.shape[1:3]) < 1:
+                raise GeometryError(f"derived series {series.name} (page) has shape {d.shape}, "
+                                    "expected (1, height, width, 3)")
+        elif tuple(series.data.shape) != want:
             raise GeometryError(
                 f"derived series {series.name} has shape {series.data.shape}, input grid is {want}"
             )

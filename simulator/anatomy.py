@@ -842,6 +842,51 @@ def insert_lesions(labels: sitk.Image, rng: np.random.Generator, n_lesions: int 
     return out, mask, lesions
 
 
+#: Non-lesional abnormalities :func:`add_abnormality` can make (for the anomaly evaluation).
+ABNORMALITIES = ("ventricles", "atrophy")
+
+
+def add_abnormality(labels: sitk.Image, rng: np.random.Generator, kind: str,
+                    hemispheres: sitk.Image | np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image]:
+    """A non-lesional abnormality in a tissue label map: ``ventricles`` (both lateral ventricles
+    enlarged by 2-4 mm into the surrounding white matter and deep grey matter) or ``atrophy``
+    (focal cortical thinning: within a 25-40 mm ball on the convexity, the outer 1-2 mm of
+    cortex becomes extra-cerebral CSF).
+
+    Returns ``(new_labels, changed)``: the label map and a uint8 mask of the voxels that changed.
+    """
+    if kind not in ABNORMALITIES:
+        raise ValueError(f"unknown abnormality {kind!r}; choose from {', '.join(ABNORMALITIES)}")
+    grid = Grid.from_sitk(labels)
+    arr = sitk.GetArrayFromImage(labels).astype(np.int16)
+    before = arr.copy()
+    if hemispheres is None:
+        hemi = hemisphere_split(labels)
+    else:
+        hemi = (sitk.GetArrayFromImage(hemispheres) if isinstance(hemispheres, sitk.Image)
+                else np.asarray(hemispheres)).astype(np.uint8)
+    if kind == "ventricles":
+        mm = int(rng.integers(2, 5))
+        for side in (LEFT, RIGHT):
+            _enlarge_ventricle(arr, hemi, side, mm)
+    else:
+        gm = arr == Tissue.GM
+        outer = gm & ndi.binary_dilation(arr == Tissue.EXTRA_CSF, iterations=1)
+        centre = _pick_voxel(outer, rng)
+        radius = float(rng.uniform(25, 40))
+        zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in arr.shape)]
+        sp = grid.spacing[::-1]
+        ball = ((zz - centre[0]) * sp[0]) ** 2 + ((yy - centre[1]) * sp[1]) ** 2 + \
+               ((xx - centre[2]) * sp[2]) ** 2 <= radius ** 2
+        csf = arr == Tissue.EXTRA_CSF
+        for _ in range(int(rng.integers(1, 3))):
+            peel = (arr == Tissue.GM) & ndi.binary_dilation(csf, iterations=1) & ball
+            arr[peel] = Tissue.EXTRA_CSF
+            csf |= peel
+    changed = (arr != before).astype(np.uint8)
+    return grid.to_sitk(arr), grid.to_sitk(changed)
+
+
 def _enlarge_ventricle(arr, hemi, side, mm):
     vent = (arr == Tissue.CSF) & (hemi == side)
     pts = np.argwhere(vent)

@@ -81,7 +81,7 @@ def study_uids(seed: int, source: str) -> dict:
 
 def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | None = None,
                kinds=None, orientation: str | None = None, randomize: bool = False,
-               t1_3d: bool = False, series=("t1", "flair")) -> dict:
+               t1_3d: bool = False, series=("t1", "flair"), abnormality: str | None = None) -> dict:
     """Simulate the study in memory (``series``: which of :data:`SERIES` to make; each series
     draws from its own random stream, so a subset gives the same volumes as the full study).
 
@@ -96,6 +96,10 @@ def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | No
     labels = anatomy.load_head(source)
     hemi = anatomy.load_hemispheres(source)
     labels_l, inst, lesions = anatomy.insert_lesions(labels, rng_lesion, n_lesions, kinds, hemispheres=hemi)
+    abnormal = None
+    if abnormality:  # a non-lesional abnormality (anomaly evaluation), from its own random stream
+        rng_abn = np.random.default_rng(np.random.SeedSequence([int(seed), 7305, 1]))
+        labels_l, abnormal = anatomy.add_abnormality(labels_l, rng_abn, abnormality, hemispheres=hemi)
     log.info("lesions: %s", ", ".join(f"{les['kind']} {les['hemisphere']} {les['volume_ml']:.2f} mL"
                                       for les in lesions) or "none")
     grid_src = Grid.from_sitk(labels_l)
@@ -104,7 +108,7 @@ def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | No
     lesion_img = grid_src.to_sitk((sitk.GetArrayViewFromImage(inst) > 0).astype(np.float32))
     uids = study_uids(seed, source or "mni")
     identity = dict(patient_id=f"PHANTOM{int(seed):04d}", patient_name=f"Phantom^Stroke{int(seed)}", **uids)
-    out = dict(labels=labels_l, lesion_mask=inst, lesions=lesions, series={})
+    out = dict(labels=labels_l, lesion_mask=inst, lesions=lesions, series={}, abnormal_mask=abnormal)
     unknown = set(series) - set(SERIES)
     if unknown:
         raise ValueError(f"unknown series {sorted(unknown)}; choose from {', '.join(SERIES)}")

@@ -193,6 +193,8 @@ def add_arguments(p):
                    help="UI parameter, repeatable (e.g. --param sendoriginal=false)")
     p.add_argument("--out", required=True, help="output ISMRMRD file for the returned images")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server")
+    p.add_argument("--dicom", metavar="DIR", default=None,
+                   help="also write the returned series (and the originals) as DICOM in DIR/<series>/")
 
 
 def run(args) -> int:
@@ -213,6 +215,15 @@ def run(args) -> int:
         print(f"  series {sidx}: {len(ims)} image(s) {_series_name(ims)}")
     for p in written:
         print(p)
+    if args.dicom and res.images:
+        from openrecon_stroke.dicom_export import export_mrd_images
+
+        exp = export_mrd_images(res.images, args.dicom, header_xml=stream.header_xml, sent=stream.images)
+        for name, files in exp.series.items():
+            print(f"  DICOM {name}: {len(files)} file(s)")
+        for w in exp.warnings:
+            print(f"warning: {w}")
+        print(f"DICOM in {args.dicom}")
     print(f"done in {res.seconds_total:.2f} s ({len(res.images)} image(s) and {len(res.texts)} message(s) returned)")
     if res.error or not res.closed_cleanly:
         print(f"error: the connection did not end cleanly: {res.error or 'no CLOSE from the server'}")

@@ -24,9 +24,11 @@ ORIENTATIONS_FLAIR = ("axial", "oblique", "coronal")
 
 
 def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 8.0,
-              randomize: bool = True) -> dict:
+              randomize: bool = True, n_lesions: int | None = None, abnormality: str | None = None) -> dict:
     """``{"x": (2, z, y, x) float32 [t1, flair], "y": (z, y, x) uint8 lesion, "brain": bool,
-    "lesions": [...]}`` on the network grid."""
+    "lesions": [...]}`` on the network grid; with ``abnormality`` (see
+    :func:`simulator.anatomy.add_abnormality`) also ``"abn"``, the changed voxels (uint8).
+    ``n_lesions=0`` makes a healthy head."""
     from simulator.phantom import make_study
 
     rng = np.random.default_rng(seed)
@@ -35,7 +37,8 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
     chans, brain_ref = {}, None
     st = None
     for c in ("t1", "flair"):
-        st = make_study(source, seed, randomize=randomize, orientation=orient[c], series=(c,))
+        st = make_study(source, seed, randomize=randomize, orientation=orient[c], series=(c,),
+                        n_lesions=n_lesions, abnormality=abnormality)
         s = st["series"][c]
         img = s["volume"].to_sitk()
         if c == "t1":
@@ -52,8 +55,12 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
                                                  sitk.sitkNearestNeighbor, 0))
     brain = brain_mask(brain)
     x = np.stack([normalise(chans[c], brain, "zscore_brain") for c in ("t1", "flair")])
-    return {"x": x.astype(np.float32), "y": (lesion > 0).astype(np.uint8), "brain": brain,
-            "lesions": st["lesions"], "spacing_mm": tuple(grid.GetSpacing())}
+    out = {"x": x.astype(np.float32), "y": (lesion > 0).astype(np.uint8), "brain": brain,
+           "lesions": st["lesions"], "spacing_mm": tuple(grid.GetSpacing())}
+    if st.get("abnormal_mask") is not None:
+        out["abn"] = sitk.GetArrayFromImage(sitk.Resample(st["abnormal_mask"], grid, sitk.Transform(),
+                                                          sitk.sitkNearestNeighbor, 0)).astype(np.uint8)
+    return out
 
 
 def cached_case(cache: Path, source: str | None, seed: int, **kw) -> dict:
@@ -63,12 +70,12 @@ def cached_case(cache: Path, source: str | None, seed: int, **kw) -> dict:
     if path.exists():
         try:
             with np.load(path) as z:
-                return {"x": z["x"], "y": z["y"], "brain": z["brain"]}
+                return {k: z[k] for k in z.files}
         except Exception as e:
             log.warning("cached case %s unreadable (%s); remaking it", path, e)
     case = make_case(source, seed, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, x=case["x"], y=case["y"], brain=case["brain"])
+    np.savez_compressed(tmp, **{k: case[k] for k in ("x", "y", "brain", "abn") if k in case})
     tmp.replace(path)
     return case

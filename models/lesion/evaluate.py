@@ -29,13 +29,14 @@ from openrecon_stroke.sliding_window import predict  # noqa: E402
 TEST_MAPS = tuple(range(15, 21))
 
 
-def test_cases(data: Path, n: int, cache: Path):
+def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5)):
+    """Seeded held-out cases on the network grid (``spacing_mm``); metrics are computed there."""
     from simulator.training import cached_case
 
     maps = [data / "synthseg_label_maps" / f"training_seg_{i:02d}.nii.gz" for i in TEST_MAPS]
     for k in range(n):
         m = maps[k % len(maps)]
-        yield cached_case(cache, str(m), seed=900000 + k)
+        yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
 
 
 def evaluate(card: ModelCard, cases, sessions=None) -> dict:
@@ -72,14 +73,20 @@ def main(argv=None):
     ap.add_argument("models", nargs="+", help="model folders (each with card.json)")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--cases", type=int, default=20)
-    ap.add_argument("--cache", default="/tmp/openrecon-lesion-test-cases")
+    ap.add_argument("--cache", default=None, help="case cache (default /tmp/lesion-test-cases-<spacing>)")
     ap.add_argument("--single-folds", action="store_true", help="also evaluate each fold alone")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    cases = list(test_cases(Path(args.data), args.cases, Path(args.cache)))
+    cards = [ModelCard.load(f) for f in args.models]
+    sp = cards[0].spacing_mm
+    cache = Path(args.cache or f"/tmp/lesion-test-cases-{sp[0]:g}")
+    from tqdm import tqdm
+
+    cases = list(tqdm(test_cases(Path(args.data), args.cases, cache, sp), total=args.cases, desc="test cases"))
     results = {}
-    for folder in args.models:
-        card = ModelCard.load(folder)
+    for card in cards:
+        if card.spacing_mm != sp:
+            raise SystemExit("all models evaluated together must share one network spacing")
         seg = LesionSegmenter(card)
         results[f"{card.name} (ensemble of {len(card.files)})"] = evaluate(card, cases)
         if args.single_folds and len(card.files) > 1:

@@ -73,8 +73,9 @@ class Preprocess(Stage):
                         log.info("using the %s series of this study from the cache (%s)", c,
                                  meta.get("description", ""))
 
-        # brain mask on the best-suited contrast (T1-w when present)
-        ref = "t1" if "t1" in images else "flair"
+        # brain mask on the best-suited contrast (T1-w when present, here or from the cache: a
+        # cached T1-w mask reaches this FLAIR through the registration below)
+        ref = "t1" if ("t1" in images or "t1" in shared["brain_mask"]) else "flair"
         mode = study.params["betmode"]
         if ref in images:
             t0 = time.perf_counter()
@@ -129,6 +130,11 @@ class Preprocess(Stage):
                 comment=f"HD-BET brain mask ({mode})", send_param="sendbrainmask"))
             res.findings[f"brain_volume_ml_{c}"] = round(_ml(mask), 1)
         res.findings["brain_extraction_mode"] = mode
+        from ..brain_extraction import get_extractor
+
+        models = dict(study.findings.get("models", {}))
+        models["brain_extraction"] = f"{get_extractor().card.get('name', 'HD-BET')} (ONNX, {mode})"
+        res.findings["models"] = models
         res.findings["preprocess_timings_s"] = {k: round(v, 2) for k, v in timings.items()}
 
         if study.cache is not None and key:

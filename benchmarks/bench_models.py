@@ -1,0 +1,99 @@
+"""Benchmark: lesion segmentation (fusion ensemble) and anomaly detection for one study, stage by
+stage, on the shipped ONNX models, against named baselines run in the same session.
+
+Each configuration runs in a fresh subprocess (so that its peak memory is its own): the study
+(the default synthetic phantom, T1-w + FLAIR) is preprocessed once there, untimed, and the stage
+is then run ``--runs`` times; the median is reported. Networks are loaded before timing, as the
+server does at start-up.
+
+* lesion, ours: the whole brain box in one window (the card's patch), 3 folds, no mirroring;
+  baseline "sliding 48": the same ensemble predicted in 48-voxel windows (the training patch)
+  with 50 % overlap, nnU-Net's usual way;
+* anomaly, ours: the card's default number of Euler steps; baseline: 8 steps.
+
+    .venv/bin/python benchmarks/bench_models.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _one(config: str, runs: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    from openrecon_stroke.params import coerce
+    from openrecon_stroke.stages.anomaly import AnomalyDetection
+    from openrecon_stroke.stages.brain import Preprocess
+    from openrecon_stroke.stages.lesion import LesionSegmentation, get_segmenter
+    from openrecon_stroke.study import Study
+    from simulator.phantom import make_study
+
+    st = make_study("mni", seed=0)
+    inputs = {k: s["volume"] for k, s in st["series"].items()}
+    raw = {"anomalysteps": 8} if config == "anomaly_8_steps" else {}
+    study = Study(inputs=inputs, params=coerce(raw))
+    study.findings.update(Preprocess().run(study).findings)
+    seg = get_segmenter(("t1", "flair"))
+    seg.sessions
+    if config == "lesion_sliding_48":
+        import dataclasses
+
+        seg.card = dataclasses.replace(seg.card, patch_size=(48, 48, 48), overlap=0.5)
+    stage = LesionSegmentation() if config.startswith("lesion") else AnomalyDetection()
+    if config.startswith("anomaly"):
+        from openrecon_stroke.anomaly import get_model
+
+        get_model().session
+        res = LesionSegmentation().run(study)  # the anomaly load needs the lesion mask
+        for d in res.derived:
+            study.add(d)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = stage.run(study)
+        times.append(time.perf_counter() - t0)
+    return {"config": config, "median_s": statistics.median(times), "runs_s": times,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "rss_before_gib": rss0,
+            "findings": {k: v for k, v in r.findings.items() if k in ("lesion_count", "lesion_volume_ml", "anomaly")}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.one:
+        print("RESULT " + json.dumps(_one(a.one, a.runs)))
+        return
+    out = {}
+    for config in ("lesion_ours", "lesion_sliding_48", "anomaly_ours", "anomaly_8_steps"):
+        p = subprocess.run([sys.executable, __file__, "--one", config, "--runs", str(a.runs)], capture_output=True,
+                           text=True, cwd=REPO)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not line:
+            print(p.stdout[-2000:], p.stderr[-3000:])
+            raise SystemExit(f"{config} failed")
+        out[config] = json.loads(line[0][7:])
+        r = out[config]
+        print(f"{config:20s} median {r['median_s']:6.2f} s  runs {[round(t, 2) for t in r['runs_s']]}  "
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB  {r['findings']}", flush=True)
+    print(f"\nlesion: ours {out['lesion_ours']['median_s']:.2f} s vs sliding-48 baseline "
+          f"{out['lesion_sliding_48']['median_s']:.2f} s: {out['lesion_sliding_48']['median_s'] / out['lesion_ours']['median_s']:.1f}x")
+    print(f"anomaly: ours {out['anomaly_ours']['median_s']:.2f} s vs 8-step baseline "
+          f"{out['anomaly_8_steps']['median_s']:.2f} s: {out['anomaly_8_steps']['median_s'] / out['anomaly_ours']['median_s']:.1f}x")
+    (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
+    (REPO / "benchmarks" / "results" / "models.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

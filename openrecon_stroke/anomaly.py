@@ -1,0 +1,232 @@
+"""Anomaly detection with a rectified-flow model (REFLECT-style), on ONNX Runtime.
+
+The network predicts a velocity field v(x_t, t, contrast); integrating ``steps`` Euler steps
+from the input brain (t = 0) gives its pseudo-healthy version (t = 1). The anomaly score is the
+smoothed absolute difference between the two, divided by a per-contrast scale measured on
+healthy calibration brains, averaged over the contrasts present, and finally divided by the
+threshold fixed on those healthy brains: **a score of 1 is the anomaly threshold** in every
+study, whatever the scanner or contrast.
+
+All arrays here are on the model's network grid (RAS, ``spacing_mm``, the brain's bounding
+box plus a margin; axes (z, y, x)) and z-scored inside the brain, exactly as in training.
+
+The model is data plus its card (``models/anomaly/card.json``): file and sha256, contrasts and
+their channel flag, spacing, normalisation, default steps, smoothing, per-contrast scales and the
+thresholds per contrast combination (written by ``models/anomaly/calibrate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .model_card import ModelCardError, file_sha256
+
+#: Network input sizes must be multiples of this (three stride-2 levels).
+DIVISOR = 8
+
+
+def anomaly_dir() -> Path:
+    """``OPENRECON_ANOMALY_DIR``, else ``models_dir()/anomaly``."""
+    from .paths import models_dir
+
+    return Path(os.environ.get("OPENRECON_ANOMALY_DIR") or models_dir() / "anomaly")
+
+
+@dataclass(frozen=True)
+class AnomalyCard:
+    path: Path
+    name: str
+    version: str
+    file: Path
+    sha256: str
+    contrast_flag: dict
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    margin_mm: float
+    steps: int
+    smoothing_mm: float
+    #: per number of Euler steps: ``scale`` (contrast -> the smoothed |input - pseudo-healthy|
+    #: that healthy brains reach) and ``threshold`` (contrast combination "t1", "flair",
+    #: "t1+flair" -> threshold on the mean scaled score), both from healthy calibration brains
+    calibration: dict
+    #: anomalies smaller than this are dropped from the anomaly mask (mm³)
+    min_volume_mm3: float = 50.0
+    #: the brain mask is eroded by this much before scoring (edge of the mask, mm)
+    edge_mm: float = 2.0
+
+    @staticmethod
+    def load(path: str | Path, verify: bool = True) -> "AnomalyCard":
+        path = Path(path)
+        f = path / "card.json" if path.is_dir() else path
+        try:
+            d = json.loads(f.read_text())
+            card = AnomalyCard(
+                path=f, name=str(d["name"]), version=str(d["version"]), file=f.parent / d["file"],
+                sha256=str(d.get("sha256", "")), contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
+                spacing_mm=tuple(float(v) for v in d["spacing_mm"]), orientation=str(d.get("orientation", "RAS")),
+                margin_mm=float(d.get("margin_mm", 8.0)), steps=int(d["steps"]),
+                smoothing_mm=float(d["smoothing_mm"]),
+                calibration={int(k): {"scale": {c: float(x) for c, x in v["scale"].items()},
+                                      "threshold": {c: float(x) for c, x in v["threshold"].items()}}
+                             for k, v in d["calibration"].items()},
+                min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)))
+        except FileNotFoundError:
+            raise ModelCardError(f"no anomaly model card at {f}") from None
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+            raise ModelCardError(f"{f}: malformed anomaly model card ({e!r})") from None
+        if card.steps < 1 or not card.calibration or any(
+                not set(v["scale"]) <= set(card.contrast_flag) for v in card.calibration.values()):
+            raise ModelCardError(f"{f}: needs steps >= 1 and a calibration whose scales name known contrasts")
+        if verify:
+            if not card.file.is_file():
+                raise ModelCardError(f"model file {card.file} listed in {f} is missing")
+            if card.sha256 and file_sha256(card.file) != card.sha256:
+                raise ModelCardError(f"model file {card.file} does not match its sha256 in {f}")
+        return card
+
+    def combination(self, contrasts) -> str:
+        return "+".join(c for c in ("t1", "flair") if c in contrasts)
+
+    def calibrated(self, steps: int) -> dict:
+        """Calibration for ``steps`` Euler steps (the nearest calibrated number of steps)."""
+        k = min(self.calibration, key=lambda n: (abs(n - steps), n))
+        return self.calibration[k]
+
+
+class AnomalyModel:
+    """A card and its ONNX Runtime session (created on first use, shared by threads)."""
+
+    def __init__(self, card: AnomalyCard):
+        self.card = card
+        self._session = None
+        self._lock = threading.Lock()
+
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                from .lesion import _session
+
+                self._session = _session(self.card.file)
+            return self._session
+
+    def pseudo_healthy(self, x: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
+        """``steps`` Euler steps of the flow from ``x`` (z, y, x), whole volume at once."""
+        n = int(steps or self.card.steps)
+        flag = self.card.contrast_flag[contrast]
+        pad = [(0, (-s) % DIVISOR) for s in x.shape]
+        y = np.pad(x.astype(np.float32), pad)
+        sess = self.session
+        name = sess.get_inputs()[0].name
+        for k in range(n):
+            t = k / n
+            inp = np.stack([y, np.full_like(y, t), np.full_like(y, flag)])[None]
+            y = y + sess.run(None, {name: inp})[0][0, 0] / n
+        return y[tuple(slice(0, s) for s in x.shape)]
+
+    def difference(self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
+        """Smoothed |x - pseudo-healthy(x)| inside the brain, in units of this study's typical
+        (median) difference, before calibration.
+
+        The brain's median residual is removed first (a global drift of the flow is not an
+        anomaly); dividing by the median smoothed difference makes the values comparable across
+        scanners and contrasts before the healthy-brain calibration.
+        """
+        c = self.card
+        sigma = [c.smoothing_mm / s for s in c.spacing_mm[::-1]]
+        h = self.pseudo_healthy(np.where(brain, x, 0), contrast, steps)
+        r = x - h
+        r = r - float(np.median(r[brain])) if brain.any() else r
+        d = ndimage.gaussian_filter(np.abs(r) * brain, sigma)
+        core = self.core(brain)
+        typical = float(np.median(d[core])) if core.any() else 0.0
+        return d / typical if typical > 0 else d
+
+    def core(self, brain: np.ndarray) -> np.ndarray:
+        """The brain mask eroded by ``edge_mm``: where scores are kept."""
+        c = self.card
+        return ndimage.binary_erosion(brain, iterations=max(1, int(round(c.edge_mm / min(c.spacing_mm)))))
+
+    def score(self, images: dict[str, np.ndarray], brain: np.ndarray, steps: int | None = None) -> np.ndarray:
+        """Anomaly score (1 = threshold) from z-scored images ``{contrast: (z, y, x)}`` on the
+        network grid, 0 outside the (eroded) brain."""
+        c = self.card
+        n = int(steps or c.steps)
+        cal = c.calibrated(n)
+        total = np.zeros(brain.shape, np.float32)
+        for contrast, x in images.items():
+            total += self.difference(x, brain, contrast, n) / cal["scale"][contrast]
+        total /= max(len(images), 1)
+        return np.where(self.core(brain), total / cal["threshold"][c.combination(images)], 0.0).astype(np.float32)
+
+    def mask(self, score: np.ndarray, voxel_mm3: float) -> np.ndarray:
+        """Binary anomaly mask: score >= 1, components under ``min_volume_mm3`` dropped."""
+        from .lesion import postprocess
+
+        return postprocess(score, voxel_mm3, 1.0, self.card.min_volume_mm3)
+
+
+_models: dict[Path, AnomalyModel] = {}
+_models_lock = threading.Lock()
+
+
+def get_model(folder: str | Path | None = None) -> AnomalyModel:
+    folder = Path(folder) if folder is not None else anomaly_dir()
+    with _models_lock:
+        m = _models.get(folder)
+        if m is None:
+            m = _models[folder] = AnomalyModel(AnomalyCard.load(folder))
+        return m
+
+
+def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0) -> dict:
+    """Anomalous volume (mL) in total and split into inside the segmented lesion, perilesional
+    (within ``perilesional_mm`` of it) and remote."""
+    vox_ml = float(np.prod(spacing_zyx)) / 1000.0
+    out = {"load_ml": round(float(anomaly.sum()) * vox_ml, 3)}
+    if lesion is None or not lesion.any():
+        out.update(in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=out["load_ml"])
+        return out
+    dist = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
+    near = (dist > 0) & (dist <= perilesional_mm)
+    out["in_lesion_ml"] = round(float((anomaly & lesion).sum()) * vox_ml, 3)
+    out["perilesional_ml"] = round(float((anomaly & near).sum()) * vox_ml, 3)
+    out["remote_ml"] = round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3)
+    return out
+
+
+def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> dict | None:
+    """Ventricle volume (mL) and an atrophy index (CSF fraction of the brain mask) from a
+    bias-corrected T1-w image: CSF is the darkest of three intensity classes (Otsu) inside the
+    brain; ventricles are the CSF components at least 12 mm inside the brain surface, largest
+    two. None when the image does not separate into three classes (not measurable)."""
+    import SimpleITK as sitk
+
+    vals = t1[brain]
+    if vals.size < 1000:
+        return None
+    f = sitk.OtsuMultipleThresholdsImageFilter()
+    f.SetNumberOfThresholds(2)
+    f.SetNumberOfHistogramBins(128)
+    f.Execute(sitk.GetImageFromArray(vals.astype(np.float32).reshape(1, 1, -1)))
+    classes = np.digitize(t1, sorted(f.GetThresholds()))
+    csf = (classes == 0) & brain
+    means = [float(t1[(classes == k) & brain].mean()) if ((classes == k) & brain).any() else np.nan for k in range(3)]
+    if not (np.isfinite(means).all() and means[0] < means[1] < means[2]):
+        return None
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing_zyx)
+    inner = csf & (depth >= 12.0)
+    lab, n = ndimage.label(inner)
+    vox_ml = float(np.prod(spacing_zyx)) / 1000.0
+    vent = 0.0
+    if n:
+        sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+        vent = float(sizes[:2].sum()) * vox_ml
+    return {"ventricle_ml": round(vent, 1), "atrophy_index": round(float(csf.sum()) / float(brain.sum()), 3)}

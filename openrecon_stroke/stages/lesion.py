@@ -1,0 +1,131 @@
+"""Lesion segmentation stage: the shipped ONNX ensembles, driven by their model cards.
+
+Which model runs (each an ensemble of folds, voxel-wise mean probability):
+
+* T1-w and FLAIR both known (same connection or the study cache) and registered: the late-fusion
+  model, on the T1-w frame, FLAIR brought in through the checked rigid transform;
+* one contrast only, or a registration that failed its check: the single-contrast model of each
+  series present, each on its own frame (with a warning saying what was lost).
+
+The probability is mapped back onto every input series' own grid, thresholded (UI
+``lesionthreshold``, default 0.2) and cleaned of components under ``minlesion`` mm³ (default 10).
+Findings: per-lesion volume (mL), centroid (LPS, mm), hemisphere and cortical/subcortical
+region, described on the reference series (T1-w when present).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..lesion import LesionSegmenter, describe, postprocess
+from ..model_card import ModelCard
+from ..pipeline import Stage, StageResult
+from ..study import DerivedSeries, Study
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
+
+_segmenters: dict[Path, LesionSegmenter] = {}
+_lock = threading.Lock()
+
+
+def lesion_dir() -> Path:
+    """Folder with one sub-folder per lesion model (card.json + ONNX): ``OPENRECON_LESION_DIR``,
+    else ``models_dir()/lesion``."""
+    from ..paths import models_dir
+
+    return Path(os.environ.get("OPENRECON_LESION_DIR") or models_dir() / "lesion")
+
+
+def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
+    """The (process-wide, loaded once) segmenter for a contrast combination."""
+    folder = lesion_dir() / MODEL_FOLDERS[inputs]
+    with _lock:
+        seg = _segmenters.get(folder)
+        if seg is None:
+            if not (folder / "card.json").is_file():
+                raise FileNotFoundError(
+                    f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
+                    "models/lesion; rebuild it, or train with models/lesion/train_all.sh)")
+            seg = _segmenters[folder] = LesionSegmenter(ModelCard.load(folder))
+        return seg
+
+
+class LesionSegmentation(Stage):
+    name = "lesion"
+    needs = ("brain_mask",)
+
+    def run(self, study: Study) -> StageResult:
+        res = StageResult()
+        sh = study.shared
+        n4, brains = sh["n4"], sh["brain_mask"]
+        thr = float(study.params["lesionthreshold"])
+        min_mm3 = float(study.params["minlesion"])
+
+        # which model(s): (contrasts it reads, images, brain mask on the first, transforms)
+        runs = []
+        if "t1" in n4 and "flair" in n4 and "flair_to_t1" in sh:
+            runs.append((("t1", "flair"), {"flair": sh["flair_to_t1"]}))
+        else:
+            for c in ("t1", "flair"):
+                if c in study.inputs:
+                    runs.append(((c,), {}))
+            if "t1" in n4 and "flair" in n4:
+                res.warnings.append("lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
+                                    "registration failed): expect lower sensitivity for small lesions")
+            elif "flair" not in n4:
+                res.warnings.append("FLAIR missing: lesions were segmented on T1-w alone, which misses "
+                                    "more small lesions; add the FLAIR series for the fused model")
+            elif "t1" not in n4:
+                res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
+
+        lesions_out, used = None, []
+        for inputs, to_contrast in runs:
+            seg = get_segmenter(inputs)
+            card = seg.card
+            used.append(f"{card.name} {card.version} ({len(card.files)} folds)")
+            ref = inputs[0]
+            prob = seg.probability({c: n4[c] for c in inputs}, brains[ref], to_contrast)
+            # onto every input series this model speaks for
+            targets = list(study.inputs) if len(inputs) > 1 else [c for c in inputs if c in study.inputs]
+            for c in targets:
+                img = n4[c]
+                # points of series c -> points of the reference frame
+                tx = None
+                if c != ref:
+                    tx = to_contrast[c].GetInverse()
+                p = seg.on_grid(prob, img, tx)
+                brain = sitk.GetArrayViewFromImage(brains[c]) > 0
+                p = np.where(brain, p, 0.0)
+                vol = study.inputs[c]
+                mask = postprocess(p, vol.grid.voxel_volume_mm3, thr, min_mm3)
+                res.derived.append(DerivedSeries(
+                    name="lesion_mask", reference=c, data=mask.astype(np.uint8), kind="mask",
+                    description="LESION", send_param="sendlesion",
+                    comment=f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"))
+                if lesions_out is None or c == "t1":
+                    lesions_out = self._describe(mask, img, brain, c)
+        lesions = lesions_out or []
+        res.findings["lesions"] = lesions
+        res.findings["lesion_count"] = len(lesions)
+        res.findings["lesion_volume_ml"] = round(float(sum(les["volume_ml"] for les in lesions)), 3)
+        res.findings["lesion_model"] = "; ".join(used)
+        models = dict(study.findings.get("models", {}))
+        models["lesion"] = "; ".join(used)
+        res.findings["models"] = models
+        return res
+
+    @staticmethod
+    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[dict]:
+        if not mask.any():
+            return []
+        zyx = np.argwhere(brain).mean(0)[::-1]
+        midline = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx))[0]
+        return [dict(les.as_dict(), series=contrast) for les in describe(mask, img, midline, brain)]

@@ -1,0 +1,115 @@
+"""Lesion segmentation and anomaly detection with the shipped ONNX models, on synthetic studies
+whose true lesions are known; plus the pieces (anomaly load split, CSF measures, cards)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from openrecon_stroke.anomaly import AnomalyCard, anomaly_load, csf_measures
+from openrecon_stroke.model_card import ModelCardError
+from openrecon_stroke.offline import process
+from simulator.__main__ import main as simulator_main
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_LESION = all((REPO / "models" / "lesion" / m / "card.json").is_file() for m in ("t1", "flair", "fusion"))
+HAVE_ANOMALY = (REPO / "models" / "anomaly" / "card.json").is_file()
+
+
+def dice(a, b):
+    a, b = a > 0, b > 0
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# pieces
+# ------------------------------------------------------------------------------------------
+def test_anomaly_load_splits_inside_perilesional_remote():
+    lesion = np.zeros((30, 30, 30), bool)
+    lesion[10:15, 10:15, 10:15] = True
+    anomaly = np.zeros_like(lesion)
+    anomaly[10:15, 10:15, 10:17] = True  # lesion plus 2 voxels beside it
+    anomaly[25:28, 25:28, 25:28] = True  # far away
+    out = anomaly_load(anomaly, lesion, (1.0, 1.0, 1.0), perilesional_mm=5.0)
+    assert out["in_lesion_ml"] == pytest.approx(125 / 1000, abs=1e-3)
+    assert out["perilesional_ml"] == pytest.approx(50 / 1000, abs=1e-3)
+    assert out["remote_ml"] == pytest.approx(27 / 1000, abs=1e-3)
+    assert out["load_ml"] == pytest.approx(out["in_lesion_ml"] + out["perilesional_ml"] + out["remote_ml"], abs=2e-3)
+    none = anomaly_load(anomaly, None, (2.0, 2.0, 2.0))
+    assert none["remote_ml"] == none["load_ml"] == pytest.approx(202 * 8 / 1000, abs=0.01)
+
+
+def test_csf_measures_find_the_ventricles_of_a_three_class_brain():
+    zz, yy, xx = np.mgrid[:80, :80, :80]
+    r = np.sqrt((zz - 40) ** 2 + (yy - 40) ** 2 + (xx - 40) ** 2)
+    brain = r < 35
+    t1 = np.where(r < 28, 1.0, 0.6)  # white matter inside, grey matter rim
+    vent = (np.abs(zz - 40) < 6) & (np.abs(yy - 40) < 10) & (np.abs(xx - 40) < 4)
+    t1 = np.where(vent, 0.15, t1) + np.random.default_rng(0).normal(0, 0.02, t1.shape)
+    m = csf_measures(t1.astype(np.float32), brain, (1.0, 1.0, 1.0))
+    assert m is not None
+    assert m["ventricle_ml"] == pytest.approx(vent.sum() / 1000, rel=0.15)
+    assert 0 < m["atrophy_index"] < 0.1
+
+
+def test_anomaly_card_refuses_a_broken_card(tmp_path):
+    (tmp_path / "card.json").write_text(json.dumps({"name": "x", "version": "1"}))
+    with pytest.raises(ModelCardError, match="malformed"):
+        AnomalyCard.load(tmp_path)
+    if HAVE_ANOMALY:
+        d = json.loads((REPO / "models" / "anomaly" / "card.json").read_text())
+        d["sha256"] = "0" * 64
+        (tmp_path / "card.json").write_text(json.dumps(d))
+        (tmp_path / d["file"]).write_bytes(b"not the model")
+        with pytest.raises(ModelCardError, match="sha256"):
+            AnomalyCard.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# the shipped models on a synthetic study
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lesion_study")
+    # a territorial infarct and a cortical lesion, both well above the smallest size bucket
+    assert simulator_main(["phantom", "--out", str(d), "--seed", "11", "--lesions", "2"]) == 0
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_LESION and HAVE_ANOMALY), reason="models/lesion and models/anomaly not trained")
+def test_fused_study_finds_the_lesion_and_an_anomaly_map(study, tmp_path):
+    out = tmp_path / "out"
+    report = process(t1=str(study / "t1.h5"), flair=str(study / "flair.h5"), out_dir=out)
+    assert report["stage_status"]["lesion"] == "ok", report["warnings"]
+    assert report["stage_status"]["anomaly"] == "ok", report["warnings"]
+    f = report["findings"]
+    assert "fusion" in f["lesion_model"]
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(study / "t1_lesion_mask.nii.gz")))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesion_mask_t1.nii.gz")))
+    assert dice(pred, truth) > 0.5
+    assert f["lesion_count"] >= 1
+    truth_lesions = json.loads((study / "lesions.json").read_text())["lesions"]
+    big = max(truth_lesions, key=lambda les: les["volume_ml"])
+    assert f["lesions"][0]["hemisphere"] == big["hemisphere"]
+    amap = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_map_t1.nii.gz")))
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "brain_mask_t1.nii.gz"))) > 0
+    # the lesion stands out: its median score is well above the rest of the brain's
+    assert np.median(amap[truth > 0]) > 3 * np.median(amap[brain & (truth == 0)])
+    a = f["anomaly"]
+    assert a["in_lesion_ml"] > 0 and a["load_ml"] >= a["in_lesion_ml"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LESION, reason="models/lesion not trained")
+def test_flair_only_study_uses_the_flair_model_and_says_so(study, tmp_path):
+    report = process(flair=str(study / "flair.h5"), out_dir=tmp_path, raw_params={"sendanomaly": "false"})
+    assert "lesion-flair" in report["findings"]["lesion_model"]
+    assert any("T1-w missing" in w for w in report["warnings"])
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(study / "flair_lesion_mask.nii.gz")))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "lesion_mask.nii.gz")))
+    assert dice(pred, truth) > 0.4
