@@ -27,7 +27,9 @@ Builds the OpenRecon package of openrecon-stroke:
      same name, and the .zip holding both: the file to install on the scanner.
 
 Options:
-  --base IMAGE        base image with (or able to apt-get) python3.11 (default: $BASE)
+  --base IMAGE        builder base (default: $BASE): Debian-like with python3.11, or able
+                      to apt-get python3 python3-venv binutils. The image itself starts from
+                      scratch: the interpreter, the libraries it loads, the trimmed venv, models
   --debian-base       use a bare Debian bookworm made with debootstrap (docker/make_base.sh,
                       built on first use) as the base: for hosts without a reachable registry
   --out DIR           output folder (default: dist/); the wheelhouse is cached in DIR/wheelhouse

@@ -35,7 +35,6 @@ import os
 import py_compile
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -112,7 +111,7 @@ def is_elf(p: Path) -> bool:
 
 
 def needed(p: Path) -> set[str]:
-    """DT_NEEDED entries of an ELF file (readelf from binutils, else objdump-free parsing)."""
+    """DT_NEEDED entries of an ELF file (readelf, from binutils: builder stage only)."""
     out = subprocess.run(["readelf", "-d", str(p)], capture_output=True, text=True).stdout
     return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
 
@@ -225,8 +224,8 @@ def slim_venv(venv: Path) -> None:
             tmp.unlink()
     reverted = []
     for p, backup in backups.items():
-        r = subprocess.run([sys.executable, "-I", "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(p)], cwd="/",
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-I", "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(p)],
+                           cwd="/", capture_output=True, text=True)
         if r.returncode != 0:  # e.g. "ELF load command address/offset not page-aligned"
             os.replace(backup, p)
             reverted.append(p.name)

@@ -60,6 +60,9 @@ class AnomalyCard:
     min_volume_mm3: float = 50.0
     #: the brain mask is eroded by this much before scoring (edge of the mask, mm)
     edge_mm: float = 2.0
+    #: "validated" (meets its held-out targets) or "experimental"; ``status_note`` says why
+    status: str = "experimental"
+    status_note: str = ""
 
     @staticmethod
     def load(path: str | Path, verify: bool = True) -> "AnomalyCard":
@@ -76,7 +79,8 @@ class AnomalyCard:
                 calibration={int(k): {"scale": {c: float(x) for c, x in v["scale"].items()},
                                       "threshold": {c: float(x) for c, x in v["threshold"].items()}}
                              for k, v in d["calibration"].items()},
-                min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)))
+                min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)),
+                status=str(d.get("status", "experimental")), status_note=str(d.get("status_note", "")))
         except FileNotFoundError:
             raise ModelCardError(f"no anomaly model card at {f}") from None
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:

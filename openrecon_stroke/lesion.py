@@ -43,16 +43,21 @@ def brain_box_grid(reference: sitk.Image, brain: sitk.Image | None, orientation:
     """Empty float image with voxel axes along ``orientation`` (ITK code) and ``spacing_mm``,
     covering the bounding box of ``brain`` (on ``reference``'s grid) plus ``margin_mm``."""
     d = np.array(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), orientation).GetDirection()).reshape(3, 3)
+    # index (x, y, z) -> LPS: origin + m @ index
+    m = np.array(reference.GetDirection()).reshape(3, 3) * np.array(reference.GetSpacing())
+    origin = np.array(reference.GetOrigin())
     if brain is not None and sitk.GetArrayViewFromImage(brain).any():
-        idx = np.argwhere(sitk.GetArrayViewFromImage(brain) > 0)[:, ::-1]  # (x, y, z)
-        lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5
+        # the brain voxels themselves (not their index box, which an oblique grid inflates)
+        arr = sitk.GetArrayViewFromImage(brain) > 0
+        edge = arr & ~ndimage.binary_erosion(arr)
+        idx = np.argwhere(edge)[:, ::-1].astype(float)  # (x, y, z)
     else:
-        lo, hi = np.full(3, -0.5), np.array(reference.GetSize()) - 0.5
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-    pts = np.array([reference.TransformContinuousIndexToPhysicalPoint(tuple(map(float, c))) for c in corners])
-    local = pts @ d  # coordinates along the network axes
-    lo_n = local.min(0) - margin_mm
-    hi_n = local.max(0) + margin_mm
+        n = np.array(reference.GetSize()) - 1.0
+        idx = np.array([[a, b, c] for a in (0, n[0]) for b in (0, n[1]) for c in (0, n[2])])
+    local = (origin + idx @ m.T) @ d  # voxel centres along the network axes
+    half = 0.5 * np.abs(d.T @ m).sum(axis=1)  # half a voxel's extent along each network axis
+    lo_n = local.min(0) - half - margin_mm
+    hi_n = local.max(0) + half + margin_mm
     sp = np.array(spacing_mm, dtype=float)
     size = np.maximum(np.ceil((hi_n - lo_n) / sp).astype(int), 1)
     origin = d @ (lo_n + sp / 2)

@@ -13,7 +13,9 @@ wrong card cannot be built):
 * ``output``: ``{"activation": "softmax"|"sigmoid"|"probability", "channel": k}``, the lesion class;
 * ``files``: ``[{"file": "fold0.onnx", "sha256": "..."}]``, one per fold (ensembled by mean);
 * ``threshold`` (probability, default 0.2), ``min_lesion_mm3`` (default 10);
-* optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``.
+* optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``,
+  ``status`` ("validated" / "experimental": an experimental model is flagged on every report)
+  and ``status_note``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class ModelCard:
     overlap: float = 0.5
     mirror_axes: tuple[int, ...] = ()
     margin_mm: float = 8.0
+    #: optional: "validated" or "experimental" (then every report using it says so), and why
+    status: str = ""
+    status_note: str = ""
 
     def __post_init__(self):
         if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
@@ -105,6 +110,7 @@ class ModelCard:
                 threshold=float(d.get("threshold", 0.2)), min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
                 overlap=float(d.get("overlap", 0.5)), mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
                 margin_mm=float(d.get("margin_mm", 8.0)),
+                status=str(d.get("status", "")), status_note=str(d.get("status_note", "")),
             )
         except KeyError as e:
             raise ModelCardError(f"{card_file} lacks the required key {e}") from None

@@ -108,7 +108,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               minimum=0.05, maximum=0.95),
     Parameter("minlesion", "Smallest lesion", "double", 10.0,
               "Lesions smaller than this are dropped as noise.", minimum=0.0, maximum=5000.0, unit="mm3"),
-    Parameter("anomalysteps", "Anomaly steps", "int", 2,
+    Parameter("anomalysteps", "Anomaly steps", "int", 4,
               "Euler steps of the flow model that makes the pseudo-healthy brain; more is slower.",
               minimum=1, maximum=16),
     Parameter("sendlesion", "Send lesion mask", "boolean", True,

@@ -56,6 +56,9 @@ def test_t1_then_flair_on_separate_connections(cached_server, phantom):
     report = next(t for t in r2.texts if "report" in t)
     assert "t1_from_earlier_series" in report
     assert "'ok': True" in report, report  # registration passed its check
+    # the FLAIR took the T1-w brain mask through the registration: no second HD-BET run
+    timings = next(ln for ln in report.splitlines() if ln.startswith("preprocess_timings_s:"))
+    assert "brain_extraction" not in timings, timings
     m2 = derived(r2, "BRAINMASK")
     truth2 = sitk.ReadImage(str(phantom / "flair_brain_mask.nii.gz"))
     assert m2.grid.same_as(Grid.from_sitk(truth2))

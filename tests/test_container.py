@@ -9,9 +9,10 @@ Needs root, buildah (and debootstrap + podman for the base). It builds the packa
 once and reused), reads the OpenRecon label back and validates it, starts the server inside
 the image with ``buildah run`` (chroot isolation: the host's network, so the port is reachable
 from here), replays a phantom study to it from outside and to a server on the host, and checks
-that both return the same series. ``OPENRECON_CONTAINER_REUSE=1`` reuses an already built
-image instead of building. Figures (image size, cold start, build time) are printed and written
-to ``dist/container_test.json``.
+that both return the same series. It also checks the image size (at most ``MAX_IMAGE_MB``,
+models included) and that no PyTorch, compiler, binutils or package manager is in the image.
+``OPENRECON_CONTAINER_REUSE=1`` reuses an already built image instead of building. Figures
+(image size, cold start, build time) are printed and written to ``dist/container_test.json``.
 """
 
 from __future__ import annotations

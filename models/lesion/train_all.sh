@@ -3,12 +3,12 @@
 # side by side with one thread each), then T1-w+FLAIR late fusion (3 folds, branches initialised
 # from the single-contrast folds of the same split, then trained together), export ONNX and
 # write the model cards. Resumable: rerun after a stop. The shipped models used the defaults:
-#   models/lesion/train_all.sh            # fold steps "1100 600 600", fusion 300 (about 1.5 h on 2 idle cores)
+#   models/lesion/train_all.sh            # fold steps "1100 600 600", fusion 150 (about 1.5 h on 2 idle cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 STEPS=(${STEPS:-1100 600 600})
-FUSION_STEPS=${FUSION_STEPS:-300}
+FUSION_STEPS=${FUSION_STEPS:-150}
 DATA=${DATA:-../shared/data}
 chain() {  # contrast
   for k in 0 1 2; do

@@ -69,6 +69,9 @@ class AnomalyDetection(Stage):
             if m:
                 load.update(m)
         res.findings["anomaly"] = load
+        if card.status != "validated":
+            res.warnings.append(f"the anomaly map is experimental ({card.status_note or 'not validated'}); "
+                                "do not interpret it clinically")
         models = dict(study.findings.get("models", {}))
         models["anomaly"] = f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})"
         res.findings["models"] = models
@@ -81,8 +84,9 @@ class AnomalyDetection(Stage):
                 continue  # not registered: no map on this series' grid
             r = sitk.Resample(score_img, n4[c], t.GetInverse() if t is not None else sitk.Transform(),
                               sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            inside = sitk.GetArrayViewFromImage(brains[c]) > 0 if c in brains else True
             res.derived.append(DerivedSeries(
-                name="anomaly_map", reference=c, data=sitk.GetArrayFromImage(r), kind="map",
+                name="anomaly_map", reference=c, data=np.where(inside, sitk.GetArrayFromImage(r), 0.0), kind="map",
                 description="ANOMALY", window=(1.0, 2.0), send_param="sendanomaly",
                 comment=f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}, {steps} steps"))
         return res

@@ -91,6 +91,9 @@ class LesionSegmentation(Stage):
             seg = get_segmenter(inputs)
             card = seg.card
             used.append(f"{card.name} {card.version} ({len(card.files)} folds)")
+            if card.status == "experimental":
+                res.warnings.append(f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
+                                    "do not interpret its masks clinically")
             ref = inputs[0]
             prob = seg.probability({c: n4[c] for c in inputs}, brains[ref], to_contrast)
             # onto every input series this model speaks for
