@@ -62,7 +62,7 @@ def make_card(folder: Path, version: str = "0.1.0", metrics: dict | None = None,
                      "3 randomised cases per map with chronic stroke lesions (territorial and lacunar, "
                      "cortical and subcortical), domain-randomised T1-w and FLAIR contrasts, bias, noise, "
                      "thick-slice FLAIR; simulator/training.py"),
-            "folds": [{k: m[k] for k in ("fold", "steps", "val_maps", "patch", "batch", "init_from", "lesion_fraction") if k in m}
+            "folds": [{k: m[k] for k in ("fold", "steps", "val_maps", "patch", "batch", "init_from", "lesion_fraction", "fusion") if k in m}
                       for m in metas],
             "command": f"models/lesion/train_all.sh  (then models/lesion/make_card.py {folder.as_posix()})",
         },
