@@ -135,7 +135,8 @@ class AnomalyModel:
             y = y + sess.run(None, {name: inp})[0][0, 0] / n
         return y[tuple(slice(0, s) for s in x.shape)]
 
-    def difference(self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
+    def difference(self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None,
+                   core: np.ndarray | None = None) -> np.ndarray:
         """Smoothed |x - pseudo-healthy(x)| inside the brain, in units of this study's typical
         (median) difference, before calibration.
 
@@ -149,7 +150,7 @@ class AnomalyModel:
         r = x - h
         r = r - float(np.median(r[brain])) if brain.any() else r
         d = ndimage.gaussian_filter(np.abs(r) * brain, sigma)
-        core = self.core(brain)
+        core = self.core(brain) if core is None else core
         typical = float(np.median(d[core])) if core.any() else 0.0
         return d / typical if typical > 0 else d
 
@@ -164,11 +165,12 @@ class AnomalyModel:
         c = self.card
         n = int(steps or c.steps)
         cal = c.calibrated(n)
+        core = self.core(brain)
         total = np.zeros(brain.shape, np.float32)
         for contrast, x in images.items():
-            total += self.difference(x, brain, contrast, n) / cal["scale"][contrast]
+            total += self.difference(x, brain, contrast, n, core) / cal["scale"][contrast]
         total /= max(len(images), 1)
-        return np.where(self.core(brain), total / cal["threshold"][c.combination(images)], 0.0).astype(np.float32)
+        return np.where(core, total / cal["threshold"][c.combination(images)], 0.0).astype(np.float32)
 
     def mask(self, score: np.ndarray, voxel_mm3: float) -> np.ndarray:
         """Binary anomaly mask: score >= 1, components under ``min_volume_mm3`` dropped."""
