@@ -85,3 +85,51 @@ class VelocityUNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.trunk(x))
+
+
+# ------------------------------------------------------------------------------------------
+def load_checkpoint(net: nn.Module, opt: torch.optim.Optimizer, ckpt) -> dict:
+    """Restore ``net`` and ``opt`` from ``ckpt`` when it exists; returns the saved dict (with at
+    least ``step``), or ``{"step": 0}`` for a fresh start."""
+    from pathlib import Path
+
+    if not Path(ckpt).exists():
+        return {"step": 0}
+    state = torch.load(ckpt, weights_only=False)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    print(f"resumed from step {state['step']} ({ckpt})")
+    return state
+
+
+def train_loop(net: nn.Module, opt: torch.optim.Optimizer, batch_loss, *, steps: int, lr: float, ckpt,
+               start_step: int = 0, save_every: int = 100, extra_state: dict | None = None,
+               clip: float = 12.0, desc: str = "training") -> int:
+    """The optimisation loop shared by every training script: ``batch_loss()`` draws a batch and
+    returns its loss; AdamW-style step with gradient-norm clipping at ``clip``; polynomial
+    (power 0.9) learning-rate decay from ``lr`` to 0 at ``steps``; a progress bar; a checkpoint
+    (model, optimiser, step and ``extra_state``) every ``save_every`` steps and at the end, so
+    that rerunning the script resumes. Returns the last step."""
+    from tqdm import tqdm
+
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - min(s, steps) / steps) ** 0.9,
+                                              last_epoch=start_step - 1)
+    net.train()
+    step = start_step
+    bar = tqdm(total=steps, initial=step, desc=desc)
+    while step < steps:
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % save_every == 0 or step == steps:
+            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step, **(extra_state or {})}, ckpt)
+    bar.close()
+    return step

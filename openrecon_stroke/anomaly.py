@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from .model_card import ModelCardError, file_sha256
+from .model_card import FolderCache, LazySessions, ModelCardError, file_sha256
 
 #: Network input sizes must be multiples of this (three stride-2 levels).
 DIVISOR = 8
@@ -109,17 +108,11 @@ class AnomalyModel:
 
     def __init__(self, card: AnomalyCard):
         self.card = card
-        self._session = None
-        self._lock = threading.Lock()
+        self._sessions = LazySessions([card.file])
 
     @property
     def session(self):
-        with self._lock:
-            if self._session is None:
-                from .lesion import _session
-
-                self._session = _session(self.card.file)
-            return self._session
+        return self._sessions.get()[0]
 
     def pseudo_healthy(self, x: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
         """``steps`` Euler steps of the flow from ``x`` (z, y, x), whole volume at once."""
@@ -179,17 +172,12 @@ class AnomalyModel:
         return postprocess(score, voxel_mm3, 1.0, self.card.min_volume_mm3)
 
 
-_models: dict[Path, AnomalyModel] = {}
-_models_lock = threading.Lock()
+_models: FolderCache[AnomalyModel] = FolderCache(lambda folder: AnomalyModel(AnomalyCard.load(folder)))
 
 
 def get_model(folder: str | Path | None = None) -> AnomalyModel:
-    folder = Path(folder) if folder is not None else anomaly_dir()
-    with _models_lock:
-        m = _models.get(folder)
-        if m is None:
-            m = _models[folder] = AnomalyModel(AnomalyCard.load(folder))
-        return m
+    """The (process-wide, loaded once) anomaly model of ``folder`` (default: :func:`anomaly_dir`)."""
+    return _models.get(folder if folder is not None else anomaly_dir())
 
 
 def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0) -> dict:

@@ -7,29 +7,16 @@ components, and describe each lesion.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .model_card import ModelCard
+from .model_card import LazySessions, ModelCard
 from .sliding_window import predict
 
 log = logging.getLogger(__name__)
-
-
-def _session(path):
-    import onnxruntime as ort
-
-    from .brain_extraction import physical_cores
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = physical_cores()
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def network_grid(card: ModelCard, reference: sitk.Image, brain: sitk.Image | None) -> sitk.Image:
@@ -140,15 +127,11 @@ class LesionSegmenter:
 
     def __init__(self, card: ModelCard):
         self.card = card
-        self._sessions = None
-        self._lock = threading.Lock()
+        self._sessions = LazySessions(card.files)
 
     @property
-    def sessions(self):
-        with self._lock:
-            if self._sessions is None:
-                self._sessions = [_session(f) for f in self.card.files]
-            return self._sessions
+    def sessions(self) -> list:
+        return self._sessions.get()
 
     def probability(self, images: dict[str, sitk.Image], brain: sitk.Image | None,
                     to_contrast: dict[str, sitk.Transform] | None = None, mirror: bool = False,

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+T = TypeVar("T")
 
 ACTIVATIONS = ("softmax", "sigmoid", "probability")
 NORMALISATIONS = ("zscore_brain", "zscore")
@@ -130,3 +134,58 @@ class ModelCard:
                 if file_sha256(f) != s:
                     raise ModelCardError(f"model file {f} does not match its sha256 in {self.path} "
                                          "(damaged or replaced; rebuild it with the command in the model card)")
+
+
+# --- loading, shared by every ONNX model family (lesion, anomaly) ---------------------------
+
+def ort_session(path: str | Path):
+    """An ONNX Runtime CPU session for one model file: all graph optimisations, intra-op threads
+    = physical cores (what a 2-core scanner host gives us), one inter-op thread."""
+    import onnxruntime as ort
+
+    from .brain_extraction import physical_cores
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = physical_cores()
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class LazySessions:
+    """ONNX Runtime sessions for a list of model files (e.g. the folds of an ensemble), created
+    together on first use and then shared by every thread."""
+
+    def __init__(self, files: Sequence[str | Path]):
+        self.files = tuple(Path(f) for f in files)
+        self._sessions: list | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> list:
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = [ort_session(f) for f in self.files]
+            return self._sessions
+
+
+class FolderCache(Generic[T]):
+    """Process-wide cache of one loaded model per model folder: ``get(folder)`` builds it with
+    ``factory(folder)`` the first time (card read and checked once) and returns the same object
+    afterwards, from any thread."""
+
+    def __init__(self, factory: Callable[[Path], T]):
+        self._factory = factory
+        self._items: dict[Path, T] = {}
+        self._lock = threading.Lock()
+
+    def get(self, folder: str | Path) -> T:
+        folder = Path(folder)
+        with self._lock:
+            item = self._items.get(folder)
+            if item is None:
+                item = self._items[folder] = self._factory(folder)
+            return item
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

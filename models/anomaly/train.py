@@ -31,7 +31,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nets import VelocityUNet  # noqa: E402
+from nets import VelocityUNet, load_checkpoint, train_loop  # noqa: E402
 
 TRAIN_MAPS = tuple(range(1, 13))
 CALIBRATION_MAPS = (13, 14)
@@ -114,7 +114,6 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=100)
     args = ap.parse_args(argv)
-    from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -125,22 +124,10 @@ def main(argv=None):
     net = VelocityUNet()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt = out / "flow.ckpt"
-    step, seed = 0, 2024
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
-        print(f"resumed from step {step}")
+    step, seed = load_checkpoint(net, opt, ckpt)["step"], 2024
     rng = np.random.default_rng(seed + step)
-    for g in opt.param_groups:
-        g.setdefault("initial_lr", args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (1 - min(s, args.steps) / args.steps) ** 0.9, last_epoch=step - 1)
-    net.train()
-    bar = tqdm(total=args.steps, initial=step, desc="training")
-    t0 = time.time()
-    while step < args.steps:
+
+    def batch_loss():
         xs, vs, ms = [], [], []
         for _ in range(args.batch):
             x0, x1, bm, c = sample(cases, args.patch, rng)
@@ -152,19 +139,11 @@ def main(argv=None):
         x = torch.from_numpy(np.stack(xs).astype(np.float32))
         v = torch.from_numpy(np.stack(vs).astype(np.float32))
         m = torch.from_numpy(np.stack(ms).astype(np.float32))
-        pred = net(x)
-        loss = (((pred - v) ** 2) * m).sum() / m.sum().clamp_min(1.0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % args.save_every == 0 or step == args.steps:
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-    bar.close()
+        return (((net(x) - v) ** 2) * m).sum() / m.sum().clamp_min(1.0)
+
+    t0 = time.time()
+    step = train_loop(net, opt, batch_loss, steps=args.steps, lr=args.lr, ckpt=ckpt, start_step=step,
+                      save_every=args.save_every)
     net.eval()
     torch.onnx.export(net, torch.zeros(1, 3, 48, 48, 48), str(out / "flow.onnx"), input_names=["x_t"],
                       output_names=["velocity"], opset_version=17, dynamo=False,

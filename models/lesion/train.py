@@ -30,7 +30,7 @@ TEST_MAPS = tuple(range(15, 21))
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nets import LateFusionUNet  # noqa: E402  (models/nets.py)
+from nets import LateFusionUNet, load_checkpoint, train_loop  # noqa: E402  (models/nets.py)
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,8 +117,6 @@ def main(argv=None):
     if args.cache is None:
         args.cache = f"/tmp/lesion-cases-{args.spacing:g}"
 
-    from tqdm import tqdm
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.fold)
     inputs = [c.strip() for c in args.inputs.split(",")]
@@ -138,48 +136,35 @@ def main(argv=None):
     net = LateFusionUNet(len(inputs))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt = out / f"fold{args.fold}.ckpt"
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
+    state = load_checkpoint(net, opt, ckpt)
+    step = state["step"]
+    if step:
         rng = np.random.default_rng(state["rng_seed"] + step)
-        print(f"resumed from step {step}")
     elif args.init_from:
         init_from_single(net, args.init_from.split(","), args.fold)
-    poly = lambda s: (1 - min(s, args.steps) / args.steps) ** 0.9  # noqa: E731
-    for g in opt.param_groups:
-        g.setdefault("initial_lr", args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly, last_epoch=step - 1)
-    net.train()
-    bar = tqdm(total=args.steps, initial=step, desc="training")
-    t0 = time.time()
-    while step < args.steps:
+
+    def batch_loss():
         batch = [sample_patch(cases[rng.integers(len(cases))], (args.patch,) * 3, rng, args.lesion_fraction)
                  for _ in range(args.batch)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % args.save_every == 0 or step == args.steps:
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "rng_seed": 1000 + args.fold}, ckpt)
-    bar.close()
+        return loss_fn(net(x), y)
+
+    t0 = time.time()
+    step = train_loop(net, opt, batch_loss, steps=args.steps, lr=args.lr, ckpt=ckpt, start_step=step,
+                      save_every=args.save_every, extra_state={"rng_seed": 1000 + args.fold})
     export(net, out / f"fold{args.fold}.onnx", len(inputs))
     meta = {"inputs": inputs, "fold": args.fold, "folds": args.folds, "steps": step, "spacing_mm": args.spacing,
             "train_maps": [m.name for m in train_maps], "val_maps": [m.name for m in val_maps],
             "seconds_this_run": round(time.time() - t0, 1), "patch": args.patch, "batch": args.batch,
             "lesion_fraction": args.lesion_fraction,
             "init_from": args.init_from}
-    (out / f"fold{args.fold}.json").write_text(json.dumps(meta, indent=1))
+    prev = out / f"fold{args.fold}.json"
+    if prev.exists() and state["step"]:  # resumed: keep what the earlier runs of this fold did
+        old = json.loads(prev.read_text())
+        meta["previous_runs"] = old.pop("previous_runs", []) + [
+            {k: old.get(k) for k in ("steps", "lesion_fraction", "patch", "batch", "seconds_this_run")}]
+    prev.write_text(json.dumps(meta, indent=1))
     print(f"exported {out / f'fold{args.fold}.onnx'}")
 
 

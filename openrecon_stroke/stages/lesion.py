@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..lesion import LesionSegmenter, describe, postprocess
-from ..model_card import ModelCard
+from ..model_card import FolderCache, ModelCard
 from ..pipeline import Stage, StageResult
 from ..study import DerivedSeries, Study
 
@@ -32,8 +31,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
 
-_segmenters: dict[Path, LesionSegmenter] = {}
-_lock = threading.Lock()
+_segmenters: FolderCache[LesionSegmenter] = FolderCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
 
 
 def lesion_dir() -> Path:
@@ -47,15 +45,11 @@ def lesion_dir() -> Path:
 def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
     """The (process-wide, loaded once) segmenter for a contrast combination."""
     folder = lesion_dir() / MODEL_FOLDERS[inputs]
-    with _lock:
-        seg = _segmenters.get(folder)
-        if seg is None:
-            if not (folder / "card.json").is_file():
-                raise FileNotFoundError(
-                    f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
-                    "models/lesion; rebuild it, or train with models/lesion/train_all.sh)")
-            seg = _segmenters[folder] = LesionSegmenter(ModelCard.load(folder))
-        return seg
+    if not (folder / "card.json").is_file():
+        raise FileNotFoundError(
+            f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
+            "models/lesion; rebuild it, or train with models/lesion/train_all.sh)")
+    return _segmenters.get(folder)
 
 
 class LesionSegmentation(Stage):
