@@ -92,8 +92,77 @@ def main(argv=None) -> int:
     vox_ml = float(sitk.GetArrayViewFromImage(m_ours).sum()) * float(__import__("numpy").prod(img.GetSpacing())) / 1000
     print(f"brain volume (ours fast): {vox_ml:.0f} mL")
     print(f"peak RSS: {rss_fast:.0f} MB after fast runs (incl. torch baseline), {peak_rss_mb():.0f} MB at the end")
+    network_efficiency(ex, img, args.runs)
     print(f"load average after: {os.getloadavg()}")
     return 0
+
+
+def conv_gflop(onnx_path: Path, shape_zyx) -> float | None:
+    """Multiply-add work (GFLOP, 2 per multiply-add) of every Conv in the ONNX graph for one
+    input of ``shape_zyx``; None without the ``onnx`` package."""
+    try:
+        import numpy as np
+        import onnx
+        from onnx import numpy_helper, shape_inference
+    except ImportError:
+        return None
+    m = onnx.load(str(onnx_path))
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], shape_zyx):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    m = shape_inference.infer_shapes(m)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(m.graph.value_info) + list(m.graph.output)}
+    weights = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    # int8-stored weights reach Conv through DequantizeLinear: follow it to the initializer
+    producers = {o: n for n in m.graph.node for o in n.output}
+    total = 0.0
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = n.input[1]
+        while w not in weights and w in producers:
+            w = producers[w].input[0]
+        out = shapes.get(n.output[0])
+        if w in weights and out and all(out[2:]):
+            total += 2.0 * float(np.prod(weights[w])) * float(np.prod(out[2:]))
+    return total / 1e9
+
+
+def network_efficiency(ex, img, runs: int) -> None:
+    """Where the fast mode's time goes: preparation (resampling, z-score) vs the network, and
+    the network's arithmetic rate, so that the headroom left on this CPU is a number."""
+    import numpy as np
+
+    prep, net = [], []
+    for _ in range(runs):
+        t, (data, box, _ref) = timed(lambda: ex.network_input(img))
+        prep.append(t)
+        x = np.ascontiguousarray(data[box]) if box is not None else data
+        t, _ = timed(lambda: ex.predict_array(x, 1, False, cropped=box is not None))
+        net.append(t)
+    shape = ex._pad_shape(x.shape, cropped=box is not None)
+    med = statistics.median
+    print(f"\nfast mode, median of {runs}: resampling + z-score {med(prep):.2f} s; network (1 fold) on "
+          f"{shape[0]}x{shape[1]}x{shape[2]} voxels {med(net):.2f} s")
+    gf = conv_gflop(ex.files[0], shape)
+    if gf is not None:
+        ceiling = sgemm_gflops()
+        print(f"network convolutions: {gf:.0f} GFLOP per pass -> {gf / med(net):.0f} GFLOP/s achieved "
+              f"(whole network time, incl. instance norm / activations / upsampling); this machine's "
+              f"fp32 ceiling (numpy SGEMM 3072^3, same threads) {ceiling:.0f} GFLOP/s; at that ceiling the "
+              f"convolutions alone would take {gf / ceiling:.1f} s")
+
+
+def sgemm_gflops(n: int = 3072, reps: int = 3) -> float:
+    """Best fp32 matrix-multiply rate of this machine through numpy's BLAS (GFLOP/s)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    best = min(timed(lambda: a @ b)[0] for _ in range(reps))
+    return 2.0 * n**3 / best / 1e9
 
 
 if __name__ == "__main__":

@@ -199,9 +199,10 @@ class BrainExtractor:
         acc /= n_folds * len(axes)
         return acc[: shp[0], : shp[1], : shp[2]]
 
-    def probability(self, image: sitk.Image, folds: int | str = "fast", tta: bool | None = None) -> sitk.Image:
-        """Brain probability (float32) on the network grid (see :meth:`network_grid`)."""
-        n_folds, tta = self.resolve(folds, tta)
+    def network_input(self, image: sitk.Image) -> tuple[np.ndarray, tuple[slice, ...] | None, sitk.Image]:
+        """``(data, box, grid)``: the image resampled onto the network grid ``grid`` (see
+        :meth:`network_grid`) and z-scored over the whole field of view, as HD-BET does; ``box``
+        is the head's bounding box in ``data`` (card ``crop_to_head``) or None."""
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("brain extraction needs a scalar 3D image")
         ref = self.network_grid(image)
@@ -213,6 +214,12 @@ class BrainExtractor:
         data -= data.mean(dtype=np.float64)  # statistics of the whole field of view, as HD-BET
         sd = data.std(dtype=np.float64)
         data /= sd if sd > 0 else 1.0
+        return data, box, ref
+
+    def probability(self, image: sitk.Image, folds: int | str = "fast", tta: bool | None = None) -> sitk.Image:
+        """Brain probability (float32) on the network grid (see :meth:`network_grid`)."""
+        n_folds, tta = self.resolve(folds, tta)
+        data, box, ref = self.network_input(image)
         if box is None:
             prob = self.predict_array(data, n_folds, tta)
         else:
