@@ -17,7 +17,6 @@ thresholds per contrast combination (written by ``models/anomaly/calibrate.py``)
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .model_card import FolderCache, LazySessions, ModelCardError, file_sha256
+from .model_card import FolderCache, LazySessions, ModelCardError, read_card_json, verify_model_file
 
 #: Network input sizes must be multiples of this (three stride-2 levels).
 DIVISOR = 8
@@ -65,10 +64,8 @@ class AnomalyCard:
 
     @staticmethod
     def load(path: str | Path, verify: bool = True) -> "AnomalyCard":
-        path = Path(path)
-        f = path / "card.json" if path.is_dir() else path
+        f, d = read_card_json(path)
         try:
-            d = json.loads(f.read_text())
             card = AnomalyCard(
                 path=f, name=str(d["name"]), version=str(d["version"]), file=f.parent / d["file"],
                 sha256=str(d.get("sha256", "")), contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
@@ -80,18 +77,13 @@ class AnomalyCard:
                              for k, v in d["calibration"].items()},
                 min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)),
                 status=str(d.get("status", "experimental")), status_note=str(d.get("status_note", "")))
-        except FileNotFoundError:
-            raise ModelCardError(f"no anomaly model card at {f}") from None
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ModelCardError(f"{f}: malformed anomaly model card ({e!r})") from None
         if card.steps < 1 or not card.calibration or any(
                 not set(v["scale"]) <= set(card.contrast_flag) for v in card.calibration.values()):
             raise ModelCardError(f"{f}: needs steps >= 1 and a calibration whose scales name known contrasts")
         if verify:
-            if not card.file.is_file():
-                raise ModelCardError(f"model file {card.file} listed in {f} is missing")
-            if card.sha256 and file_sha256(card.file) != card.sha256:
-                raise ModelCardError(f"model file {card.file} does not match its sha256 in {f}")
+            verify_model_file(card.file, card.sha256, f)
         return card
 
     def combination(self, contrasts) -> str:

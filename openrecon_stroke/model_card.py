@@ -93,14 +93,7 @@ class ModelCard:
 
     @staticmethod
     def load(path: str | Path, verify: bool = True) -> "ModelCard":
-        path = Path(path)
-        card_file = path / "card.json" if path.is_dir() else path
-        try:
-            d = json.loads(card_file.read_text())
-        except FileNotFoundError:
-            raise ModelCardError(f"no model card at {card_file}") from None
-        except json.JSONDecodeError as e:
-            raise ModelCardError(f"{card_file} is not valid JSON ({e})") from None
+        card_file, d = read_card_json(path)
         try:
             files = tuple(card_file.parent / f["file"] for f in d["files"])
             sums = tuple(str(f.get("sha256", "")) for f in d["files"])
@@ -128,12 +121,29 @@ class ModelCard:
 
     def verify_files(self):
         for f, s in zip(self.files, self.sha256):
-            if not f.is_file():
-                raise ModelCardError(f"model file {f} listed in {self.path} is missing")
-            if s:
-                if file_sha256(f) != s:
-                    raise ModelCardError(f"model file {f} does not match its sha256 in {self.path} "
-                                         "(damaged or replaced; rebuild it with the command in the model card)")
+            verify_model_file(f, s, self.path)
+
+
+def read_card_json(path: str | Path) -> tuple[Path, dict]:
+    """``(card file, its content)`` for a model folder (its ``card.json``) or a card file; a
+    missing or unreadable card raises :class:`ModelCardError` naming the file."""
+    path = Path(path)
+    card_file = path / "card.json" if path.is_dir() else path
+    try:
+        return card_file, json.loads(card_file.read_text())
+    except FileNotFoundError:
+        raise ModelCardError(f"no model card at {card_file}") from None
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"{card_file} is not valid JSON ({e})") from None
+
+
+def verify_model_file(file: Path, sha256: str, card_file: Path) -> None:
+    """The model file listed in ``card_file`` exists and, when the card gives one, matches its sha256."""
+    if not file.is_file():
+        raise ModelCardError(f"model file {file} listed in {card_file} is missing")
+    if sha256 and file_sha256(file) != sha256:
+        raise ModelCardError(f"model file {file} does not match its sha256 in {card_file} "
+                             "(damaged or replaced; rebuild it with the command in the model card)")
 
 
 # --- loading, shared by every ONNX model family (lesion, anomaly) ---------------------------
