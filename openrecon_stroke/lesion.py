@@ -156,7 +156,7 @@ class LesionSegmenter:
                               sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             chans.append(normalise(sitk.GetArrayFromImage(r), mask, card.normalisation))
         x = np.stack(chans)
-        prob = predict(self.sessions, x, card.patch_size, overlap=card.overlap if overlap is None else overlap,
+        prob = predict(self.sessions, x, card.window_for(x.shape[1:]), overlap=card.overlap if overlap is None else overlap,
                        activation=card.activation, channel=card.channel,
                        mirror_axes=card.mirror_axes if mirror else ())
         if mask is not None:

@@ -13,6 +13,10 @@ wrong card cannot be built):
 * ``output``: ``{"activation": "softmax"|"sigmoid"|"probability", "channel": k}``, the lesion class;
 * ``files``: ``[{"file": "fold0.onnx", "sha256": "..."}]``, one per fold (ensembled by mean);
 * ``threshold`` (probability, default 0.2), ``min_lesion_mm3`` (default 10);
+* optional ``size_divisor`` and ``max_window_voxels``: the network is fully convolutional and
+  takes any (z, y, x) size divisible by ``size_divisor``; a volume (the brain box) of at most
+  ``max_window_voxels`` once rounded up is then predicted in one window of its own size instead
+  of sliding ``patch_size`` windows over it (same result, none of the overlap or padding work);
 * optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``,
   ``status`` ("validated" / "experimental": an experimental model is flagged on every report)
   and ``status_note``.
@@ -26,6 +30,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generic, Sequence, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -65,6 +71,8 @@ class ModelCard:
     overlap: float = 0.5
     mirror_axes: tuple[int, ...] = ()
     margin_mm: float = 8.0
+    size_divisor: int = 0
+    max_window_voxels: int = 0
     #: optional: "validated" or "experimental" (then every report using it says so), and why
     status: str = ""
     status_note: str = ""
@@ -88,6 +96,8 @@ class ModelCard:
             raise ModelCardError(f"{self.path}: no model files listed")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ModelCardError(f"{self.path}: mirror_axes are spatial axes 0, 1, 2")
+        if self.size_divisor < 0 or self.max_window_voxels < 0 or (self.max_window_voxels and not self.size_divisor):
+            raise ModelCardError(f"{self.path}: max_window_voxels needs a size_divisor (both >= 1)")
         if len(self.orientation) != 3:
             raise ModelCardError(f"{self.path}: orientation must be a 3-letter code such as RAS")
 
@@ -107,6 +117,7 @@ class ModelCard:
                 threshold=float(d.get("threshold", 0.2)), min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
                 overlap=float(d.get("overlap", 0.5)), mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
                 margin_mm=float(d.get("margin_mm", 8.0)),
+                size_divisor=int(d.get("size_divisor", 0)), max_window_voxels=int(d.get("max_window_voxels", 0)),
                 status=str(d.get("status", "")), status_note=str(d.get("status_note", "")),
             )
         except KeyError as e:
@@ -118,6 +129,17 @@ class ModelCard:
         if verify:
             card.verify_files()
         return card
+
+    def window_for(self, shape_zyx) -> tuple[int, int, int]:
+        """The network window for a (z, y, x) volume: the volume itself rounded up to
+        ``size_divisor`` when the card allows whole-volume windows and that has at most
+        ``max_window_voxels``; otherwise ``patch_size`` (slid over the volume)."""
+        if self.size_divisor and self.max_window_voxels:
+            k = self.size_divisor
+            whole = tuple(int(-(-int(n) // k) * k) for n in shape_zyx)
+            if int(np.prod(whole)) <= self.max_window_voxels:
+                return whole
+        return self.patch_size
 
     def verify_files(self):
         for f, s in zip(self.files, self.sha256):

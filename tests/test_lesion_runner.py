@@ -92,6 +92,26 @@ def test_card_validation(tmp_path):
         ModelCard.load(tmp_path)
 
 
+def test_whole_box_window_from_the_card(tmp_path):
+    """A fully convolutional model's card lets a brain box run as one window of its own size
+    (rounded up to the divisor); beyond the voxel cap, or without the fields, the patch slides."""
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    sliding = ModelCard.load(_write_card(tmp_path, [f], patch_size=[48, 48, 48]))
+    assert sliding.window_for((101, 130, 97)) == (48, 48, 48)
+    whole = ModelCard.load(_write_card(tmp_path, [f], patch_size=[48, 48, 48], size_divisor=8,
+                                       max_window_voxels=112 * 136 * 104))
+    assert whole.window_for((101, 130, 97)) == (104, 136, 104)
+    assert whole.window_for((112, 136, 105)) == (48, 48, 48)  # 112x136x112 is over the cap
+    with pytest.raises(ModelCardError, match="size_divisor"):
+        ModelCard.load(_write_card(tmp_path, [f], max_window_voxels=1000))
+    # one whole window gives the same map as sliding windows for a voxel-wise model
+    img = np.random.default_rng(1).normal(size=(1, 21, 30, 17)).astype(np.float32)
+    one = predict([_Const(1.0)], img, (24, 32, 24))
+    slid = predict([_Const(1.0)], img, (16, 16, 16), overlap=0.5)
+    assert np.allclose(one, slid, atol=1e-5)
+
+
 def test_nnunet_resenc_unet_runs_from_its_card(tmp_path):
     torch = pytest.importorskip("torch", reason="PyTorch (optional [train] extra) is not installed")
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet",

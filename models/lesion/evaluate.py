@@ -39,13 +39,16 @@ def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5)):
         yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
 
 
-def evaluate(card: ModelCard, cases, sessions=None) -> dict:
+def evaluate(card: ModelCard, cases, sessions=None, desc: str = "") -> dict:
+    from tqdm import tqdm
+
     seg = LesionSegmenter(card)
     sess = sessions if sessions is not None else seg.sessions
     chan = [("t1", "flair").index(c) for c in card.inputs]
     rows = []
-    for case in cases:
-        prob = predict(sess, case["x"][chan], card.patch_size, overlap=card.overlap, activation=card.activation,
+    for case in tqdm(cases, desc=desc or card.name, leave=False):
+        prob = predict(sess, case["x"][chan], card.window_for(case["x"].shape[1:]), overlap=card.overlap,
+                       activation=card.activation,
                        channel=card.channel)
         prob = np.where(case["brain"], prob, 0)
         mask = postprocess(prob, float(np.prod(card.spacing_mm)), card.threshold, card.min_lesion_mm3)
@@ -88,10 +91,11 @@ def main(argv=None):
         if card.spacing_mm != sp:
             raise SystemExit("all models evaluated together must share one network spacing")
         seg = LesionSegmenter(card)
-        results[f"{card.name} (ensemble of {len(card.files)})"] = evaluate(card, cases)
+        name = f"{card.name} (ensemble of {len(card.files)})"
+        results[name] = evaluate(card, cases, desc=name)
         if args.single_folds and len(card.files) > 1:
             for i, s in enumerate(seg.sessions):
-                results[f"{card.name} fold {i}"] = evaluate(card, cases, [s])
+                results[f"{card.name} fold {i}"] = evaluate(card, cases, [s], desc=f"{card.name} fold {i}")
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -51,6 +51,8 @@ def make_card(folder: Path, version: str = "0.1.0", metrics: dict | None = None,
         "normalisation": "zscore_brain",
         "margin_mm": 8.0,
         "patch_size": list(PATCH),
+        "size_divisor": 8,  # 3 stride-2 levels: any size divisible by 8 runs in one window
+        "max_window_voxels": 3_000_000,  # brain boxes up to ~128x160x144 at 1.5 mm in one pass
         "overlap": 0.25,
         "mirror_axes": [0, 1, 2],
         "output": {"activation": "softmax", "channel": 1, "classes": ["background", "lesion"]},
@@ -62,7 +64,8 @@ def make_card(folder: Path, version: str = "0.1.0", metrics: dict | None = None,
                      "3 randomised cases per map with chronic stroke lesions (territorial and lacunar, "
                      "cortical and subcortical), domain-randomised T1-w and FLAIR contrasts, bias, noise, "
                      "thick-slice FLAIR; simulator/training.py"),
-            "folds": [{k: m[k] for k in ("fold", "steps", "val_maps", "patch", "batch", "init_from", "lesion_fraction", "fusion") if k in m}
+            "folds": [{k: m[k] for k in ("fold", "steps", "val_maps", "patch", "batch", "init_from", "lesion_fraction", "fusion",
+                                            "previous_runs") if k in m}
                       for m in metas],
             "command": f"models/lesion/train_all.sh  (then models/lesion/make_card.py {folder.as_posix()})",
         },

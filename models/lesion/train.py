@@ -150,6 +150,9 @@ def main(argv=None):
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
         return loss_fn(net(x), y)
 
+    if step >= args.steps and (out / f"fold{args.fold}.onnx").exists():
+        print(f"fold {args.fold} already trained to step {step} (>= --steps {args.steps}); nothing to do")
+        return
     t0 = time.time()
     step = train_loop(net, opt, batch_loss, steps=args.steps, lr=args.lr, ckpt=ckpt, start_step=step,
                       save_every=args.save_every, extra_state={"rng_seed": 1000 + args.fold})
