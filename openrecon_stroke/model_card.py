@@ -16,7 +16,8 @@ wrong card cannot be built):
 * optional ``size_divisor`` and ``max_window_voxels``: the network is fully convolutional and
   takes any (z, y, x) size divisible by ``size_divisor``; a volume (the brain box) of at most
   ``max_window_voxels`` once rounded up is then predicted in one window of its own size instead
-  of sliding ``patch_size`` windows over it (same result, none of the overlap or padding work);
+  of sliding ``patch_size`` windows over it (for a network whose output does not depend on the
+  window, e.g. batch norm with running statistics: the same map without overlap or padding work);
 * optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``,
   ``status`` ("validated" / "experimental": an experimental model is flagged on every report)
   and ``status_note``.
