@@ -332,8 +332,15 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
     def width_at(yy):
         return (text_right if yy < pic_bottom + 4 else size - margin) - margin
 
+    # the warnings (e.g. "experimental model: do not interpret") must never be pushed off the
+    # page by long sections: keep room for their heading and up to 6 of their lines
+    warnings = [w for w in (content.warnings or []) if str(w).strip()]
+    warn_lines = sum(len(_wrap("- " + str(w), f_body, size - 2 * margin - int(12 * s))) for w in warnings)
+    reserve = int(31 * s) + min(warn_lines, 6) * line_h if warnings else 0
+    sections_bottom = bottom - reserve
+
     for heading, lines in content.sections or []:
-        if y + line_h * 2 > bottom:
+        if y + line_h * 2 > sections_bottom:
             break
         d.text((margin, y), ascii_text(heading).upper(), font=f_head, fill=HEAD)
         y += int(31 * s)
@@ -342,13 +349,12 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
             if isinstance(ln, tuple):
                 ln, colour = ln
             for part in _wrap(ln, f_body, width_at(y) - int(12 * s)):
-                if y + line_h > bottom:
+                if y + line_h > sections_bottom:
                     break
                 d.text((margin + int(12 * s), y), part, font=f_body, fill=colour)
                 y += line_h
         y += int(10 * s)
 
-    warnings = [w for w in (content.warnings or []) if str(w).strip()]
     if warnings and y + line_h * 2 <= bottom:
         d.text((margin, y), f"WARNINGS ({len(warnings)})", font=f_head, fill=WARN)
         y += int(31 * s)

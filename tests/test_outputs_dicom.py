@@ -201,6 +201,17 @@ def test_report_page_renders_long_warnings_and_failed_stages():
     assert s2.get("report", "t1") is not None
 
 
+def test_report_page_keeps_room_for_warnings_below_long_sections():
+    """Many lesions fill the sections; the warnings (an experimental model) must still show."""
+    sections = [("Lesions", [f"#{i}: 1.00 mL, left cortical" for i in range(80)]), ("Models", ["lesion: x"])]
+    warn = render.WARN
+    def warn_pixels(warnings):
+        img = render.report_page(render.PageContent(title="t", sections=sections, warnings=warnings)).astype(int)
+        return int((np.abs(img - np.array(warn)).sum(-1) < 40).sum())
+    assert warn_pixels([]) == 0
+    assert warn_pixels(["lesion model is experimental; do not interpret its masks clinically"]) > 300
+
+
 def test_report_stages_respect_the_send_switches():
     from openrecon_stroke.params import coerce
 
