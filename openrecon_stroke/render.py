@@ -335,7 +335,11 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
     # the warnings (e.g. "experimental model: do not interpret") must never be pushed off the
     # page by long sections: keep room for their heading and up to 6 of their lines
     warnings = [w for w in (content.warnings or []) if str(w).strip()]
-    warn_lines = sum(len(_wrap("- " + str(w), f_body, size - 2 * margin - int(12 * s))) for w in warnings)
+    warn_lines = 0
+    for w in warnings:  # wrap only as many as the reserve can hold (there may be hundreds)
+        warn_lines += len(_wrap("- " + str(w), f_body, size - 2 * margin - int(12 * s)))
+        if warn_lines >= 6:
+            break
     reserve = int(31 * s) + min(warn_lines, 6) * line_h if warnings else 0
     sections_bottom = bottom - reserve
 
