@@ -24,10 +24,14 @@ ORIENTATIONS_FLAIR = ("axial", "oblique", "coronal")
 
 
 def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 8.0,
-              randomize: bool = True, n_lesions: int | None = None, abnormality: str | None = None) -> dict:
+              randomize: bool = True, n_lesions: int | None = None, abnormality: str | None = None,
+              brain_extraction: bool = False) -> dict:
     """``{"x": (2, z, y, x) float32 [t1, flair], "y": (z, y, x) uint8 lesion, "brain": bool,
-    "lesions": [...]}`` on the network grid; with ``abnormality`` (see
+    "raw": (2, z, y, x) float32, "lesions": [...]}`` on the network grid; ``x`` is ``raw``
+    z-scored inside the exact brain (zero outside). With ``abnormality`` (see
     :func:`simulator.anatomy.add_abnormality`) also ``"abn"``, the changed voxels (uint8).
+    With ``brain_extraction`` also ``"brain_bet"``: the mask the pipeline itself would use (HD-BET
+    on the whole T1-w head, :mod:`openrecon_stroke.brain_extraction`), on the same grid.
     ``n_lesions=0`` makes a healthy head."""
     from simulator.phantom import make_study
 
@@ -44,6 +48,12 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
         if c == "t1":
             brain_ref = s["volume"].grid.to_sitk(s["brain_mask"])
             grid = brain_box_grid(img, brain_ref, "RAS", spacing_mm, margin_mm)
+            if brain_extraction:
+                from openrecon_stroke.brain_extraction import get_extractor
+
+                bet = get_extractor(threads=1).extract(img)
+                bet = sitk.GetArrayFromImage(sitk.Resample(bet, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                           sitk.sitkUInt8)) > 0
         chans[c] = sitk.GetArrayFromImage(sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
                                                         sitk.sitkFloat32))
     labels = st["labels"]
@@ -56,26 +66,34 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
     brain = brain_mask(brain)
     x = np.stack([normalise(chans[c], brain, "zscore_brain") for c in ("t1", "flair")])
     out = {"x": x.astype(np.float32), "y": (lesion > 0).astype(np.uint8), "brain": brain,
+           "raw": np.stack([chans["t1"], chans["flair"]]).astype(np.float32),
            "lesions": st["lesions"], "spacing_mm": tuple(grid.GetSpacing())}
+    if brain_extraction:
+        out["brain_bet"] = bet
     if st.get("abnormal_mask") is not None:
         out["abn"] = sitk.GetArrayFromImage(sitk.Resample(st["abnormal_mask"], grid, sitk.Transform(),
                                                           sitk.sitkNearestNeighbor, 0)).astype(np.uint8)
     return out
 
 
-def cached_case(cache: Path, source: str | None, seed: int, **kw) -> dict:
-    """:func:`make_case`, stored as ``.npz`` under ``cache`` (a corrupt file is remade)."""
+def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) -> dict:
+    """:func:`make_case`, stored as ``.npz`` under ``cache``; a corrupt file, or one written
+    before it held every key in ``require`` (e.g. ``"brain_bet"``), is remade."""
     name = f"{Path(source).name.split('.')[0] if source else 'mni'}_{seed}.npz"
     path = Path(cache) / name
+    if "brain_bet" in require:
+        kw["brain_extraction"] = True
     if path.exists():
         try:
             with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+                if set(require) <= set(z.files):
+                    return {k: z[k] for k in z.files}
+            log.info("cached case %s lacks %s; remaking it", path, sorted(set(require)))
         except Exception as e:
             log.warning("cached case %s unreadable (%s); remaking it", path, e)
     case = make_case(source, seed, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: case[k] for k in ("x", "y", "brain", "abn") if k in case})
+    np.savez_compressed(tmp, **{k: case[k] for k in ("x", "y", "brain", "abn", "raw", "brain_bet") if k in case})
     tmp.replace(path)
     return case

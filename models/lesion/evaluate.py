@@ -2,9 +2,12 @@
 held-out synthetic test set, and print a table.
 
     .venv/bin/python models/lesion/evaluate.py models/lesion/fusion [--cases 20] [--single-folds]
+        [--brain exact|hd-bet]
 
 Test cases come from the SynthSeg maps that training never sees (``TEST_MAPS``), with fixed
-seeds, prepared as the runner prepares scanner data (:mod:`simulator.training`). Prediction uses
+seeds, prepared as the runner prepares scanner data (:mod:`simulator.training`), inside either
+the simulator's exact brain mask or (``--brain hd-bet``) the mask the pipeline computes with
+HD-BET, which is what a model meets on the scanner. Prediction uses
 the card's patch size, overlap, activation, threshold and minimum lesion size; metrics are those
 of :mod:`openrecon_stroke.metrics` (overall and per lesion-size bucket).
 """
@@ -29,14 +32,24 @@ from openrecon_stroke.sliding_window import predict  # noqa: E402
 TEST_MAPS = tuple(range(15, 21))
 
 
-def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5)):
-    """Seeded held-out cases on the network grid (``spacing_mm``); metrics are computed there."""
+def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5), brain: str = "exact"):
+    """Seeded held-out cases on the network grid (``spacing_mm``); metrics are computed there.
+
+    ``brain="exact"``: images z-scored inside, and cut to, the simulator's exact brain mask;
+    ``brain="hd-bet"``: inside the mask the pipeline computes itself (HD-BET on the whole T1-w
+    head), as on the scanner."""
+    from openrecon_stroke.lesion import normalise
     from simulator.training import cached_case
 
     maps = [data / "synthseg_label_maps" / f"training_seg_{i:02d}.nii.gz" for i in TEST_MAPS]
     for k in range(n):
         m = maps[k % len(maps)]
-        yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
+        if brain == "exact":
+            yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
+            continue
+        c = cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm), require=("raw", "brain_bet"))
+        bet = c["brain_bet"] > 0
+        yield {**c, "brain": bet, "x": np.stack([normalise(r, bet, "zscore_brain") for r in c["raw"]])}
 
 
 def evaluate(card: ModelCard, cases, sessions=None, desc: str = "") -> dict:
@@ -78,6 +91,9 @@ def main(argv=None):
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--cache", default=None, help="case cache (default /tmp/lesion-test-cases-<spacing>)")
     ap.add_argument("--single-folds", action="store_true", help="also evaluate each fold alone")
+    ap.add_argument("--brain", choices=("exact", "hd-bet"), default="exact",
+                    help="brain mask the images are normalised in and cut to: the simulator's exact one, or "
+                         "HD-BET's as in the pipeline")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     cards = [ModelCard.load(f) for f in args.models]
@@ -85,17 +101,21 @@ def main(argv=None):
     cache = Path(args.cache or f"/tmp/lesion-test-cases-{sp[0]:g}")
     from tqdm import tqdm
 
-    cases = list(tqdm(test_cases(Path(args.data), args.cases, cache, sp), total=args.cases, desc="test cases"))
+    cases = list(tqdm(test_cases(Path(args.data), args.cases, cache, sp, args.brain), total=args.cases,
+                      desc="test cases"))
     results = {}
     for card in cards:
         if card.spacing_mm != sp:
             raise SystemExit("all models evaluated together must share one network spacing")
         seg = LesionSegmenter(card)
-        name = f"{card.name} (ensemble of {len(card.files)})"
+        tag = "" if args.brain == "exact" else f" [{args.brain} mask]"
+        name = f"{card.name} (ensemble of {len(card.files)}){tag}"
         results[name] = evaluate(card, cases, desc=name)
+        print(f"{name}: " + ", ".join(f"{k} {results[name][k]:.3f}" for k in ("dice", "lesion_f1", "asd_mm",
+                                                                             "pred_volume_ml")), flush=True)
         if args.single_folds and len(card.files) > 1:
             for i, s in enumerate(seg.sessions):
-                results[f"{card.name} fold {i}"] = evaluate(card, cases, [s], desc=f"{card.name} fold {i}")
+                results[f"{card.name} fold {i}{tag}"] = evaluate(card, cases, [s], desc=f"{card.name} fold {i}")
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -1,6 +1,6 @@
 """Write ``card.json`` for a trained lesion model folder (``fold<k>.onnx`` + ``fold<k>.json``).
 
-    .venv/bin/python models/lesion/make_card.py models/lesion/fusion [--metrics results.json]
+    .venv/bin/python models/lesion/make_card.py models/lesion/fusion [--metrics results.json ...]
 
 The card is what the runner reads (:mod:`openrecon_stroke.model_card`): inputs in channel
 order, network grid (RAS, isotropic spacing), normalisation, patch size, output activation and
@@ -84,12 +84,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder")
     ap.add_argument("--version", default="0.1.0")
-    ap.add_argument("--metrics", help="JSON from evaluate.py --json; the entries for this model are kept")
+    ap.add_argument("--metrics", nargs="*", default=[],
+                    help="JSON files from evaluate.py --json (e.g. one per --brain); the entries for this model are kept")
     a = ap.parse_args(argv)
     folder = Path(a.folder)
     metrics = None
     if a.metrics:
-        allm = json.loads(Path(a.metrics).read_text())
+        allm = {k: v for f in a.metrics for k, v in json.loads(Path(f).read_text()).items()}
         name = NAMES[tuple(json.loads(sorted(folder.glob("fold*.json"))[0].read_text())["inputs"])]
         metrics = {k: {kk: vv for kk, vv in v.items() if kk != "per_case"} for k, v in allm.items()
                    if k.startswith(name + " ")}

@@ -36,8 +36,10 @@ from nets import LateFusionUNet, load_checkpoint, train_loop  # noqa: E402  (mod
 # ------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------
-def sample_patch(case, patch, rng, lesion_fraction=0.33):
+def sample_patch(case, patch, rng, lesion_fraction=0.33, bet_fraction=0.0):
     x, y = case["x"], case["y"]
+    if "x_bet" in case and rng.random() < bet_fraction:  # as the pipeline sees it: HD-BET's mask
+        x = case["x_bet"]
     shp = np.array(y.shape)
     if (y > 0).any() and rng.random() < lesion_fraction:
         c = np.argwhere(y > 0)[rng.integers((y > 0).sum())]
@@ -69,15 +71,21 @@ def loss_fn(logits, target):
 def load_cases(args, maps, chan):
     from tqdm import tqdm
 
+    from openrecon_stroke.lesion import normalise
     from simulator.training import cached_case
 
     cases = []
     sp = (args.spacing,) * 3
+    need = ("raw", "brain_bet") if args.bet_fraction > 0 else ()
     for m in tqdm(maps, desc="cases"):
         map_id = int(m.name.split("_")[-1].split(".")[0])
         for k in range(args.cases_per_map):
-            c = cached_case(Path(args.cache), str(m), seed=map_id * 100 + k, spacing_mm=sp)
-            cases.append({"x": c["x"][chan], "y": c["y"], "brain": c["brain"]})
+            c = cached_case(Path(args.cache), str(m), seed=map_id * 100 + k, spacing_mm=sp, require=need)
+            case = {"x": c["x"][chan], "y": c["y"], "brain": c["brain"]}
+            if need:  # the same head z-scored inside, and cut to, the mask HD-BET gives the pipeline
+                bet = c["brain_bet"] > 0
+                case["x_bet"] = np.stack([normalise(c["raw"][i], bet, "zscore_brain") for i in chan])
+            cases.append(case)
     return cases
 
 
@@ -107,6 +115,10 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lesion-fraction", type=float, default=0.33,
                     help="share of patches centred on a lesion (the rest anywhere in the brain)")
+    ap.add_argument("--bet-fraction", type=float, default=0.0,
+                    help="share of patches cut with the brain mask the pipeline computes (HD-BET on the "
+                         "whole head) instead of the exact one, so that extra CSF and dura at the mask's edge "
+                         "are seen in training")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init-from", default="",
@@ -144,8 +156,8 @@ def main(argv=None):
         init_from_single(net, args.init_from.split(","), args.fold)
 
     def batch_loss():
-        batch = [sample_patch(cases[rng.integers(len(cases))], (args.patch,) * 3, rng, args.lesion_fraction)
-                 for _ in range(args.batch)]
+        batch = [sample_patch(cases[rng.integers(len(cases))], (args.patch,) * 3, rng, args.lesion_fraction,
+                              args.bet_fraction) for _ in range(args.batch)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
         return loss_fn(net(x), y)
@@ -160,13 +172,13 @@ def main(argv=None):
     meta = {"inputs": inputs, "fold": args.fold, "folds": args.folds, "steps": step, "spacing_mm": args.spacing,
             "train_maps": [m.name for m in train_maps], "val_maps": [m.name for m in val_maps],
             "seconds_this_run": round(time.time() - t0, 1), "patch": args.patch, "batch": args.batch,
-            "lesion_fraction": args.lesion_fraction,
+            "lesion_fraction": args.lesion_fraction, "bet_fraction": args.bet_fraction,
             "init_from": args.init_from}
     prev = out / f"fold{args.fold}.json"
     if prev.exists() and state["step"]:  # resumed: keep what the earlier runs of this fold did
         old = json.loads(prev.read_text())
         meta["previous_runs"] = old.pop("previous_runs", []) + [
-            {k: old.get(k) for k in ("steps", "lesion_fraction", "patch", "batch", "seconds_this_run")}]
+            {k: old.get(k) for k in ("steps", "lesion_fraction", "bet_fraction", "patch", "batch", "seconds_this_run")}]
     prev.write_text(json.dumps(meta, indent=1))
     print(f"exported {out / f'fold{args.fold}.onnx'}")
 
