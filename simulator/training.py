@@ -76,6 +76,14 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
     return out
 
 
+def in_pipeline_mask(case: dict, channels=(0, 1)) -> np.ndarray:
+    """The case's images (``channels`` of [t1, flair], in that order) as the pipeline prepares
+    them: ``raw`` z-scored inside, and cut to, HD-BET's mask ``brain_bet`` instead of the exact
+    brain. Needs a case made with ``brain_extraction``."""
+    bet = case["brain_bet"] > 0
+    return np.stack([normalise(case["raw"][i], bet, "zscore_brain") for i in channels])
+
+
 def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) -> dict:
     """:func:`make_case`, stored as ``.npz`` under ``cache``; a corrupt file, or one written
     before it held every key in ``require`` (e.g. ``"brain_bet"``), is remade."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulator.training import cached_case, make_case
+from simulator.training import cached_case, in_pipeline_mask, make_case
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +42,5 @@ def test_case_remade_with_the_pipelines_own_brain_mask_when_asked(tmp_path):
     assert 0.85 < dice < 1.0
     again = cached_case(tmp_path, None, seed=4, spacing_mm=sp, require=("brain_bet",))
     assert np.array_equal(again["brain_bet"], c["brain_bet"])
+    seen = in_pipeline_mask(c)  # what the pipeline feeds the network: z-scored in HD-BET's mask
+    assert np.all(seen[:, ~bet] == 0) and abs(seen[0][bet].mean()) < 1e-3 and not np.allclose(seen, c["x"])

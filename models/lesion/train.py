@@ -71,8 +71,7 @@ def loss_fn(logits, target):
 def load_cases(args, maps, chan):
     from tqdm import tqdm
 
-    from openrecon_stroke.lesion import normalise
-    from simulator.training import cached_case
+    from simulator.training import cached_case, in_pipeline_mask
 
     cases = []
     sp = (args.spacing,) * 3
@@ -83,8 +82,7 @@ def load_cases(args, maps, chan):
             c = cached_case(Path(args.cache), str(m), seed=map_id * 100 + k, spacing_mm=sp, require=need)
             case = {"x": c["x"][chan], "y": c["y"], "brain": c["brain"]}
             if need:  # the same head z-scored inside, and cut to, the mask HD-BET gives the pipeline
-                bet = c["brain_bet"] > 0
-                case["x_bet"] = np.stack([normalise(c["raw"][i], bet, "zscore_brain") for i in chan])
+                case["x_bet"] = in_pipeline_mask(c, chan)
             cases.append(case)
     return cases
 
