@@ -102,17 +102,25 @@ def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float,
              brain: np.ndarray | None = None) -> list[Lesion]:
     """Connected lesions of a mask on ``image``'s grid, largest first, labelled 1..n in that
     order. Hemisphere by the side of the brain's mid-sagittal plane (LPS x > midline: patient
-    left); region (cortical/subcortical) from the distance to the surface of ``brain``."""
+    left); region (cortical/subcortical) from the distance to the surface of ``brain``.
+
+    Each lesion is measured inside its own bounding box (not on the whole volume), and its
+    distance to the brain surface inside that box widened by ``CORTICAL_MM``, which is enough to
+    decide "within ``CORTICAL_MM`` of the surface" exactly.
+    """
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    vox = float(np.prod(image.GetSpacing())) / 1000.0
-    depth = (ndimage.distance_transform_edt(brain, sampling=tuple(image.GetSpacing())[::-1])
-             if brain is not None and n else None)
+    spacing_zyx = tuple(float(s) for s in image.GetSpacing())[::-1]
+    vox = float(np.prod(spacing_zyx)) / 1000.0
+    pad = [int(np.ceil(CORTICAL_MM / s)) + 1 for s in spacing_zyx]
     out = []
-    for i, com in enumerate(ndimage.center_of_mass(mask, lab, range(1, n + 1)), start=1):
-        pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in com[::-1]))
-        sel = lab == i
+    for i, box in enumerate(ndimage.find_objects(lab), start=1):
+        wide = tuple(slice(max(b.start - p, 0), min(b.stop + p, dim)) for b, p, dim in zip(box, pad, lab.shape))
+        sel = lab[wide] == i
+        zyx = np.argwhere(sel).mean(0) + [w.start for w in wide]
+        pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx[::-1]))
         region = ""
-        if depth is not None:
+        if brain is not None:
+            depth = ndimage.distance_transform_edt(brain[wide], sampling=spacing_zyx)
             region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
         out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right",
                           region))
