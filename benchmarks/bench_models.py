@@ -10,6 +10,8 @@ server does at start-up.
   ``size_divisor``), 3 folds, no mirroring; baselines: "patch 112" the card's 112x136x112
   patch slid over the box with 25 % overlap (the runner before whole-box windows), and
   "sliding 48" 48-voxel windows (the training patch) with 50 % overlap, nnU-Net's usual way;
+  "describe per lesion" the lesion description as it was before 2026-11-26 (a pass over the whole
+  volume, and the surface distance of the whole volume, for every lesion);
 * anomaly, ours: the card's default number of Euler steps; baseline: 8 steps.
 
     .venv/bin/python benchmarks/bench_models.py [--runs 3]
@@ -27,6 +29,32 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _describe_per_lesion_pass(mask, image, midline_x_lps, brain=None):
+    """Baseline: the earlier ``openrecon_stroke.lesion.describe`` (same output, one whole-volume
+    mask per lesion and a whole-volume distance transform)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from openrecon_stroke.lesion import CORTICAL_MM, Lesion
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    vox = float(np.prod(image.GetSpacing())) / 1000.0
+    depth = (ndimage.distance_transform_edt(brain, sampling=tuple(image.GetSpacing())[::-1])
+             if brain is not None and n else None)
+    out = []
+    for i, com in enumerate(ndimage.center_of_mass(mask, lab, range(1, n + 1)), start=1):
+        pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in com[::-1]))
+        sel = lab == i
+        region = ""
+        if depth is not None:
+            region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
+        out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right", region))
+    out.sort(key=lambda les: -les.volume_ml)
+    for k, les in enumerate(out, start=1):
+        les.label = k
+    return out
 
 
 def _one(config: str, runs: int) -> dict:
@@ -51,6 +79,10 @@ def _one(config: str, runs: int) -> dict:
         seg.card = dataclasses.replace(seg.card, max_window_voxels=0)  # no whole-box window
         if config == "lesion_sliding_48":
             seg.card = dataclasses.replace(seg.card, patch_size=(48, 48, 48), overlap=0.5)
+    if config == "lesion_describe_per_lesion":
+        import openrecon_stroke.stages.lesion as stage_module
+
+        stage_module.describe = _describe_per_lesion_pass
     stage = LesionSegmentation() if config.startswith("lesion") else AnomalyDetection()
     if config.startswith("anomaly"):
         from openrecon_stroke.anomaly import get_model
@@ -79,7 +111,8 @@ def main(argv=None):
         print("RESULT " + json.dumps(_one(a.one, a.runs)))
         return
     out = {}
-    for config in ("lesion_ours", "lesion_patch_112", "lesion_sliding_48", "anomaly_ours", "anomaly_8_steps"):
+    for config in ("lesion_ours", "lesion_describe_per_lesion", "lesion_patch_112", "lesion_sliding_48",
+                   "anomaly_ours", "anomaly_8_steps"):
         p = subprocess.run([sys.executable, __file__, "--one", config, "--runs", str(a.runs)], capture_output=True,
                            text=True, cwd=REPO)
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -91,7 +124,7 @@ def main(argv=None):
         print(f"{config:20s} median {r['median_s']:6.2f} s  runs {[round(t, 2) for t in r['runs_s']]}  "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB  {r['findings']}", flush=True)
     ours = out["lesion_ours"]["median_s"]
-    for base in ("lesion_patch_112", "lesion_sliding_48"):
+    for base in ("lesion_describe_per_lesion", "lesion_patch_112", "lesion_sliding_48"):
         print(f"lesion: ours {ours:.2f} s vs {base} {out[base]['median_s']:.2f} s: {out[base]['median_s'] / ours:.1f}x")
     print(f"anomaly: ours {out['anomaly_ours']['median_s']:.2f} s vs 8-step baseline "
           f"{out['anomaly_8_steps']['median_s']:.2f} s: {out['anomaly_8_steps']['median_s'] / out['anomaly_ours']['median_s']:.1f}x")
