@@ -120,8 +120,12 @@ def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float,
         pt = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx[::-1]))
         region = ""
         if brain is not None:
-            depth = ndimage.distance_transform_edt(brain[wide], sampling=spacing_zyx)
-            region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
+            around = brain[wide]
+            if around.all():  # no surface within CORTICAL_MM (and the transform needs a background voxel)
+                region = "subcortical"
+            else:
+                depth = ndimage.distance_transform_edt(around, sampling=spacing_zyx)
+                region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
         out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right",
                           region))
     out.sort(key=lambda les: -les.volume_ml)

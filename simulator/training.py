@@ -84,6 +84,12 @@ def in_pipeline_mask(case: dict, channels=(0, 1)) -> np.ndarray:
     return np.stack([normalise(case["raw"][i], bet, "zscore_brain") for i in channels])
 
 
+def as_in_pipeline(case: dict) -> dict:
+    """The case as the scanner's pipeline meets it: ``brain`` is HD-BET's mask and ``x`` both
+    contrasts z-scored inside, and cut to, it (:func:`in_pipeline_mask`); other keys as they are."""
+    return {**case, "brain": case["brain_bet"] > 0, "x": in_pipeline_mask(case)}
+
+
 def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) -> dict:
     """:func:`make_case`, stored as ``.npz`` under ``cache``; a corrupt file, or one written
     before it held every key in ``require`` (e.g. ``"brain_bet"``), is remade."""

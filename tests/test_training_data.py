@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulator.training import cached_case, in_pipeline_mask, make_case
+from simulator.training import as_in_pipeline, cached_case, in_pipeline_mask, make_case
 
 pytestmark = pytest.mark.slow
 
@@ -44,3 +44,5 @@ def test_case_remade_with_the_pipelines_own_brain_mask_when_asked(tmp_path):
     assert np.array_equal(again["brain_bet"], c["brain_bet"])
     seen = in_pipeline_mask(c)  # what the pipeline feeds the network: z-scored in HD-BET's mask
     assert np.all(seen[:, ~bet] == 0) and abs(seen[0][bet].mean()) < 1e-3 and not np.allclose(seen, c["x"])
+    view = as_in_pipeline(c)  # the whole case as the evaluations score it
+    assert np.array_equal(view["brain"], bet) and np.array_equal(view["x"], seen) and view["y"] is c["y"]

@@ -191,7 +191,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
-    from simulator.training import cached_case, in_pipeline_mask
+    from simulator.training import as_in_pipeline, cached_case
 
     folder = Path(args.folder)
     steps_list = [int(s) for s in args.steps.split(",")]
@@ -200,17 +200,15 @@ def main(argv=None):
     cal_cases = [cached_case(Path(args.cal_cache), str(maps / f"training_seg_{i:02d}.nii.gz"), seed=i * 100 + 50 + k,
                              spacing_mm=sp, n_lesions=0) for i in CAL_MAPS for k in range(4)]
     cases = []
+    need = ("raw", "brain_bet") if args.brain == "hd-bet" else ()
     for k in tqdm(range(args.cases), desc="test cases"):
         kind = ("healthy", "stroke", "stroke", "ventricles", "atrophy")[k % 5]
         kw = dict(n_lesions=0) if kind != "stroke" else {}
         if kind in ("ventricles", "atrophy"):
             kw["abnormality"] = kind
-        need = ("raw", "brain_bet") if args.brain == "hd-bet" else ()
         c = cached_case(Path(args.test_cache) / kind, str(maps / f"training_seg_{15 + k % 6:02d}.nii.gz"),
                         seed=950000 + k, spacing_mm=sp, require=need, **kw)
-        if need:  # as the scanner sees it
-            c = {**c, "brain": c["brain_bet"] > 0, "x": in_pipeline_mask(c)}
-        cases.append((kind, c))
+        cases.append((kind, as_in_pipeline(c) if need else c))
     base = {"name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
             "sha256": file_sha256(folder / "flow.onnx"), "contrast_flag": {"t1": 0, "flair": 1},
             "spacing_mm": list(sp), "orientation": "RAS", "margin_mm": 8.0, "normalisation": "zscore_brain",

@@ -38,7 +38,7 @@ def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5), brai
     ``brain="exact"``: images z-scored inside, and cut to, the simulator's exact brain mask;
     ``brain="hd-bet"``: inside the mask the pipeline computes itself (HD-BET on the whole T1-w
     head), as on the scanner."""
-    from simulator.training import cached_case, in_pipeline_mask
+    from simulator.training import as_in_pipeline, cached_case
 
     maps = [data / "synthseg_label_maps" / f"training_seg_{i:02d}.nii.gz" for i in TEST_MAPS]
     for k in range(n):
@@ -47,7 +47,7 @@ def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5), brai
             yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
             continue
         c = cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm), require=("raw", "brain_bet"))
-        yield {**c, "brain": c["brain_bet"] > 0, "x": in_pipeline_mask(c)}
+        yield as_in_pipeline(c)
 
 
 def evaluate(card: ModelCard, cases, sessions=None, desc: str = "") -> dict:
