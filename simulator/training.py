@@ -100,9 +100,10 @@ def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) ->
     if path.exists():
         try:
             with np.load(path) as z:
-                if set(require) <= set(z.files):
+                missing = sorted(set(require) - set(z.files))
+                if not missing:
                     return {k: z[k] for k in z.files}
-            log.info("cached case %s lacks %s; remaking it", path, sorted(set(require)))
+            log.info("cached case %s lacks %s; remaking it", path, missing)
         except Exception as e:
             log.warning("cached case %s unreadable (%s); remaking it", path, e)
     case = make_case(source, seed, **kw)

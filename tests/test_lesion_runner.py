@@ -66,9 +66,9 @@ def test_postprocess_threshold_and_small_components():
 
 
 def test_describe_matches_lesion_by_lesion_reference():
-    """``describe`` takes its figures in one pass and the surface distance on a crop; on ~60
-    lesions (deep and near the surface, anisotropic voxels) it must give what measuring each
-    lesion on its own on the whole volume gives."""
+    """``describe`` measures each lesion inside its own box (surface distance on the box widened
+    by ``CORTICAL_MM``); on ~60 lesions (deep and near the surface, anisotropic voxels) it must
+    give what measuring each lesion on the whole volume gives."""
     rng = np.random.default_rng(3)
     z, y, x = np.mgrid[:80, :90, :100]
     brain = ((z - 40) / 36.0) ** 2 + ((y - 45) / 40.0) ** 2 + ((x - 50) / 45.0) ** 2 < 1

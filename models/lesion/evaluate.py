@@ -41,13 +41,10 @@ def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5), brai
     from simulator.training import as_in_pipeline, cached_case
 
     maps = [data / "synthseg_label_maps" / f"training_seg_{i:02d}.nii.gz" for i in TEST_MAPS]
+    need = ("raw", "brain_bet") if brain == "hd-bet" else ()
     for k in range(n):
-        m = maps[k % len(maps)]
-        if brain == "exact":
-            yield cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm))
-            continue
-        c = cached_case(cache, str(m), seed=900000 + k, spacing_mm=tuple(spacing_mm), require=("raw", "brain_bet"))
-        yield as_in_pipeline(c)
+        c = cached_case(cache, str(maps[k % len(maps)]), seed=900000 + k, spacing_mm=tuple(spacing_mm), require=need)
+        yield as_in_pipeline(c) if need else c
 
 
 def evaluate(card: ModelCard, cases, sessions=None, desc: str = "") -> dict:
