@@ -9,10 +9,16 @@ OUT=${1:-demo_out}
 PORT=${PORT:-9002}
 PY=.venv/bin/python
 mkdir -p "$OUT"
+# The server keeps each study's preprocessed series for 2 h so that a later series of the same
+# study is fused with it. The phantom has the same study UID on every run, so the demo uses a
+# study cache of its own, emptied first: otherwise a run would fuse with the previous run's series.
+CACHE="$OUT/study_cache"
+rm -rf "$CACHE"
 echo "== 1/3 making a synthetic T1-w + FLAIR stroke study in $OUT/study"
 $PY -m simulator phantom --out "$OUT/study" --seed 0
 echo "== 2/3 starting the MRD server on 127.0.0.1:$PORT (log: $OUT/server.log)"
-$PY -m openrecon_stroke serve --host 127.0.0.1 --port "$PORT" --save-data "$OUT/received" >"$OUT/server.log" 2>&1 &
+$PY -m openrecon_stroke serve --host 127.0.0.1 --port "$PORT" --save-data "$OUT/received" \
+    --cache-dir "$CACHE" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
