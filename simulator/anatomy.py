@@ -93,6 +93,13 @@ def brain_mask(labels: sitk.Image | np.ndarray) -> np.ndarray:
     return _isin(np.asarray(arr), BRAIN_LABELS)
 
 
+def intracranial_mask(labels: sitk.Image | np.ndarray) -> np.ndarray:
+    """Boolean ``(nz, ny, nx)`` mask of the brain plus the extra-cerebral CSF (sulci,
+    subarachnoid space, basal cisterns): what brain-extraction masks such as HD-BET's hold."""
+    arr = sitk.GetArrayViewFromImage(labels) if isinstance(labels, sitk.Image) else labels
+    return _isin(np.asarray(arr), BRAIN_LABELS + (Tissue.EXTRA_CSF,))
+
+
 # ============================================================================================
 # Random fields
 # ============================================================================================

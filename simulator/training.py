@@ -27,8 +27,10 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
               randomize: bool = True, n_lesions: int | None = None, abnormality: str | None = None,
               brain_extraction: bool = False) -> dict:
     """``{"x": (2, z, y, x) float32 [t1, flair], "y": (z, y, x) uint8 lesion, "brain": bool,
-    "raw": (2, z, y, x) float32, "lesions": [...]}`` on the network grid; ``x`` is ``raw``
-    z-scored inside the exact brain (zero outside). With ``abnormality`` (see
+    "icv": bool, "raw": (2, z, y, x) float32, "lesions": [...]}`` on the network grid; ``x`` is
+    ``raw`` z-scored inside the exact brain (zero outside); ``icv`` is the exact brain plus the
+    extra-cerebral CSF (:func:`simulator.anatomy.intracranial_mask`), the extent a brain
+    extraction such as HD-BET keeps. With ``abnormality`` (see
     :func:`simulator.anatomy.add_abnormality`) also ``"abn"``, the changed voxels (uint8).
     With ``brain_extraction`` also ``"brain_bet"``: the mask the pipeline itself would use (HD-BET
     on the whole T1-w head, :mod:`openrecon_stroke.brain_extraction`), on the same grid.
@@ -59,13 +61,14 @@ def make_case(source: str | None, seed: int, spacing_mm=(1.0, 1.0, 1.0), margin_
     labels = st["labels"]
     lesion = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(st["lesion_mask"] > 0, sitk.sitkUInt8), grid,
                                                   sitk.Transform(), sitk.sitkNearestNeighbor, 0))
-    from simulator.anatomy import brain_mask
+    from simulator.anatomy import brain_mask, intracranial_mask
 
-    brain = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(labels, sitk.sitkInt16), grid, sitk.Transform(),
-                                                 sitk.sitkNearestNeighbor, 0))
-    brain = brain_mask(brain)
+    on_grid = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(labels, sitk.sitkInt16), grid, sitk.Transform(),
+                                                   sitk.sitkNearestNeighbor, 0))
+    brain = brain_mask(on_grid)
     x = np.stack([normalise(chans[c], brain, "zscore_brain") for c in ("t1", "flair")])
     out = {"x": x.astype(np.float32), "y": (lesion > 0).astype(np.uint8), "brain": brain,
+           "icv": intracranial_mask(on_grid),
            "raw": np.stack([chans["t1"], chans["flair"]]).astype(np.float32),
            "lesions": st["lesions"], "spacing_mm": tuple(grid.GetSpacing())}
     if brain_extraction:
@@ -80,8 +83,13 @@ def in_pipeline_mask(case: dict, channels=(0, 1)) -> np.ndarray:
     """The case's images (``channels`` of [t1, flair], in that order) as the pipeline prepares
     them: ``raw`` z-scored inside, and cut to, HD-BET's mask ``brain_bet`` instead of the exact
     brain. Needs a case made with ``brain_extraction``."""
-    bet = case["brain_bet"] > 0
-    return np.stack([normalise(case["raw"][i], bet, "zscore_brain") for i in channels])
+    return in_mask(case, case["brain_bet"] > 0, channels)
+
+
+def in_mask(case: dict, mask: np.ndarray, channels=(0, 1)) -> np.ndarray:
+    """The case's images (``channels`` of [t1, flair]) z-scored inside, and cut to, ``mask``
+    (e.g. ``case["icv"]``) instead of the exact brain; needs ``raw``."""
+    return np.stack([normalise(case["raw"][i], mask, "zscore_brain") for i in channels])
 
 
 def as_in_pipeline(case: dict) -> dict:
@@ -109,6 +117,6 @@ def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) ->
     case = make_case(source, seed, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{k: case[k] for k in ("x", "y", "brain", "abn", "raw", "brain_bet") if k in case})
+    np.savez_compressed(tmp, **{k: case[k] for k in ("x", "y", "brain", "icv", "abn", "raw", "brain_bet") if k in case})
     tmp.replace(path)
     return case

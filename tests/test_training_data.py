@@ -32,7 +32,7 @@ def test_case_remade_with_the_pipelines_own_brain_mask_when_asked(tmp_path):
 
     sp = (2.0, 2.0, 2.0)
     plain = cached_case(tmp_path, None, seed=4, spacing_mm=sp)
-    assert "brain_bet" not in plain
+    assert "brain_bet" not in plain and "icv" in plain
     c = cached_case(tmp_path, None, seed=4, spacing_mm=sp, require=("raw", "brain_bet"))
     assert np.array_equal(c["x"], plain["x"])
     brain, bet = c["brain"] > 0, c["brain_bet"] > 0
@@ -40,6 +40,12 @@ def test_case_remade_with_the_pipelines_own_brain_mask_when_asked(tmp_path):
         np.testing.assert_allclose(normalise(c["raw"][ch], brain, "zscore_brain"), c["x"][ch], atol=1e-4)
     dice = 2 * (brain & bet).sum() / (brain.sum() + bet.sum())
     assert 0.85 < dice < 1.0
+    # the intracranial mask (brain + extra-cerebral CSF) holds the brain, and most of what HD-BET
+    # adds to the brain is that CSF
+    icv = c["icv"] > 0
+    assert np.all(icv[brain]) and icv.sum() > 1.05 * brain.sum()
+    added = bet & ~brain
+    assert (added & icv).sum() > 0.8 * added.sum()
     again = cached_case(tmp_path, None, seed=4, spacing_mm=sp, require=("brain_bet",))
     assert np.array_equal(again["brain_bet"], c["brain_bet"])
     seen = in_pipeline_mask(c)  # what the pipeline feeds the network: z-scored in HD-BET's mask

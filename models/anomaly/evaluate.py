@@ -16,10 +16,12 @@ the changed tissue is flagged). The baseline, run on the same cases with the sam
 calibration and threshold rule, scores each voxel by how unusual its intensity is under the
 healthy calibration brains' intensity histogram (-log density), per contrast.
 
-``--brain hd-bet`` cuts and z-scores the test cases inside the mask the pipeline computes itself
-(HD-BET on the whole T1-w head) instead of the simulator's exact brain, as on the scanner; the
-calibration stays on the exact masks, as the shipped card's does. Evaluating never changes the
-folder's card unless ``--write-card`` is given.
+``--brain hd-bet`` cuts and z-scores the calibration and test cases inside the mask the pipeline
+computes itself (HD-BET on the whole T1-w head) instead of the simulator's exact brain, as on the
+scanner: the shipped card is calibrated that way, so that 1.0 on the scanner's anomaly map is the
+healthy threshold inside the mask the scanner really uses. ``--calibrate-on exact`` keeps the
+calibration on exact masks whatever ``--brain`` says (how cards were calibrated before
+2026-11-26). Evaluating never changes the folder's card unless ``--write-card`` is given.
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ def main(argv=None):
     ap.add_argument("--test-cache", default="/tmp/anomaly-test-2")
     ap.add_argument("--cases", type=int, default=30)
     ap.add_argument("--brain", choices=("exact", "hd-bet"), default="exact",
-                    help="brain mask the test images are normalised in and cut to: the simulator's exact one, "
-                         "or HD-BET's as in the pipeline (calibration always uses the exact one)")
+                    help="brain mask the cases are cut to and z-scored in: the simulator's exact one, or "
+                         "HD-BET's as in the pipeline (calibration too, unless --calibrate-on says otherwise)")
+    ap.add_argument("--calibrate-on", choices=("exact", "hd-bet"), default=None,
+                    help="brain mask of the healthy calibration cases (default: the same as --brain)")
     ap.add_argument("--write-card", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -197,8 +201,14 @@ def main(argv=None):
     steps_list = [int(s) for s in args.steps.split(",")]
     sp = (2.0, 2.0, 2.0)
     maps = Path(args.data) / "synthseg_label_maps"
+    cal_brain = args.calibrate_on or args.brain
+    cal_need = ("raw", "brain_bet") if cal_brain == "hd-bet" else ()
     cal_cases = [cached_case(Path(args.cal_cache), str(maps / f"training_seg_{i:02d}.nii.gz"), seed=i * 100 + 50 + k,
-                             spacing_mm=sp, n_lesions=0) for i in CAL_MAPS for k in range(4)]
+                             spacing_mm=sp, n_lesions=0, require=cal_need) for i in CAL_MAPS for k in range(4)]
+    if cal_need:
+        cal_cases = [as_in_pipeline(c) for c in cal_cases]
+    print(f"calibration on {len(cal_cases)} healthy heads inside the {cal_brain} brain mask; "
+          f"test cases inside the {args.brain} one", flush=True)
     cases = []
     need = ("raw", "brain_bet") if args.brain == "hd-bet" else ()
     for k in tqdm(range(args.cases), desc="test cases"):
@@ -212,7 +222,7 @@ def main(argv=None):
     base = {"name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
             "sha256": file_sha256(folder / "flow.onnx"), "contrast_flag": {"t1": 0, "flair": 1},
             "spacing_mm": list(sp), "orientation": "RAS", "margin_mm": 8.0, "normalisation": "zscore_brain",
-            "steps": steps_list[0], "smoothing_mm": 2.0, "min_volume_mm3": 50.0, "edge_mm": 2.0,
+            "steps": steps_list[0], "calibration_brain_mask": cal_brain, "smoothing_mm": 2.0, "min_volume_mm3": 50.0, "edge_mm": 2.0,
             "calibration": {str(n): {"scale": {"t1": 1, "flair": 1}, "threshold": {c: 1 for c in COMBOS}}
                             for n in steps_list}}
     work = folder / f".card-being-evaluated-{os.getpid()}.json"  # the folder's card.json stays as it is
@@ -249,7 +259,7 @@ def main(argv=None):
         base["calibration"] = {str(n): cals[n] for n in steps_list}
         base["test_metrics"] = {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}
         base["training"] = json.loads((folder / "flow.json").read_text()) if (folder / "flow.json").exists() else {}
-        base["training"]["command"] = "models/anomaly/train.py --out models/anomaly; models/anomaly/evaluate.py models/anomaly --write-card"
+        base["training"]["command"] = "models/anomaly/train.py --out models/anomaly; models/anomaly/evaluate.py models/anomaly --brain hd-bet --write-card"
         (folder / "card.json").write_text(json.dumps(base, indent=1) + "\n")
         set_status(folder, results)
         AnomalyCard.load(folder)

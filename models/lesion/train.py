@@ -71,17 +71,22 @@ def loss_fn(logits, target):
 def load_cases(args, maps, chan):
     from tqdm import tqdm
 
-    from simulator.training import cached_case, in_pipeline_mask
+    from simulator.training import cached_case, in_mask, in_pipeline_mask
 
     cases = []
     sp = (args.spacing,) * 3
     need = ("raw", "brain_bet") if args.bet_fraction > 0 else ()
+    if args.mask == "intracranial":
+        need = tuple(sorted(set(need) | {"raw", "icv"}))
     for m in tqdm(maps, desc="cases"):
         map_id = int(m.name.split("_")[-1].split(".")[0])
         for k in range(args.cases_per_map):
             c = cached_case(Path(args.cache), str(m), seed=map_id * 100 + k, spacing_mm=sp, require=need)
-            case = {"x": c["x"][chan], "y": c["y"], "brain": c["brain"]}
-            if need:  # the same head z-scored inside, and cut to, the mask HD-BET gives the pipeline
+            if args.mask == "intracranial":  # brain + extra-cerebral CSF, as a brain extraction keeps it
+                case = {"x": in_mask(c, c["icv"], chan), "y": c["y"], "brain": c["icv"]}
+            else:
+                case = {"x": c["x"][chan], "y": c["y"], "brain": c["brain"]}
+            if args.bet_fraction > 0:  # the same head z-scored inside, and cut to, HD-BET's mask
                 case["x_bet"] = in_pipeline_mask(c, chan)
             cases.append(case)
     return cases
@@ -113,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lesion-fraction", type=float, default=0.33,
                     help="share of patches centred on a lesion (the rest anywhere in the brain)")
+    ap.add_argument("--mask", choices=("exact", "intracranial"), default="exact",
+                    help="brain mask the training images are z-scored in and cut to: the simulator's exact "
+                         "brain, or the brain plus the extra-cerebral CSF (what HD-BET keeps on the scanner)")
     ap.add_argument("--bet-fraction", type=float, default=0.0,
                     help="share of patches cut with the brain mask the pipeline computes (HD-BET on the "
                          "whole head) instead of the exact one, so that extra CSF and dura at the mask's edge "
@@ -170,13 +178,15 @@ def main(argv=None):
     meta = {"inputs": inputs, "fold": args.fold, "folds": args.folds, "steps": step, "spacing_mm": args.spacing,
             "train_maps": [m.name for m in train_maps], "val_maps": [m.name for m in val_maps],
             "seconds_this_run": round(time.time() - t0, 1), "patch": args.patch, "batch": args.batch,
-            "lesion_fraction": args.lesion_fraction, "bet_fraction": args.bet_fraction,
+            "lesion_fraction": args.lesion_fraction, "bet_fraction": args.bet_fraction, "mask": args.mask,
+            "cases_per_map": args.cases_per_map,
             "init_from": args.init_from}
     prev = out / f"fold{args.fold}.json"
     if prev.exists() and state["step"]:  # resumed: keep what the earlier runs of this fold did
         old = json.loads(prev.read_text())
         meta["previous_runs"] = old.pop("previous_runs", []) + [
-            {k: old.get(k) for k in ("steps", "lesion_fraction", "bet_fraction", "patch", "batch", "seconds_this_run")}]
+            {k: old.get(k) for k in ("steps", "lesion_fraction", "bet_fraction", "mask", "cases_per_map", "patch",
+                                       "batch", "seconds_this_run")}]
     prev.write_text(json.dumps(meta, indent=1))
     print(f"exported {out / f'fold{args.fold}.onnx'}")
 
