@@ -222,7 +222,8 @@ def main(argv=None):
     base = {"name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
             "sha256": file_sha256(folder / "flow.onnx"), "contrast_flag": {"t1": 0, "flair": 1},
             "spacing_mm": list(sp), "orientation": "RAS", "margin_mm": 8.0, "normalisation": "zscore_brain",
-            "steps": steps_list[0], "calibration_brain_mask": cal_brain, "smoothing_mm": 2.0, "min_volume_mm3": 50.0, "edge_mm": 2.0,
+            "steps": steps_list[0], "calibration_brain_mask": cal_brain, "smoothing_mm": 2.0,
+            "min_volume_mm3": 50.0, "edge_mm": 2.0,
             "calibration": {str(n): {"scale": {"t1": 1, "flair": 1}, "threshold": {c: 1 for c in COMBOS}}
                             for n in steps_list}}
     work = folder / f".card-being-evaluated-{os.getpid()}.json"  # the folder's card.json stays as it is
