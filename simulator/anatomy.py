@@ -67,6 +67,8 @@ class Tissue(IntEnum):
 #: Labels that make up the brain (brain mask).
 BRAIN_LABELS = (Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.DEEP_GM, Tissue.CEREBELLUM_GM,
                 Tissue.CEREBELLUM_WM, Tissue.BRAINSTEM, Tissue.LESION_CORE, Tissue.LESION_RIM)
+#: The brain plus the extra-cerebral CSF: what brain-extraction masks such as HD-BET's hold.
+INTRACRANIAL_LABELS = BRAIN_LABELS + (Tissue.EXTRA_CSF,)
 #: Brain tissue proper, where lesions may go.
 PARENCHYMA_LABELS = (Tissue.GM, Tissue.WM, Tissue.DEEP_GM, Tissue.CEREBELLUM_GM,
                      Tissue.CEREBELLUM_WM, Tissue.BRAINSTEM)
@@ -97,7 +99,7 @@ def intracranial_mask(labels: sitk.Image | np.ndarray) -> np.ndarray:
     """Boolean ``(nz, ny, nx)`` mask of the brain plus the extra-cerebral CSF (sulci,
     subarachnoid space, basal cisterns): what brain-extraction masks such as HD-BET's hold."""
     arr = sitk.GetArrayViewFromImage(labels) if isinstance(labels, sitk.Image) else labels
-    return _isin(np.asarray(arr), BRAIN_LABELS + (Tissue.EXTRA_CSF,))
+    return _isin(np.asarray(arr), INTRACRANIAL_LABELS)
 
 
 # ============================================================================================

@@ -98,6 +98,17 @@ def as_in_pipeline(case: dict) -> dict:
     return {**case, "brain": case["brain_bet"] > 0, "x": in_pipeline_mask(case)}
 
 
+def evaluation_case(cache: Path, source: str | None, seed: int, brain: str = "exact", **kw) -> dict:
+    """:func:`cached_case` as an evaluation scores it: ``brain="exact"`` the case as made (the
+    simulator's exact brain), ``brain="hd-bet"`` the case as the scanner's pipeline meets it
+    (:func:`as_in_pipeline`; HD-BET's mask computed once into the cache)."""
+    if brain == "hd-bet":
+        return as_in_pipeline(cached_case(cache, source, seed, require=("raw", "brain_bet"), **kw))
+    if brain != "exact":
+        raise ValueError(f"brain must be 'exact' or 'hd-bet', not {brain!r}")
+    return cached_case(cache, source, seed, **kw)
+
+
 def cached_case(cache: Path, source: str | None, seed: int, require=(), **kw) -> dict:
     """:func:`make_case`, stored as ``.npz`` under ``cache``; a corrupt file, or one written
     before it held every key in ``require`` (e.g. ``"brain_bet"``), is remade."""

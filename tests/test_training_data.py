@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulator.training import as_in_pipeline, cached_case, in_pipeline_mask, make_case
+from simulator.training import as_in_pipeline, cached_case, evaluation_case, in_pipeline_mask, make_case
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +52,8 @@ def test_case_remade_with_the_pipelines_own_brain_mask_when_asked(tmp_path):
     assert np.all(seen[:, ~bet] == 0) and abs(seen[0][bet].mean()) < 1e-3 and not np.allclose(seen, c["x"])
     view = as_in_pipeline(c)  # the whole case as the evaluations score it
     assert np.array_equal(view["brain"], bet) and np.array_equal(view["x"], seen) and view["y"] is c["y"]
+    scored = evaluation_case(tmp_path, None, seed=4, brain="hd-bet", spacing_mm=sp)  # from the cache
+    assert np.array_equal(scored["brain"], bet) and np.array_equal(scored["x"], seen)
+    assert np.array_equal(evaluation_case(tmp_path, None, seed=4, spacing_mm=sp)["x"], plain["x"])
+    with pytest.raises(ValueError):
+        evaluation_case(tmp_path, None, seed=4, brain="bet", spacing_mm=sp)

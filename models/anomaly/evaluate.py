@@ -195,30 +195,27 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
-    from simulator.training import as_in_pipeline, cached_case
+    from simulator.training import evaluation_case
 
     folder = Path(args.folder)
     steps_list = [int(s) for s in args.steps.split(",")]
     sp = (2.0, 2.0, 2.0)
     maps = Path(args.data) / "synthseg_label_maps"
     cal_brain = args.calibrate_on or args.brain
-    cal_need = ("raw", "brain_bet") if cal_brain == "hd-bet" else ()
-    cal_cases = [cached_case(Path(args.cal_cache), str(maps / f"training_seg_{i:02d}.nii.gz"), seed=i * 100 + 50 + k,
-                             spacing_mm=sp, n_lesions=0, require=cal_need) for i in CAL_MAPS for k in range(4)]
-    if cal_need:
-        cal_cases = [as_in_pipeline(c) for c in cal_cases]
+    cal_cases = [evaluation_case(Path(args.cal_cache), str(maps / f"training_seg_{i:02d}.nii.gz"),
+                                 seed=i * 100 + 50 + k, brain=cal_brain, spacing_mm=sp, n_lesions=0)
+                 for i in CAL_MAPS for k in range(4)]
     print(f"calibration on {len(cal_cases)} healthy heads inside the {cal_brain} brain mask; "
           f"test cases inside the {args.brain} one", flush=True)
     cases = []
-    need = ("raw", "brain_bet") if args.brain == "hd-bet" else ()
     for k in tqdm(range(args.cases), desc="test cases"):
         kind = ("healthy", "stroke", "stroke", "ventricles", "atrophy")[k % 5]
         kw = dict(n_lesions=0) if kind != "stroke" else {}
         if kind in ("ventricles", "atrophy"):
             kw["abnormality"] = kind
-        c = cached_case(Path(args.test_cache) / kind, str(maps / f"training_seg_{15 + k % 6:02d}.nii.gz"),
-                        seed=950000 + k, spacing_mm=sp, require=need, **kw)
-        cases.append((kind, as_in_pipeline(c) if need else c))
+        cases.append((kind, evaluation_case(Path(args.test_cache) / kind,
+                                            str(maps / f"training_seg_{15 + k % 6:02d}.nii.gz"), seed=950000 + k,
+                                            brain=args.brain, spacing_mm=sp, **kw)))
     base = {"name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
             "sha256": file_sha256(folder / "flow.onnx"), "contrast_flag": {"t1": 0, "flair": 1},
             "spacing_mm": list(sp), "orientation": "RAS", "margin_mm": 8.0, "normalisation": "zscore_brain",

@@ -38,13 +38,12 @@ def test_cases(data: Path, n: int, cache: Path, spacing_mm=(1.5, 1.5, 1.5), brai
     ``brain="exact"``: images z-scored inside, and cut to, the simulator's exact brain mask;
     ``brain="hd-bet"``: inside the mask the pipeline computes itself (HD-BET on the whole T1-w
     head), as on the scanner."""
-    from simulator.training import as_in_pipeline, cached_case
+    from simulator.training import evaluation_case
 
     maps = [data / "synthseg_label_maps" / f"training_seg_{i:02d}.nii.gz" for i in TEST_MAPS]
-    need = ("raw", "brain_bet") if brain == "hd-bet" else ()
     for k in range(n):
-        c = cached_case(cache, str(maps[k % len(maps)]), seed=900000 + k, spacing_mm=tuple(spacing_mm), require=need)
-        yield as_in_pipeline(c) if need else c
+        yield evaluation_case(cache, str(maps[k % len(maps)]), seed=900000 + k, brain=brain,
+                              spacing_mm=tuple(spacing_mm))
 
 
 def evaluate(card: ModelCard, cases, sessions=None, desc: str = "") -> dict:
