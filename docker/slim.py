@@ -63,7 +63,8 @@ DROP_PATHS = (
     "onnxruntime/datasets",
     "PIL/_avif.*.so", "PIL/_imagingtk.*.so",           # AVIF codec (5 MB with libavif), Tk
     "PIL/_webp.*.so", "PIL/_imagingcms.*.so",           # WebP codec, colour management (1.3 MB of libraries)
-    "numpy/_core/include", "numpy/_core/lib", "numpy/random/_examples", "numpy/f2py/src",
+    "numpy/_core/include", "numpy/_core/lib", "numpy/random/_examples",
+    "numpy/f2py/src", "numpy/distutils", "numpy/_core/_simd.*.so",  # build tools, SIMD tests (scipy imports f2py)
     "numpy/_pyinstaller", "scipy/_lib/cobyqa", "scipy/_lib/pyprima",
     "pydicom/data/test_files",                          # test data (hash lists stay)
     "SimpleITK/docs",

@@ -27,12 +27,13 @@ from openrecon_stroke import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORED = shutil.ignore_patterns(".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache",
-                                 "demo_out", "out")
+                                 "demo_out", "out", "*.onnx", "*.onnx.data")
 
 
 def clean_checkout(dest: Path) -> Path:
     """Copy what a fresh clone of this working tree holds (git's view; a plain copy without
-    the ignored folders when this is no git checkout)."""
+    the ignored folders when this is no git checkout), less the ONNX models (100 MB that the
+    wheelhouse step does not read)."""
     r = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                        capture_output=True)
     if r.returncode != 0:
@@ -40,6 +41,8 @@ def clean_checkout(dest: Path) -> Path:
         return dest
     for rel in filter(None, r.stdout.decode().split("\0")):
         src = REPO / rel
+        if src.suffix in (".onnx", ".data"):
+            continue
         if src.is_file() or src.is_symlink():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel, follow_symlinks=False)
