@@ -33,7 +33,8 @@ def library_key(name):
 def classify(path):
     """(part, detail) of one file path."""
     if path.startswith(MODELS + "/"):
-        return "models", path[len(MODELS) + 1:].split("/")[0]
+        rel = path[len(MODELS) + 1:]
+        return "models", rel.split("/")[0] if "/" in rel else "(top level)"
     if path.startswith(TEMPLATES + "/"):
         return "templates", ""
     if path.startswith(VENV + "/"):

@@ -138,6 +138,7 @@ def test_image_sizes_classifies_paths():
     spec.loader.exec_module(mod)
     sp = "/opt/venv/lib/python3.11/site-packages"
     assert mod.classify("/opt/openrecon-stroke/models/hdbet/a.onnx") == ("models", "hdbet")
+    assert mod.classify("/opt/openrecon-stroke/models/README.md") == ("models", "(top level)")
     assert mod.classify("/opt/openrecon-stroke/templates/t1.nii.gz") == ("templates", "")
     assert mod.classify(f"{sp}/numpy.libs/libopenblas.so") == ("libraries", "numpy")
     assert mod.classify(f"{sp}/PIL/_imaging.so") == ("libraries", "pillow")
