@@ -12,9 +12,9 @@
 
 ``slim.py rootfs DEST --venv VENV``
     Copies into DEST the smallest root file system that runs the venv: the Python interpreter
-    and its standard library as bytecode (without test/idle/tk/ensurepip/ssl/...),
-    the shared libraries that
-    the interpreter, its extension modules and the venv's libraries load (ldd closure), /bin/sh,
+    and its standard library as bytecode (without test/idle/tk/ensurepip/ssl/...), the shared
+    libraries that the interpreter, its extension modules and the venv's libraries load (ldd
+    closure), /bin/sh,
     the time zone data, /etc basics and an ld.so cache. No package manager, compiler or binutils.
     The final image stage is ``FROM scratch`` + this DEST + the venv.
 
