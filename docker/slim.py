@@ -6,21 +6,26 @@
     drops the parts of packages it never imports (see the lists below), test suites, type stubs,
     C headers; compacts highdicom's DICOM-standard tables; strips the symbol tables of every
     shared library (``strip --strip-unneeded``, binutils stay in the builder); removes bundled
-    libraries (``*.libs/``) that nothing links any more; precompiles the bytecode and, for
-    third-party packages, keeps the bytecode only (``openrecon_stroke`` keeps its sources).
+    libraries (``*.libs/``) that nothing links any more and links duplicates; drops the
+    project's ``simulator`` package; precompiles the bytecode and, for third-party packages, keeps
+    the bytecode only (``openrecon_stroke`` keeps its sources).
 
 ``slim.py rootfs DEST --venv VENV``
     Copies into DEST the smallest root file system that runs the venv: the Python interpreter
-    and its standard library (without test/idle/tk/ensurepip/...), the shared libraries that
-    the interpreter, its extension modules and the venv's libraries load (ldd closure), /bin/sh,
+    and its standard library as bytecode (without test/idle/tk/ensurepip/ssl/...), the shared
+    libraries that the interpreter, its extension modules and the venv's libraries load (ldd
+    closure), /bin/sh,
     the time zone data, /etc basics and an ld.so cache. No package manager, compiler or binutils.
     The final image stage is ``FROM scratch`` + this DEST + the venv.
 
-``slim.py check VENV``
+``slim.py check VENV [--root DEST]``
     Every module that ``openrecon_stroke`` imports (anywhere in its sources, also inside
     functions) must import in the trimmed venv, if its distribution is installed at all (optional
-    extras such as the training dependencies are not). Run by the Dockerfile after trimming, so
-    that a new ``from scipy import signal`` fails the build, not the scanner.
+    extras such as the training dependencies are not); no distribution of
+    ``FORBIDDEN_DISTRIBUTIONS`` (PyTorch, the batch extra's Dask and pybids, nilearn, ...) may be
+    installed. With ``--root`` the check runs chrooted in DEST, on the trimmed standard library
+    and the copied shared libraries. Run by the Dockerfile after trimming, so that a new
+    ``from scipy import signal`` or ``import ssl`` fails the build, not the scanner.
 
 Python 3.9+, standard library only.
 """
@@ -57,7 +62,9 @@ DROP_PATHS = (
     "onnxruntime/transformers", "onnxruntime/quantization", "onnxruntime/tools",
     "onnxruntime/datasets",
     "PIL/_avif.*.so", "PIL/_imagingtk.*.so",           # AVIF codec (5 MB with libavif), Tk
-    "numpy/_core/include", "numpy/_core/lib", "numpy/random/_examples", "numpy/f2py/src",
+    "PIL/_webp.*.so", "PIL/_imagingcms.*.so",           # WebP codec, colour management (1.3 MB of libraries)
+    "numpy/_core/include", "numpy/_core/lib", "numpy/random/_examples",
+    "numpy/f2py/src", "numpy/distutils", "numpy/_core/_simd.*.so",  # build tools, SIMD tests (scipy imports f2py)
     "numpy/_pyinstaller", "scipy/_lib/cobyqa", "scipy/_lib/pyprima",
     "pydicom/data/test_files",                          # test data (hash lists stay)
     "SimpleITK/docs",
@@ -70,6 +77,15 @@ DROP_FILE_RE = re.compile(r".*\.(pyi|pxd|pyx|h|hpp|c|cpp|a|la|cmake)$")
 COMPACT_JSON = ("highdicom/_standard/*.json",)
 #: top-level packages that keep their Python sources next to the bytecode (tracebacks with code)
 KEEP_SOURCES = {"openrecon_stroke"}
+#: top-level packages of the project wheel that the server never imports (the simulator needs
+#: nilearn/nibabel, which are not in the image)
+DROP_TOP_LEVEL = ("simulator",)
+#: distributions that must not be in the scanner image: PyTorch (training extra), the batch
+#: extra (Dask, pybids), nilearn/nibabel (the template ships as files), browser tooling, and
+#: what those pull in. ``check`` fails the build when one is installed.
+FORBIDDEN_DISTRIBUTIONS = ("torch", "nvidia-*", "triton", "dask", "distributed", "pybids", "bids",
+                           "nilearn", "nibabel", "pandas", "scikit-learn", "matplotlib", "playwright",
+                           "selenium", "pyppeteer", "jupyter*", "ipython")
 
 #: parts of the standard library not needed at run time
 STDLIB_DROP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
@@ -78,9 +94,12 @@ STDLIB_DROP_RE = re.compile(r"^config-\d")
 #: ... at any depth: test suites, and bytecode for python -O / -OO
 STDLIB_DROP_ANY = {"test", "tests", "idle_test"}
 STDLIB_DROP_FILE_RE = re.compile(r".*\.opt-\d\.pyc$")
-#: extension modules not needed (Tk, curses, readline, dbm, NIS, crypt, audio, CPython's tests):
-#: without them their system libraries (tcl/tk, X11, ncurses, Berkeley DB, tirpc, ...) stay out
+#: extension modules not needed (Tk, curses, readline, dbm, NIS, crypt, audio, CPython's tests; TLS and
+#: OpenSSL hashes: the server makes no TLS connection and hashlib falls back to its built-in SHA-2,
+#: SHA-3, BLAKE2 and MD5): without them their system libraries (tcl/tk, X11, ncurses, Berkeley DB,
+#: tirpc, OpenSSL 5.4 MB, ...) stay out. (sqlite3 stays: highdicom indexes frames with it.)
 DYNLOAD_DROP_RE = re.compile(r"^(_tkinter|_curses|_curses_panel|readline|_dbm|_gdbm|nis|_crypt|ossaudiodev|spwd|"
+                             r"_ssl|_hashlib|"
                              r"_test\w*|_xxtestfuzz|_ctypes_test|xxlimited\w*|xxsubtype)\.")
 
 
@@ -108,6 +127,15 @@ def is_elf(p: Path) -> bool:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
+
+
+def _digest(p: Path) -> str:
+    import hashlib
+    h = hashlib.blake2b()  # built into CPython (no OpenSSL needed)
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def needed(p: Path) -> set[str]:
@@ -188,7 +216,11 @@ def slim_venv(venv: Path) -> None:
         for f in files:
             if DROP_FILE_RE.match(f):
                 os.unlink(os.path.join(root, f))
-    for name in ("pip", "setuptools", "wheel", "_distutils_hack", "distutils-precedence.pth"):
+    for name in DROP_TOP_LEVEL:
+        if (sp / name).is_dir():
+            shutil.rmtree(sp / name)
+            log(f"dropped package {name}/ (not used by the server)")
+    for name in ("pip", "setuptools", "wheel", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"):
         for p in sp.glob(name):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         for p in sp.glob(f"{name}-*.dist-info"):
@@ -244,6 +276,22 @@ def slim_venv(venv: Path) -> None:
         for p in unused:
             log(f"unused bundled library: {p.relative_to(sp)}")
             p.unlink()
+
+    # 5b. bundled libraries shipped twice with the same bytes (numpy.libs and scipy.libs both carry
+    #     the same libgfortran and libquadmath): the later copies become relative symlinks
+    seen: dict[tuple[int, str], Path] = {}
+    saved = 0
+    for p in sorted(q for q in sp.glob("*.libs/*") if q.is_file() and not q.is_symlink()):
+        key = (p.stat().st_size, _digest(p))
+        if key in seen:
+            p.unlink()
+            p.symlink_to(os.path.relpath(seen[key], p.parent))
+            saved += key[0]
+            log(f"duplicate bundled library: {p.relative_to(sp)} -> {seen[key].relative_to(sp)}")
+        else:
+            seen[key] = p
+    if saved:
+        log(f"duplicates linked: {mb(saved)} saved")
 
     # 6. bytecode, compiled here at the final path. Third-party packages keep the bytecode only,
     #    in the legacy layout (module.pyc where module.py was: imports without the source);
@@ -373,27 +421,31 @@ def make_rootfs(dest: Path, venv: Path) -> None:
         for name in ("python3", f"python3.{sys.version_info.minor}", "python"):
             if os.path.lexists(os.path.join(home, name)):
                 t.add(os.path.join(home, name))
-    # the standard library of that interpreter (this script runs with it), its bytecode compiled
-    # in place first (the base may ship without it: every start would compile it again)
+    # the standard library of that interpreter (this script runs with it), as bytecode only: each
+    # module compiled into DEST in the legacy layout (module.pyc where module.py was, imported
+    # without its source, the file name in tracebacks still the real path), the sources left out
     stdlib = sysconfig.get_paths()["stdlib"]
-    compileall.compile_dir(stdlib, quiet=2,
-                           rx=re.compile(r"/(" + "|".join(re.escape(d) for d in STDLIB_DROP) + r")(/|$)"))
 
     def skip_std(rel: str) -> bool:
         parts = rel.split("/")
         return (parts[0] in STDLIB_DROP or bool(STDLIB_DROP_RE.match(parts[0]))
-                or any(x in STDLIB_DROP_ANY for x in parts) or bool(STDLIB_DROP_FILE_RE.match(parts[-1]))
+                or any(x in STDLIB_DROP_ANY for x in parts) or parts[-1] == "__pycache__"
+                or bool(STDLIB_DROP_FILE_RE.match(parts[-1]))
                 or (len(parts) == 2 and parts[0] == "lib-dynload" and bool(DYNLOAD_DROP_RE.match(parts[1]))))
     t.add_tree(stdlib, skip_std)
     for key in ("platstdlib",):
         other = sysconfig.get_paths()[key]
         if other != stdlib:
             t.add_tree(other, skip_std)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    ldlib = sysconfig.get_config_var("LDLIBRARY") or ""
-    if sysconfig.get_config_var("Py_ENABLE_SHARED") and os.path.exists(os.path.join(libdir, ldlib)):
-        for p in Path(libdir).glob(ldlib.split(".so")[0] + ".so*"):
-            t.add(str(p))
+    dest_std = dest / stdlib.lstrip("/")
+    if not compileall.compile_dir(str(dest_std), ddir=stdlib, legacy=True, quiet=2):
+        raise SystemExit(f"compileall failed for the standard library in {dest_std}")
+    sources = [p for p in dest_std.rglob("*.py") if p.with_suffix(".pyc").is_file()]
+    log(f"standard library as bytecode only: {mb(sum(p.stat().st_size for p in sources))} of sources dropped")
+    for p in sources:
+        p.unlink()
+    # libpython only when something links it (python:3.11-slim's interpreter does; Debian's
+    # /usr/bin/python3.11 is static): the ldd closure below adds it then
     # /bin/sh (dash on Debian) for shell-form commands and debugging
     t.add("/bin/sh")
     # shared libraries: closure over every ELF file of the new root and of the venv
@@ -449,8 +501,14 @@ def imported_modules(src: Path) -> set[str]:
 
 
 CHECK_SCRIPT = r"""
-import importlib, importlib.util, json, pkgutil, sys
+import fnmatch, importlib, importlib.metadata, importlib.util, json, pkgutil, re, sys
 mods = json.loads(sys.argv[1])
+forbidden = json.loads(sys.argv[2])
+installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in importlib.metadata.distributions()}
+extra = sorted(n for n in installed if any(fnmatch.fnmatch(n, f) for f in forbidden))
+if extra:
+    print(f"[slim] not for the scanner image (training/batch/simulator extras): {', '.join(extra)}", file=sys.stderr)
+    sys.exit(1)
 import openrecon_stroke
 pkgs = [m.name for m in pkgutil.walk_packages(openrecon_stroke.__path__, "openrecon_stroke.")
         if not m.name.endswith("__main__")]
@@ -484,11 +542,32 @@ if bad:
 """
 
 
-def check(venv: Path) -> None:
+def check(venv: Path, root: Path | None = None) -> None:
+    """Import everything ``openrecon_stroke`` imports with the venv's python; with ``root``, inside
+    that root file system (chroot; the venv is hard-linked in for the check and removed after), so
+    that the trimmed standard library and the shared libraries copied there are what is tested."""
     sp = site_packages(venv)
     src = sp / "openrecon_stroke"
     mods = sorted(m for m in imported_modules(src) if not m.startswith("."))
-    subprocess.run([str(venv / "bin" / "python"), "-I", "-c", CHECK_SCRIPT, json.dumps(mods)], check=True, cwd="/")
+    cmd = [str(venv / "bin" / "python"), "-I", "-c", CHECK_SCRIPT, json.dumps(mods), json.dumps(FORBIDDEN_DISTRIBUTIONS)]
+    if root is None:
+        if subprocess.run(cmd, cwd="/").returncode != 0:
+            raise SystemExit("[slim] check failed (see above)")
+        return
+    inside = root / str(venv).lstrip("/")
+    if inside.exists():
+        raise SystemExit(f"{inside} exists already")
+    made = [d for d in [inside.parent, *inside.parent.parents] if not d.exists()]  # deepest first
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(venv), str(inside)], check=True)
+    try:
+        if subprocess.run(["chroot", str(root), *cmd]).returncode != 0:
+            raise SystemExit(f"[slim] check failed inside {root} (see above)")
+    finally:
+        shutil.rmtree(inside)
+        for d in made:  # the folders made for it
+            d.rmdir()
+    log(f"check passed inside {root}")
 
 
 def main(argv=None) -> int:
@@ -501,13 +580,14 @@ def main(argv=None) -> int:
     a.add_argument("--venv", type=Path, required=True)
     a = sub.add_parser("check")
     a.add_argument("venv", type=Path)
+    a.add_argument("--root", type=Path, help="run the check chrooted in this root file system (see rootfs)")
     args = ap.parse_args(argv)
     if args.cmd == "venv":
         slim_venv(args.venv)
     elif args.cmd == "rootfs":
         make_rootfs(args.dest, args.venv)
     else:
-        check(args.venv)
+        check(args.venv, args.root)
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import math
 import os
 from enum import IntEnum
@@ -42,6 +41,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from openrecon_stroke.geometry import Grid, Volume
+from openrecon_stroke.templates import template_dir
 
 
 class Tissue(IntEnum):
@@ -165,15 +165,9 @@ def _rotation(rx_deg: float, ry_deg: float, rz_deg: float) -> np.ndarray:
 # Heads
 # ============================================================================================
 def mni_template_dir() -> Path:
-    """Folder of the MNI ICBM152 2009a (symmetric) template files shipped in ``nilearn``."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the MNI template needs the 'nilearn' package "
-                                "(pip install 'openrecon-stroke[simulator]')")
-    d = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    if not (d / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").exists():
-        raise FileNotFoundError(f"{d}: the MNI ICBM152 2009a template is not in this nilearn")
-    return d
+    """Folder of the MNI ICBM152 2009a (symmetric) template files (nilearn's, or
+    ``$OPENRECON_TEMPLATES_DIR``): :func:`openrecon_stroke.templates.template_dir`."""
+    return template_dir()
 
 
 def is_mni(source: str | Path | None) -> bool:
