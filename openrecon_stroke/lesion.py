@@ -73,12 +73,26 @@ class Lesion:
     #: "cortical" (at least half the lesion within ``CORTICAL_MM`` of the brain surface),
     #: "subcortical", or "" when no brain mask was given
     region: str = ""
+    #: the input series (contrast) it was described on
+    series: str = ""
+
+    @property
+    def reported_volume_ml(self) -> float:
+        """The volume as reports show it (mL, 3 decimals)."""
+        return round(self.volume_ml, 3)
+
+    @property
+    def reported_centroid(self) -> list[float]:
+        """The centroid as reports show it (LPS mm, 1 decimal)."""
+        return [round(v, 1) for v in self.centroid_lps_mm]
 
     def as_dict(self) -> dict:
-        d = {"label": self.label, "volume_ml": round(self.volume_ml, 3),
-             "centroid_lps_mm": [round(v, 1) for v in self.centroid_lps_mm], "hemisphere": self.hemisphere}
+        d: dict = {"label": self.label, "volume_ml": self.reported_volume_ml,
+                   "centroid_lps_mm": self.reported_centroid, "hemisphere": self.hemisphere}
         if self.region:
             d["region"] = self.region
+        if self.series:
+            d["series"] = self.series
         return d
 
 

@@ -107,7 +107,7 @@ class RegistrationCheck:
 
 
 @dataclass
-class RegistrationResult:
+class RigidRegistration:
     transform: sitk.Transform  # maps fixed physical points to moving physical points
     rotation_deg: float
     translation_mm: float
@@ -149,7 +149,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Image | None = None,
-                   check: RegistrationCheck = RegistrationCheck(), seed: int = 1) -> RegistrationResult:
+                   check: RegistrationCheck = RegistrationCheck(), seed: int = 1) -> RigidRegistration:
     """Rigid (6 degrees of freedom) registration by Mattes mutual information.
 
     Multi-resolution (shrink 4, 2, 1... capped at 2 mm working resolution), starting from the
@@ -213,7 +213,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     ok = not reasons
     reason = "; ".join(reasons) or ("passed (scanner geometry kept: the optimiser did not improve on it)"
                                     if kept_scanner else "passed")
-    return RegistrationResult(euler, rot, trans, before, after, dice, ok, reason, time.perf_counter() - t0)
+    return RigidRegistration(euler, rot, trans, before, after, dice, ok, reason, time.perf_counter() - t0)
 
 
 def resample_to(img: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,

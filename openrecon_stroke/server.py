@@ -32,6 +32,7 @@ from .mrdfile import StreamFileWriter, header_info, parse_header
 from .outputs import derived_images, original_images, report_text
 from .params import coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
+from .pipeline import warm_up as warm_up_pipeline
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
 from .study import Study, detect_contrast
 from .study_cache import StudyCache
@@ -340,28 +341,16 @@ class MrdServer(socketserver.ThreadingTCPServer):
         return self.server_address[1]
 
     def warm_up(self) -> threading.Thread:
-        """Load the default networks in the background, so that the first study does not pay
-        for it; connections are accepted meanwhile."""
+        """Let every stage of the default pipeline load its networks in the background, so that
+        the first study does not pay for it; connections are accepted meanwhile."""
 
         def load():
             t0 = time.perf_counter()
-            try:
-                import numpy as np
-
-                from .brain_extraction import get_extractor
-
-                sess = get_extractor().session(0)
-                # one small inference: ONNX Runtime's first run in a process carries set-up costs
-                sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 64, 64, 64), np.float32)})
-                from .anomaly import get_model
-                from .stages.lesion import MODEL_FOLDERS, get_segmenter
-
-                for inputs in MODEL_FOLDERS:
-                    get_segmenter(inputs).sessions
-                get_model().session
+            problems = warm_up_pipeline()
+            if problems:  # reported again, with context, when a study needs them
+                log.warning("could not load all networks at start-up: %s", "; ".join(problems))
+            else:
                 log.info("networks loaded in %.1f s", time.perf_counter() - t0)
-            except Exception as e:  # reported again, with context, when a study needs them
-                log.warning("could not load all networks at start-up: %s", e)
 
         t = threading.Thread(target=load, name="warm-up", daemon=True)
         t.start()

@@ -27,7 +27,8 @@ from openrecon_stroke.geometry import Grid, Volume, assemble_series
 from openrecon_stroke.inputs import load_volume
 from openrecon_stroke.mrdfile import MrdStream, make_header_xml, read as read_mrd, volume_to_images, write
 from openrecon_stroke.outputs import derived_images, page_grid
-from openrecon_stroke.pipeline import Pipeline, Stage, StageResult
+from openrecon_stroke.pipeline import Pipeline
+from openrecon_stroke.stages.base import Stage, StageResult
 from openrecon_stroke.stages.report import Overlay, ReportPage
 from openrecon_stroke.study import DerivedSeries, Study
 from simulator.__main__ import main as simulator_main

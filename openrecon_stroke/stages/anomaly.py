@@ -17,30 +17,37 @@ import SimpleITK as sitk
 
 from ..anomaly import anomaly_load, csf_measures, get_model
 from ..lesion import brain_box_grid, normalise
-from ..pipeline import Stage, StageResult
 from ..study import DerivedSeries, Study
+from .base import Stage, StageResult
+from .results import AnomalyResult, BrainResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
 
 class AnomalyDetection(Stage):
     name = "anomaly"
-    needs = ("brain_mask",)
+    reads = (BrainResult,)
+    optional = (SeriesRegistration,)
+    writes = (AnomalyResult,)
+
+    def warm_up(self) -> None:
+        get_model().session
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()
-        sh = study.shared
-        n4, brains = sh["n4"], sh["brain_mask"]
+        pre = study.need(BrainResult)
+        reg = study.result(SeriesRegistration)
+        n4, brains = pre.n4, pre.brain_mask
         model = get_model()
         card = model.card
         steps = int(study.params["anomalysteps"])
         ref = "t1" if "t1" in n4 else "flair"
         contrasts = [ref]
-        tx = {}
+        tx: dict[str, sitk.Transform] = {}
         if ref == "t1" and "flair" in n4:
-            if "flair_to_t1" in sh:
+            if reg is not None and reg.flair_to_t1 is not None:
                 contrasts.append("flair")
-                tx["flair"] = sh["flair_to_t1"]
+                tx["flair"] = reg.flair_to_t1
             elif "flair" in study.inputs:
                 res.warnings.append("anomaly map from T1-w only: FLAIR could not be registered to it")
         grid = brain_box_grid(n4[ref], brains[ref], card.orientation, card.spacing_mm, card.margin_mm)
@@ -62,19 +69,15 @@ class AnomalyDetection(Stage):
             lesion_net = sitk.GetArrayFromImage(sitk.Resample(li, grid, sitk.Transform(), sitk.sitkNearestNeighbor,
                                                               0, sitk.sitkUInt8)) > 0
         load = anomaly_load(mask, lesion_net, sp_zyx)
-        load["contrasts"] = "+".join(contrasts)
-        load["steps"] = steps
-        if "t1" in images:
-            m = csf_measures(images["t1"], brain, sp_zyx)
-            if m:
-                load.update(m)
-        res.findings["anomaly"] = load
+        csf = csf_measures(images["t1"], brain, sp_zyx) if "t1" in images else None
+        res.results.append(AnomalyResult(
+            load_ml=load["load_ml"], in_lesion_ml=load["in_lesion_ml"], perilesional_ml=load["perilesional_ml"],
+            remote_ml=load["remote_ml"], contrasts="+".join(contrasts), steps=steps,
+            model=f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})",
+            ventricle_ml=csf["ventricle_ml"] if csf else None, atrophy_index=csf["atrophy_index"] if csf else None))
         if card.status != "validated":
             res.warnings.append(f"the anomaly map is experimental ({card.status_note or 'not validated'}); "
                                 "do not interpret it clinically")
-        models = dict(study.findings.get("models", {}))
-        models["anomaly"] = f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})"
-        res.findings["models"] = models
 
         score_img = sitk.GetImageFromArray(score)
         score_img.CopyInformation(grid)

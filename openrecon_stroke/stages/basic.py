@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..pipeline import SkipStudy, Stage, StageResult
+from .base import SkipStudy, Stage, StageResult
 from ..study import DerivedSeries, Study
 
 #: A whole-brain series covers at least this much along every axis (mm) ...

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..lesion import LesionSegmenter, describe, postprocess
+from ..lesion import Lesion, LesionSegmenter, describe, postprocess
 from ..model_card import FolderCache, ModelCard
-from ..pipeline import Stage, StageResult
 from ..study import DerivedSeries, Study
+from .base import Stage, StageResult
+from .results import BrainResult, LesionResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,27 @@ def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
 
 class LesionSegmentation(Stage):
     name = "lesion"
-    needs = ("brain_mask",)
+    reads = (BrainResult,)
+    optional = (SeriesRegistration,)
+    writes = (LesionResult,)
+
+    def warm_up(self) -> None:
+        for inputs in MODEL_FOLDERS:
+            get_segmenter(inputs).sessions
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()
-        sh = study.shared
-        n4, brains = sh["n4"], sh["brain_mask"]
+        brain = study.need(BrainResult)
+        reg = study.result(SeriesRegistration)
+        n4, brains = brain.n4, brain.brain_mask
+        flair_to_t1 = reg.flair_to_t1 if reg is not None else None
         thr = float(study.params["lesionthreshold"])
         min_mm3 = float(study.params["minlesion"])
 
-        # which model(s): (contrasts it reads, images, brain mask on the first, transforms)
-        runs = []
-        if "t1" in n4 and "flair" in n4 and "flair_to_t1" in sh:
-            runs.append((("t1", "flair"), {"flair": sh["flair_to_t1"]}))
+        # which model(s): (contrasts it reads, transforms to its other contrasts)
+        runs: list[tuple[tuple[str, ...], dict[str, sitk.Transform]]] = []
+        if "t1" in n4 and "flair" in n4 and flair_to_t1 is not None:
+            runs.append((("t1", "flair"), {"flair": flair_to_t1}))
         else:
             for c in ("t1", "flair"):
                 if c in study.inputs:
@@ -80,7 +89,8 @@ class LesionSegmentation(Stage):
             elif "t1" not in n4:
                 res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
 
-        lesions_out, used = None, []
+        lesions_out: list[Lesion] | None = None
+        used = []
         for inputs, to_contrast in runs:
             seg = get_segmenter(inputs)
             card = seg.card
@@ -99,8 +109,8 @@ class LesionSegmentation(Stage):
                 if c != ref:
                     tx = to_contrast[c].GetInverse()
                 p = seg.on_grid(prob, img, tx)
-                brain = sitk.GetArrayViewFromImage(brains[c]) > 0
-                p = np.where(brain, p, 0.0)
+                inside = sitk.GetArrayViewFromImage(brains[c]) > 0
+                p = np.where(inside, p, 0.0)
                 vol = study.inputs[c]
                 mask = postprocess(p, vol.grid.voxel_volume_mm3, thr, min_mm3)
                 res.derived.append(DerivedSeries(
@@ -108,21 +118,17 @@ class LesionSegmentation(Stage):
                     description="LESION", send_param="sendlesion",
                     comment=f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"))
                 if lesions_out is None or c == "t1":
-                    lesions_out = self._describe(mask, img, brain, c)
-        lesions = lesions_out or []
-        res.findings["lesions"] = lesions
-        res.findings["lesion_count"] = len(lesions)
-        res.findings["lesion_volume_ml"] = round(float(sum(les["volume_ml"] for les in lesions)), 3)
-        res.findings["lesion_model"] = "; ".join(used)
-        models = dict(study.findings.get("models", {}))
-        models["lesion"] = "; ".join(used)
-        res.findings["models"] = models
+                    lesions_out = self._describe(mask, img, inside, c)
+        res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used)))
         return res
 
     @staticmethod
-    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[dict]:
+    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[Lesion]:
         if not mask.any():
             return []
         zyx = np.argwhere(brain).mean(0)[::-1]
         midline = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx))[0]
-        return [dict(les.as_dict(), series=contrast) for les in describe(mask, img, midline, brain)]
+        out = describe(mask, img, midline, brain)
+        for les in out:
+            les.series = contrast
+        return out

@@ -6,13 +6,12 @@
 * :class:`ReportPage`: one 1024 x 1024 RGB page (UI ``sendreport``): research-use-only banner,
   lesions, anomaly load, models, every earlier stage's status and time, warnings.
 
-What they read from earlier stages (by name, per input key ``c``):
-``lesion_mask`` (mask), ``anomaly_map`` (map, its ``window``), ``brain_mask``; findings
-``lesions``, ``lesion_count``, ``lesion_volume_ml``, ``anomaly`` (dict; an optional
-``threshold`` sets where the overlay starts colouring), ``models``, ``registration``,
-``brain_volume_ml_<c>``, ``preprocess_timings_s``. Anything missing is simply not shown; a
-failed or skipped stage shows as a warning on the page. Neither stage ever fails the study
-because of odd findings.
+What they read from earlier stages: derived series ``lesion_mask`` (mask) and ``anomaly_map``
+(map, its ``window``) per input key; the typed results :class:`~.results.LesionResult`,
+:class:`~.results.AnomalyResult` (an optional ``threshold`` sets where the overlay starts
+colouring), :class:`~.results.BrainResult`, :class:`~.results.SeriesRegistration`, all optional;
+the ``models`` finding. Anything missing is simply not shown; a failed or skipped stage shows
+as a warning on the page.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ import math
 from datetime import datetime
 
 
-from .. import APP_NAME, __version__
-from .. import render
-from ..pipeline import Stage, StageResult
-from ..study import DerivedSeries, Study
+from .. import APP_NAME, __version__, render
+from ..study import DerivedSeries, Study, StudyResult
+from .base import Stage, StageResult
+from .results import AnomalyResult, BrainResult, LesionResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,12 @@ _LABELS = {"t1": "T1-w", "flair": "FLAIR"}
 def anomaly_display(study: Study, series: DerivedSeries | None) -> tuple[float, float | None]:
     """(threshold, top) for colouring an anomaly map.
 
-    Threshold: the stage's ``anomaly["threshold"]`` finding if it gave one, else the centre of
-    the map's display window (a window is centred on the decision value, e.g. (1, 2) for a
-    score whose threshold is 1), else :data:`render.ANOMALY_THRESHOLD`. Top (full colour): the
-    upper end of the window when above the threshold."""
-    thr = None
-    a = study.findings.get("anomaly")
-    if isinstance(a, dict) and a.get("threshold") is not None:
-        try:
-            thr = float(a["threshold"])
-        except (TypeError, ValueError):
-            thr = None
+    Threshold: the anomaly result's ``threshold`` if it gave one, else the centre of the map's
+    display window (a window is centred on the decision value, e.g. (1, 2) for a score whose
+    threshold is 1), else :data:`render.ANOMALY_THRESHOLD`. Top (full colour): the upper end of
+    the window when above the threshold."""
+    a = study.result(AnomalyResult)
+    thr = a.threshold if a is not None else None
     win = series.window if series is not None else None
     if (thr is None or not math.isfinite(thr)) and win is not None and math.isfinite(float(win[0])):
         thr = float(win[0])
@@ -70,6 +64,7 @@ class Overlay(Stage):
     """RGB overlay series per input that has a lesion mask or an anomaly map."""
 
     name = "overlay"
+    optional = (AnomalyResult,)
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()
@@ -109,103 +104,83 @@ def _num(v, fmt="{:.1f}") -> str:
     return fmt.format(x) if math.isfinite(x) else "?"
 
 
-def _stage_problem(study: Study, word: str) -> str | None:
-    """'failed' / 'skipped' when a stage whose name contains ``word`` did not finish."""
-    for name, status in study.stage_status.items():
-        if word in name and status in ("failed", "skipped"):
-            return f"{name} {status}"
-    return None
+def _not_available(study: Study, kind: type[StudyResult], what: str) -> list:
+    """The line shown for a result that is missing: why (its stage failed or was skipped), or
+    that no stage of this pipeline produces it."""
+    name = study.producers.get(kind)
+    status = study.stage_status.get(name or "")
+    if status in ("failed", "skipped"):
+        return [(f"not available ({name} {status}: see warnings)", render.WARN)]
+    return [(f"{what} was not run", render.WARN)]
 
 
 def lesion_lines(study: Study) -> list:
-    f = study.findings
-    lines: list = []
-    if "lesion_count" not in f and "lesions" not in f:
-        why = _stage_problem(study, "lesion")
-        return [(f"not available ({why}: see warnings)" if why else "lesion segmentation was not run",
-                 render.WARN)]
-    lesions = [les for les in (f.get("lesions") or []) if isinstance(les, dict)]
-    n = f.get("lesion_count", len(lesions))
-    total = f.get("lesion_volume_ml", sum(float(les.get("volume_ml", 0) or 0) for les in lesions))
+    res = study.result(LesionResult)
+    if res is None:
+        return _not_available(study, LesionResult, "lesion segmentation")
+    n = len(res.lesions)
     if not n:
         return ["no lesion found"]
-    lines.append(f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(total)}")
-    ordered = sorted(lesions, key=lambda les: -float(les.get("volume_ml", 0) or 0))
+    lines: list = [f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(res.volume_ml)}"]
+    ordered = sorted(res.lesions, key=lambda les: -les.reported_volume_ml)
     for les in ordered[:MAX_LESIONS_LISTED]:
-        where = [str(les[k]) for k in ("hemisphere", "region") if les.get(k)]
-        text = f"#{les.get('label', '?')}: {render.fmt_ml(les.get('volume_ml'))}"
+        where = [w for w in (les.hemisphere, les.region) if w]
+        text = f"#{les.label}: {render.fmt_ml(les.reported_volume_ml)}"
         if where:
             text += ", " + " ".join(where)
-        cen = les.get("centroid_lps_mm")
-        if isinstance(cen, (list, tuple)) and len(cen) == 3:
-            text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in cen) + " mm)"
+        text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
         lines.append(text)
     if len(ordered) > MAX_LESIONS_LISTED:
         lines.append(f"... {len(ordered) - MAX_LESIONS_LISTED} smaller lesion(s) in the text report")
     return lines
 
 
-_ANOMALY_KEYS = (("load_ml", "anomaly load"), ("in_lesion_ml", "in lesions"),
-                 ("perilesional_ml", "perilesional"), ("remote_ml", "remote"),
-                 ("ventricle_ml", "ventricles"))
-
-
 def anomaly_lines(study: Study) -> list:
-    a = study.findings.get("anomaly")
-    if not isinstance(a, dict):
-        why = _stage_problem(study, "anomaly")
-        return [(f"not available ({why}: see warnings)" if why else "anomaly detection was not run",
-                 render.WARN)]
-    parts = [f"{label} {render.fmt_ml(a[k])}" for k, label in _ANOMALY_KEYS if k in a]
-    lines = []
-    if parts:
-        lines.append(parts[0])
-        if parts[1:]:
-            lines.append("; ".join(parts[1:]))
-    if "atrophy_index" in a:
-        lines.append(f"atrophy index {_num(a['atrophy_index'], '{:.2f}')}")
-    if a.get("contrasts"):
-        lines.append(f"computed on {str(a['contrasts']).replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
-    return lines or ["(no values)"]
+    a = study.result(AnomalyResult)
+    if a is None:
+        return _not_available(study, AnomalyResult, "anomaly detection")
+    parts = [f"{label} {render.fmt_ml(v)}" for v, label in (
+        (a.load_ml, "anomaly load"), (a.in_lesion_ml, "in lesions"), (a.perilesional_ml, "perilesional"),
+        (a.remote_ml, "remote"), (a.ventricle_ml, "ventricles")) if v is not None]
+    lines = [parts[0], "; ".join(parts[1:])]
+    if a.atrophy_index is not None:
+        lines.append(f"atrophy index {_num(a.atrophy_index, '{:.2f}')}")
+    if a.contrasts:
+        lines.append(f"computed on {a.contrasts.replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
+    return lines
 
 
 def brain_lines(study: Study) -> list:
-    f = study.findings
     lines = []
-    vols = [f"{_label(c)} {render.fmt_ml(f[k])}" for c in study.inputs
-            for k in (f"brain_volume_ml_{c}",) if k in f]
-    if vols:
-        lines.append("brain volume: " + ", ".join(vols)
-                     + (f" (HD-BET {f['brain_extraction_mode']})" if f.get("brain_extraction_mode") else ""))
-    reg = f.get("registration")
-    if isinstance(reg, dict):
-        ok = reg.get("ok")
-        lines.append("T1-w/FLAIR registration: " + ("passed its check" if ok else
-                                                     f"FAILED ({reg.get('reason', 'check not passed')})"
-                                                     if ok is not None else "done"))
+    brain = study.result(BrainResult)
+    if brain is not None:
+        vols = [f"{_label(c)} {render.fmt_ml(brain.volume_ml[c])}" for c in study.inputs if c in brain.volume_ml]
+        if vols:
+            lines.append("brain volume: " + ", ".join(vols) + (f" (HD-BET {brain.mode})" if brain.mode else ""))
+    reg = study.result(SeriesRegistration)
+    if reg is not None:
+        lines.append("T1-w/FLAIR registration: " + ("passed its check" if reg.ok else
+                                                     f"FAILED ({reg.outcome.reason or 'check not passed'})"))
     return lines
 
 
 def model_lines(study: Study) -> list:
-    m = study.findings.get("models")
-    if isinstance(m, dict) and m:
-        return [f"{k}: {v}" for k, v in m.items()]
-    return []
+    return [f"{k}: {v}" for k, v in study.models.items()]
 
 
 def timing_lines(study: Study) -> list:
     names = list(dict.fromkeys(list(study.timings_s) + list(study.stage_status)))
     lines = []
     total = 0.0
-    sub = study.findings.get("preprocess_timings_s")
+    brain = study.result(BrainResult)
     for name in names:
         status = study.stage_status.get(name, "")
         t = study.timings_s.get(name)
         if t is not None:
             total += t
         text = f"{name}: {status + ', ' if status else ''}{'-' if t is None else f'{t:.1f} s'}"
-        if name == "preprocess" and isinstance(sub, dict) and sub:
-            text += " (" + ", ".join(f"{k} {_num(v)} s" for k, v in sub.items()) + ")"
+        if brain is not None and brain.timings_s and name == study.producers.get(BrainResult):
+            text += " (" + ", ".join(f"{k} {_num(round(v, 2))} s" for k, v in brain.timings_s.items()) + ")"
         colour = render.WARN if status in ("failed", "skipped") else render.WHITE
         lines.append((text, colour))
     if lines:
@@ -215,7 +190,8 @@ def timing_lines(study: Study) -> list:
 
 def page_warnings(study: Study) -> list[str]:
     w = list(dict.fromkeys(study.warnings))
-    have_flair = "flair" in study.inputs or "flair" in study.shared.get("n4", {})
+    brain = study.result(BrainResult)
+    have_flair = "flair" in study.inputs or (brain is not None and "flair" in brain.n4)
     if study.inputs and not have_flair and not any("flair" in x.lower() for x in w):
         w.append("no FLAIR series in this study: lesions were looked for on T1-w alone")
     return w
@@ -279,6 +255,7 @@ class ReportPage(Stage):
     """The one-page summary as an RGB image series (UI ``sendreport``)."""
 
     name = "report_page"
+    optional = (AnomalyResult, BrainResult, LesionResult, SeriesRegistration)
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()

@@ -1,0 +1,127 @@
+"""The typed results stages hand to later stages (the contracts of :mod:`.base`).
+
+Images are SimpleITK images in LPS millimetres, each on the grid of the input series it belongs
+to (``study.inputs[contrast].grid``) unless a field says otherwise; contrasts are ``"t1"`` and
+``"flair"``. A contrast taken from the study cache (an earlier connection) appears in these
+results but not in ``study.inputs``: nothing is sent back on its grid.
+
+Each result's :meth:`findings` is what it adds to the report, in report order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import SimpleITK as sitk
+
+from ..lesion import Lesion
+from ..preprocess import RigidRegistration
+from ..study import StudyResult
+
+
+@dataclass
+class BrainResult(StudyResult):
+    """Written by ``preprocess``: bias-corrected images and HD-BET brain masks."""
+
+    label: ClassVar[str] = "brain_mask"
+
+    #: the contrast HD-BET ran on (T1-w when known); other masks come through the registration
+    reference: str
+    #: contrast -> N4 bias-corrected image (float32), every contrast known to the study
+    n4: dict[str, sitk.Image]
+    #: contrast -> brain mask (uint8, 1 = brain), every contrast known to the study
+    brain_mask: dict[str, sitk.Image]
+    #: HD-BET mode ("fast", "accurate") and the model, as shown on the report
+    mode: str
+    model: str
+    #: input contrast -> brain volume (mL, one decimal)
+    volume_ml: dict[str, float] = field(default_factory=dict)
+    #: contrasts taken from the study cache -> their series description
+    from_earlier_series: dict[str, str] = field(default_factory=dict)
+    #: step -> seconds (brain extraction, N4 per contrast, registration)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def findings(self) -> dict:
+        out: dict = {f"{c}_from_earlier_series": d for c, d in self.from_earlier_series.items()}
+        out.update({f"brain_volume_ml_{c}": v for c, v in self.volume_ml.items()})
+        out["brain_extraction_mode"] = self.mode
+        out["models"] = {"brain_extraction": self.model}
+        out["preprocess_timings_s"] = {k: round(v, 2) for k, v in self.timings_s.items()}
+        return out
+
+
+@dataclass
+class SeriesRegistration(StudyResult):
+    """Written by ``preprocess`` when T1-w and FLAIR are both known: the rigid registration of
+    FLAIR to T1-w and its check."""
+
+    label: ClassVar[str] = "registration"
+
+    outcome: RigidRegistration
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    @property
+    def flair_to_t1(self) -> sitk.Transform | None:
+        """Maps T1-w physical points (LPS mm) to FLAIR points (ITK convention: resample the
+        FLAIR with it to bring it onto the T1-w grid); None when the check failed."""
+        return self.outcome.transform if self.outcome.ok else None
+
+    def findings(self) -> dict:
+        return {"registration": self.outcome.summary()}
+
+
+@dataclass
+class LesionResult(StudyResult):
+    """Written by ``lesion``: the lesions of the reference series (T1-w when present), largest
+    first, and the model(s) that found them."""
+
+    label: ClassVar[str] = "lesions"
+
+    lesions: list[Lesion]
+    model: str
+
+    @property
+    def volume_ml(self) -> float:
+        """Total volume (mL) as reported: the sum of the reported lesion volumes."""
+        return round(float(sum(les.reported_volume_ml for les in self.lesions)), 3)
+
+    def findings(self) -> dict:
+        return {"lesions": [les.as_dict() for les in self.lesions], "lesion_count": len(self.lesions),
+                "lesion_volume_ml": self.volume_ml, "lesion_model": self.model, "models": {"lesion": self.model}}
+
+
+@dataclass
+class AnomalyResult(StudyResult):
+    """Written by ``anomaly``: the anomaly load (mL, on the model's grid) split by where it
+    lies relative to the segmented lesion, and T1-w CSF measures when measurable."""
+
+    label: ClassVar[str] = "anomaly"
+
+    load_ml: float
+    in_lesion_ml: float
+    perilesional_ml: float
+    remote_ml: float
+    #: contrasts scored, e.g. "t1+flair"; Euler steps of the flow
+    contrasts: str
+    steps: int
+    model: str
+    ventricle_ml: float | None = None
+    atrophy_index: float | None = None
+    #: score from which the overlay colours (None: the map's display window centre)
+    threshold: float | None = None
+
+    def findings(self) -> dict:
+        a: dict = {"load_ml": self.load_ml, "in_lesion_ml": self.in_lesion_ml,
+                   "perilesional_ml": self.perilesional_ml, "remote_ml": self.remote_ml,
+                   "contrasts": self.contrasts, "steps": self.steps}
+        if self.ventricle_ml is not None:
+            a["ventricle_ml"] = self.ventricle_ml
+        if self.atrophy_index is not None:
+            a["atrophy_index"] = self.atrophy_index
+        if self.threshold is not None:
+            a["threshold"] = self.threshold
+        return {"anomaly": a, "models": {"anomaly": self.model}}
