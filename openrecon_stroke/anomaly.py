@@ -17,82 +17,16 @@ thresholds per contrast combination (written by ``models/anomaly/calibrate.py``)
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from .model_card import FolderCache, LazySessions, ModelCardError, read_card_json, verify_model_file
+from .model_card import AnomalyCard
+from .runtime import LazySessions, ModelCache, model_folder
 
 #: Network input sizes must be multiples of this (three stride-2 levels).
 DIVISOR = 8
-
-
-def anomaly_dir() -> Path:
-    """``OPENRECON_ANOMALY_DIR``, else ``models_dir()/anomaly``."""
-    from .paths import models_dir
-
-    return Path(os.environ.get("OPENRECON_ANOMALY_DIR") or models_dir() / "anomaly")
-
-
-@dataclass(frozen=True)
-class AnomalyCard:
-    path: Path
-    name: str
-    version: str
-    file: Path
-    sha256: str
-    contrast_flag: dict
-    spacing_mm: tuple[float, float, float]
-    orientation: str
-    margin_mm: float
-    steps: int
-    smoothing_mm: float
-    #: per number of Euler steps: ``scale`` (contrast -> the smoothed |input - pseudo-healthy|
-    #: that healthy brains reach) and ``threshold`` (contrast combination "t1", "flair",
-    #: "t1+flair" -> threshold on the mean scaled score), both from healthy calibration brains
-    calibration: dict
-    #: anomalies smaller than this are dropped from the anomaly mask (mm³)
-    min_volume_mm3: float = 50.0
-    #: the brain mask is eroded by this much before scoring (edge of the mask, mm)
-    edge_mm: float = 2.0
-    #: "validated" (meets its held-out targets) or "experimental"; ``status_note`` says why
-    status: str = "experimental"
-    status_note: str = ""
-
-    @staticmethod
-    def load(path: str | Path, verify: bool = True) -> "AnomalyCard":
-        f, d = read_card_json(path)
-        try:
-            card = AnomalyCard(
-                path=f, name=str(d["name"]), version=str(d["version"]), file=f.parent / d["file"],
-                sha256=str(d.get("sha256", "")), contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
-                spacing_mm=tuple(float(v) for v in d["spacing_mm"]), orientation=str(d.get("orientation", "RAS")),
-                margin_mm=float(d.get("margin_mm", 8.0)), steps=int(d["steps"]),
-                smoothing_mm=float(d["smoothing_mm"]),
-                calibration={int(k): {"scale": {c: float(x) for c, x in v["scale"].items()},
-                                      "threshold": {c: float(x) for c, x in v["threshold"].items()}}
-                             for k, v in d["calibration"].items()},
-                min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)),
-                status=str(d.get("status", "experimental")), status_note=str(d.get("status_note", "")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(f"{f}: malformed anomaly model card ({e!r})") from None
-        if card.steps < 1 or not card.calibration or any(
-                not set(v["scale"]) <= set(card.contrast_flag) for v in card.calibration.values()):
-            raise ModelCardError(f"{f}: needs steps >= 1 and a calibration whose scales name known contrasts")
-        if verify:
-            verify_model_file(card.file, card.sha256, f)
-        return card
-
-    def combination(self, contrasts) -> str:
-        return "+".join(c for c in ("t1", "flair") if c in contrasts)
-
-    def calibrated(self, steps: int) -> dict:
-        """Calibration for ``steps`` Euler steps (the nearest calibrated number of steps)."""
-        k = min(self.calibration, key=lambda n: (abs(n - steps), n))
-        return self.calibration[k]
 
 
 class AnomalyModel:
@@ -100,11 +34,11 @@ class AnomalyModel:
 
     def __init__(self, card: AnomalyCard):
         self.card = card
-        self._sessions = LazySessions([card.file])
+        self._sessions = LazySessions(card.files, **card.session_options())
 
     @property
     def session(self):
-        return self._sessions.get()[0]
+        return self._sessions.session(0)
 
     def pseudo_healthy(self, x: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
         """``steps`` Euler steps of the flow from ``x`` (z, y, x), whole volume at once."""
@@ -164,12 +98,13 @@ class AnomalyModel:
         return postprocess(score, voxel_mm3, 1.0, self.card.min_volume_mm3)
 
 
-_models: FolderCache[AnomalyModel] = FolderCache(lambda folder: AnomalyModel(AnomalyCard.load(folder)))
+_models: ModelCache[Path, AnomalyModel] = ModelCache(lambda folder: AnomalyModel(AnomalyCard.load(folder)))
 
 
 def get_model(folder: str | Path | None = None) -> AnomalyModel:
-    """The (process-wide, loaded once) anomaly model of ``folder`` (default: :func:`anomaly_dir`)."""
-    return _models.get(folder if folder is not None else anomaly_dir())
+    """The (process-wide, loaded once) anomaly model of ``folder`` (default: the models folder's
+    ``anomaly``, see :func:`openrecon_stroke.runtime.model_folder`)."""
+    return _models.get(Path(folder) if folder is not None else model_folder("anomaly"))
 
 
 def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0) -> dict:

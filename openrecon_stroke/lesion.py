@@ -13,7 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .model_card import LazySessions, ModelCard
+from .model_card import ModelCard
+from .runtime import LazySessions
 from .sliding_window import predict
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,11 @@ class LesionSegmenter:
 
     def __init__(self, card: ModelCard):
         self.card = card
-        self._sessions = LazySessions(card.files)
+        self._sessions = LazySessions(card.files, **card.session_options())
 
     @property
     def sessions(self) -> list:
-        return self._sessions.get()
+        return self._sessions.all()
 
     def probability(self, images: dict[str, sitk.Image], brain: sitk.Image | None,
                     to_contrast: dict[str, sitk.Transform] | None = None, mirror: bool = False,

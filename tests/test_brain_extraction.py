@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from openrecon_stroke import brain_extraction as be
+from openrecon_stroke.runtime import model_folder
 
 from conftest import rotation
 
@@ -25,7 +26,7 @@ SHARED = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "
 CHRIS = SHARED / "real_mri" / "chris_t1.nii.gz"
 
 needs_models = pytest.mark.skipif(
-    not (be.model_dir() / "card.json").is_file(), reason="HD-BET ONNX models not built (models/hdbet/export_onnx.py)"
+    not (model_folder("hdbet") / "card.json").is_file(), reason="HD-BET ONNX models not built (models/hdbet/export_onnx.py)"
 )
 needs_chris = pytest.mark.skipif(not CHRIS.is_file(), reason=f"shared test data absent: {CHRIS}")
 needs_torch_ref = pytest.mark.skipif(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from openrecon_stroke.anomaly import AnomalyCard, anomaly_load, csf_measures
-from openrecon_stroke.model_card import ModelCardError
+from openrecon_stroke.anomaly import anomaly_load, csf_measures
+from openrecon_stroke.model_card import AnomalyCard, ModelCardError
 from openrecon_stroke.offline import process
 from simulator.__main__ import main as simulator_main
 

@@ -130,7 +130,7 @@ class Preprocess(Stage):
             volumes[c] = round(_ml(brains[c]), 1)
         res.results.append(BrainResult(
             reference=ref, n4=n4, brain_mask=brains, mode=mode,
-            model=f"{get_extractor().card.get('name', 'HD-BET')} (ONNX, {mode})", volume_ml=volumes,
+            model=f"{get_extractor().card.name} (ONNX, {mode})", volume_ml=volumes,
             from_earlier_series=earlier, timings_s=timings))
 
         if study.cache is not None and key:

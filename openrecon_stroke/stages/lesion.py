@@ -16,14 +16,14 @@ region, described on the reference series (T1-w when present).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..lesion import Lesion, LesionSegmenter, describe, postprocess
-from ..model_card import FolderCache, ModelCard
+from ..model_card import ModelCard
+from ..runtime import ModelCache, model_folder
 from ..study import DerivedSeries, Study
 from .base import Stage, StageResult
 from .results import BrainResult, LesionResult, SeriesRegistration
@@ -32,20 +32,13 @@ log = logging.getLogger(__name__)
 
 MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
 
-_segmenters: FolderCache[LesionSegmenter] = FolderCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
-
-
-def lesion_dir() -> Path:
-    """Folder with one sub-folder per lesion model (card.json + ONNX): ``OPENRECON_LESION_DIR``,
-    else ``models_dir()/lesion``."""
-    from ..paths import models_dir
-
-    return Path(os.environ.get("OPENRECON_LESION_DIR") or models_dir() / "lesion")
+_segmenters: ModelCache[Path, LesionSegmenter] = ModelCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
 
 
 def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
-    """The (process-wide, loaded once) segmenter for a contrast combination."""
-    folder = lesion_dir() / MODEL_FOLDERS[inputs]
+    """The (process-wide, loaded once) segmenter for a contrast combination, from its
+    sub-folder of the lesion models folder (:func:`openrecon_stroke.runtime.model_folder`)."""
+    folder = model_folder("lesion") / MODEL_FOLDERS[inputs]
     if not (folder / "card.json").is_file():
         raise FileNotFoundError(
             f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
