@@ -26,15 +26,14 @@ from datetime import datetime
 from pathlib import Path
 
 from . import APP_NAME
-from .geometry import GeometryError, assemble_series, group_series
+from .assembly import assemble_study
 from .kspace import reconstruct
-from .mrdfile import StreamFileWriter, header_info, parse_header
+from .mrdfile import StreamFileWriter, parse_header
 from .outputs import derived_images, original_images, report_text
 from .params import coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
 from .pipeline import warm_up as warm_up_pipeline
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
-from .study import Study, detect_contrast
 from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ class Connection:
             return
 
         with self.phase("assemble"):
-            study = self.build_study(images, inc.header, params)
+            study = assemble_study(params, images=images, header=inc.header, cache=self.cache, tell=self.note)
         if not study.inputs:
             return
 
@@ -237,31 +236,12 @@ class Connection:
         except Exception:  # noqa: BLE001 - the scanner already has its images
             self.log.exception("[conn %d] DICOM export to %s failed", self.id, folder)
 
-    def build_study(self, images, header, params) -> Study:
-        """Assemble each image series into a volume and file it under its contrast."""
-        study = Study(inputs={}, params=params, cache=self.cache)
-        desc = ""
-        if header is not None and header.measurementInformation is not None:
-            desc = header.measurementInformation.protocolName or ""
-        for sidx, series in group_series(images).items():
-            try:
-                vol = assemble_series(series, description=desc or f"series{sidx}")
-            except GeometryError as e:
-                self.tell("ERROR", f"series {sidx} skipped: {e}")
-                continue
-            contrast, why = detect_contrast(header, params["contrast"], desc)
-            if contrast is None:
-                contrast = "t1"
-                study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
-                                      "Set 'Input contrast' in the UI if this is wrong")
-            if contrast in study.inputs:
-                self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
-                continue
-            if header is not None:
-                vol.info = header_info(header)
-            self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
-            study.inputs[contrast] = vol
-        return study
+    def note(self, level: str, text: str):
+        """A message about the study: logged ("INFO") or also told to the scanner."""
+        if level == "INFO":
+            self.info(text)
+        else:
+            self.tell(level, text)
 
     @contextlib.contextmanager
     def phase(self, name: str):
