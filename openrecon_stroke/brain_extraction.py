@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .masks import largest_component
 from .model_card import BrainExtractionCard
 from .runtime import LazySessions, ModelCache, model_folder, physical_cores
 
@@ -202,28 +203,6 @@ class BrainExtractor:
         return out
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a boolean mask."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    # label only inside the mask's bounding box (the brain is a fraction of a head FOV)
-    box = []
-    for a in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != a)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    box = tuple(box)
-    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
-    out = np.zeros_like(mask)
-    if n <= 1:
-        out[box] = mask[box]
-        return out
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    out[box] = lab == int(sizes.argmax())
-    return out
-
-
 _extractors: ModelCache[tuple[str | None, int | None], BrainExtractor] = ModelCache(lambda key: BrainExtractor(*key))
 
 
@@ -272,11 +251,3 @@ def hd_bet_reference(image: sitk.Image, mode: str = "fast", tta: bool = False, p
     m = sitk.GetImageFromArray((np.asarray(seg) > 0).astype(np.uint8))
     m.CopyInformation(can)
     return sitk.Resample(m, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-
-
-def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
-    a = sitk.GetArrayViewFromImage(a) if isinstance(a, sitk.Image) else np.asarray(a)
-    b = sitk.GetArrayViewFromImage(b) if isinstance(b, sitk.Image) else np.asarray(b)
-    a, b = a > 0, b > 0
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s

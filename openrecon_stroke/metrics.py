@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 CONNECTIVITY = np.ones((3, 3, 3), bool)
@@ -20,7 +21,10 @@ CONNECTIVITY = np.ones((3, 3, 3), bool)
 SIZE_BUCKETS = (("small <1 mL", 0.0, 1.0), ("medium 1-10 mL", 1.0, 10.0), ("large >=10 mL", 10.0, np.inf))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
+def dice(a: np.ndarray | sitk.Image, b: np.ndarray | sitk.Image) -> float:
+    """Dice of the non-zero voxels of two masks on one grid (arrays or SimpleITK images)."""
+    a = sitk.GetArrayViewFromImage(a) if isinstance(a, sitk.Image) else np.asarray(a)
+    b = sitk.GetArrayViewFromImage(b) if isinstance(b, sitk.Image) else np.asarray(b)
     a, b = a > 0, b > 0
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s

@@ -19,7 +19,7 @@ import ismrmrd
 import numpy as np
 
 from . import APP_NAME, __version__
-from .geometry import Grid, Volume
+from .geometry import Grid, Volume, images_on_headers
 from .study import DerivedSeries, Study
 
 HISTORY = ["OPENRECON", APP_NAME.upper()]
@@ -92,18 +92,8 @@ def derived_images(series: DerivedSeries, volume: Volume, series_index: int) -> 
     else:
         heads = volume.mrd_headers()
         is_3d = volume.is_3d
-    out = []
-    for k, h in enumerate(heads):
-        part = arr if is_3d else arr[:, k:k + 1]
-        img = ismrmrd.Image(head=h, data=np.ascontiguousarray(part))
-        hh = img.getHead()
-        hh.image_series_index = series_index
-        hh.image_index = k + 1
-        hh.image_type = image_type
-        img.setHead(hh)
-        img.meta = _meta(series, volume, h, is_3d)
-        out.append(img)
-    return out
+    return images_on_headers(arr, heads, series_index, image_type=image_type,
+                             meta=lambda h: _meta(series, volume, h, is_3d))
 
 
 def original_images(images: list[ismrmrd.Image]) -> list[ismrmrd.Image]:

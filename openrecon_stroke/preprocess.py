@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .metrics import dice
+
 log = logging.getLogger(__name__)
 
 
@@ -143,11 +145,6 @@ def _mi(fixed, moving, transform, fixed_mask=None) -> float:
     return float(reg.MetricEvaluate(fixed, moving))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
-
-
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Image | None = None,
                    check: RegistrationCheck = RegistrationCheck(), seed: int = 1) -> RigidRegistration:
     """Rigid (6 degrees of freedom) registration by Mattes mutual information.
@@ -202,18 +199,18 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     ones = sitk.Image(ms.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(ms)
     inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, euler, sitk.sitkNearestNeighbor, 0)).astype(bool)
-    dice = _dice(fm & inside, mm & inside)
+    overlap = dice(fm & inside, mm & inside)
     reasons = []
     if rot > check.max_rotation_deg:
         reasons.append(f"rotation {rot:.1f} deg exceeds {check.max_rotation_deg:.0f} deg")
     if trans > check.max_translation_mm:
         reasons.append(f"translation {trans:.1f} mm exceeds {check.max_translation_mm:.0f} mm")
-    if dice < check.min_mask_dice:
-        reasons.append(f"head overlap after registration is {dice:.2f} (< {check.min_mask_dice:.2f})")
+    if overlap < check.min_mask_dice:
+        reasons.append(f"head overlap after registration is {overlap:.2f} (< {check.min_mask_dice:.2f})")
     ok = not reasons
     reason = "; ".join(reasons) or ("passed (scanner geometry kept: the optimiser did not improve on it)"
                                     if kept_scanner else "passed")
-    return RigidRegistration(euler, rot, trans, before, after, dice, ok, reason, time.perf_counter() - t0)
+    return RigidRegistration(euler, rot, trans, before, after, overlap, ok, reason, time.perf_counter() - t0)
 
 
 def resample_to(img: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,

@@ -42,6 +42,7 @@ from scipy import ndimage as ndi
 
 from openrecon_stroke.geometry import Grid, Volume
 from openrecon_stroke.templates import template_dir
+from openrecon_stroke.masks import largest_component
 
 
 class Tissue(IntEnum):
@@ -614,15 +615,6 @@ def _ellipsoid_q(grid, sl, centre_lps, radii_mm, rot):
     return np.sqrt(q)
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    return lab == int(np.argmax(counts))
-
-
 def _pick_voxel(mask: np.ndarray, rng: np.random.Generator):
     flat = np.flatnonzero(mask)
     if flat.size == 0:
@@ -661,7 +653,7 @@ def _territorial(arr, hemi, grid, rng, side):
     region = cosang > np.cos(np.minimum(alpha * (1 + 0.3 * f1), np.pi / 2))
     region &= (r > r0 * (1 + 0.25 * f2)) & (r < radius - 2)
     region &= _isin(arr[sl], CEREBRAL_LABELS) & (hemi[sl] == side)
-    return sl, _largest_component(region)
+    return sl, largest_component(region, connectivity=1)
 
 
 def _blob(arr, hemi, grid, rng, side, centre_idx, radii, allowed, irregular=0.3):
@@ -674,7 +666,7 @@ def _blob(arr, hemi, grid, rng, side, centre_idx, radii, allowed, irregular=0.3)
         shp = q.shape
         q = q + irregular * smooth_field(shp, rng, max(2.0, min(radii) / 2) / min(grid.spacing), factor=2)
     region = (q < 1) & _isin(arr[sl], allowed) & (hemi[sl] == side)
-    return sl, _largest_component(region)
+    return sl, largest_component(region, connectivity=1)
 
 
 def _cortical(arr, hemi, grid, rng, side):

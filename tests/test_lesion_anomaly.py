@@ -20,11 +20,6 @@ HAVE_LESION = all((REPO / "models" / "lesion" / m / "card.json").is_file() for m
 HAVE_ANOMALY = (REPO / "models" / "anomaly" / "card.json").is_file()
 
 
-def dice(a, b):
-    a, b = a > 0, b > 0
-    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
-
-
 # ------------------------------------------------------------------------------------------
 # pieces
 # ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from openrecon_stroke.anomaly import AnomalyModel  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
-from openrecon_stroke.metrics import lesion_table, summarise  # noqa: E402
+from openrecon_stroke.metrics import dice, lesion_table, summarise  # noqa: E402
 from openrecon_stroke.model_card import AnomalyCard, file_sha256  # noqa: E402
 
 CAL_MAPS = (13, 14)
@@ -65,11 +65,6 @@ def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     n1 = truth.sum()
     n0 = len(truth) - n1
     return float((r[truth].sum() - n1 * (n1 + 1) / 2) / max(n1 * n0, 1))
-
-
-def dice(a, b) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 class HistogramBaseline:

@@ -288,7 +288,8 @@ def check_on_image(image_path: Path, pairs: list[tuple[int, Path, Path]], card: 
     import SimpleITK as sitk
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from openrecon_stroke.brain_extraction import BrainExtractor, dice
+    from openrecon_stroke.brain_extraction import BrainExtractor
+    from openrecon_stroke.metrics import dice
 
     img = sitk.ReadImage(str(image_path))
     for fold, fp32, small in pairs:
