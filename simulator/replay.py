@@ -216,9 +216,10 @@ def run(args) -> int:
     for p in written:
         print(p)
     if args.dicom and res.images:
-        from openrecon_stroke.dicom_export import export_mrd_images
+        from openrecon_stroke.dicom_export import export_study
+        from openrecon_stroke.outputs import study_from_mrd
 
-        exp = export_mrd_images(res.images, args.dicom, header_xml=stream.header_xml, sent=stream.images)
+        exp = export_study(study_from_mrd(res.images, stream.header_xml, stream.images), args.dicom)
         for name, files in exp.series.items():
             print(f"  DICOM {name}: {len(files)} file(s)")
         for w in exp.warnings:
