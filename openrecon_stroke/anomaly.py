@@ -40,6 +40,10 @@ class AnomalyModel:
     def session(self):
         return self._sessions.session(0)
 
+    def load(self) -> None:
+        """Create the session now (server start-up) rather than for the first study."""
+        self._sessions.all()
+
     def pseudo_healthy(self, x: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
         """``steps`` Euler steps of the flow from ``x`` (z, y, x), whole volume at once."""
         n = int(steps or self.card.steps)

@@ -41,7 +41,6 @@ def _serve(args) -> int:
 
 def _process(args) -> int:
     from .offline import process
-
     from .params import parse_cli_params
 
     if not args.t1 and not args.flair:

@@ -35,8 +35,16 @@ from pydicom.uid import generate_uid
 
 from . import APP_NAME, __version__
 from .dicom_objects import (
-    SeriesInfo, identity_from_dataset, identity_from_info, mr_pixels, mr_slices, safe_name, save, sc_image,
-    segmentation, valid_uid,
+    SeriesInfo,
+    identity_from_dataset,
+    identity_from_info,
+    mr_pixels,
+    mr_slices,
+    safe_name,
+    save,
+    sc_image,
+    segmentation,
+    valid_uid,
 )
 from .geometry import Volume
 from .outputs import MAP_SCALE
@@ -54,7 +62,7 @@ def source_datasets(path, volume: Volume) -> list[Dataset] | None:
         return None
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    by_uid = {}
+    by_uid: dict[str, Dataset] = {}
     wanted = set(uids)
     for f in files:
         try:
@@ -68,14 +76,14 @@ def source_datasets(path, volume: Volume) -> list[Dataset] | None:
         return None
     out = [by_uid[u] for u in uids]
     g = volume.grid
-    for k, ds in enumerate(out):
+    for k, src in enumerate(out):
         try:
-            ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+            ipp = np.array([float(v) for v in src.ImagePositionPatient])
         except Exception:  # noqa: BLE001
             return None
         if np.linalg.norm(ipp - g.index_to_lps((0.0, 0.0, float(k)))) > 0.05 * min(g.spacing) + 1e-3:
             return None
-        if "FrameOfReferenceUID" not in ds:
+        if "FrameOfReferenceUID" not in src:
             return None
     return out
 
@@ -105,23 +113,17 @@ class _Exporter:
         self.numbers: dict[str, int] = {}
         self.counter: dict[str, int] = {}
         self._given = sources or {}
-        self._study_uid = None
-        self._frame_uid = None
+        self._new_uids: dict[str, str] = {}
 
     # inputs ----------------------------------------------------------------------------------
-    def _shared_study_uid(self, info) -> str:
-        if valid_uid(info.get("study_uid")):
-            return str(info["study_uid"]).strip()
-        if self._study_uid is None:
-            self._study_uid = generate_uid()
-        return self._study_uid
-
-    def _shared_frame_uid(self, info) -> str:
-        if valid_uid(info.get("frame_of_reference_uid")):
-            return str(info["frame_of_reference_uid"]).strip()
-        if self._frame_uid is None:
-            self._frame_uid = generate_uid()
-        return self._frame_uid
+    def _shared_uid(self, info: dict, key: str) -> str:
+        """The input's own UID ``info[key]`` when valid, else one new UID shared by every input
+        of this export (one study, one frame of reference)."""
+        if valid_uid(info.get(key)):
+            return str(info[key]).strip()
+        if key not in self._new_uids:
+            self._new_uids[key] = str(generate_uid())
+        return self._new_uids[key]
 
     def prepare_inputs(self):
         for n, (key, vol) in enumerate(self.study.inputs.items()):
@@ -150,9 +152,9 @@ class _Exporter:
                 self.numbers[key] = int(src[0].get("SeriesNumber", number) or number)
                 continue
             ident = identity_from_info(info)
-            ident["StudyInstanceUID"] = self._shared_study_uid(info)
+            ident["StudyInstanceUID"] = self._shared_uid(info, "study_uid")
             self.identity[key] = ident
-            self.frame[key] = self._shared_frame_uid(info)
+            self.frame[key] = self._shared_uid(info, "frame_of_reference_uid")
             self.numbers[key] = number
             stored, slope, intercept = mr_pixels(vol.data)
             desc = str(info.get("series_description") or vol.description or key)

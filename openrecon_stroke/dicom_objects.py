@@ -24,7 +24,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from . import APP_NAME, __version__
 from .geometry import Grid
@@ -56,8 +56,9 @@ def identity_from_dataset(ds: Dataset) -> dict:
     """Patient/study attributes of a source DICOM object, keyed by DICOM keyword."""
     out = {}
     for kw in IDENTITY_KEYWORDS:
-        if kw in ds and ds.data_element(kw) is not None and ds.data_element(kw).value not in (None, ""):
-            out[kw] = ds.data_element(kw).value
+        el = ds.data_element(kw) if kw in ds else None
+        if el is not None and el.value not in (None, ""):
+            out[kw] = el.value
     return out
 
 
@@ -116,9 +117,9 @@ def _ds_number(x: float) -> str:
     return s
 
 
-def _new_dataset(sop_class: str, sop_uid: str) -> Dataset:
+def _new_dataset(sop_class: str, sop_uid: UID) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID

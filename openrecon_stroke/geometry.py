@@ -87,7 +87,7 @@ class Grid:
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing))
 
-    def same_as(self, other: "Grid", atol: float = 1e-3) -> bool:
+    def same_as(self, other: Grid, atol: float = 1e-3) -> bool:
         return (
             self.shape == other.shape
             and np.allclose(self.spacing, other.spacing, atol=atol)
@@ -107,7 +107,7 @@ class Grid:
         return img
 
     @staticmethod
-    def from_sitk(img: sitk.Image) -> "Grid":
+    def from_sitk(img: sitk.Image) -> Grid:
         if img.GetDimension() != 3:
             raise GeometryError(f"expected a 3D image, got {img.GetDimension()}D")
         nx, ny, nz = img.GetSize()
@@ -222,7 +222,7 @@ class Volume:
         return self.grid.to_sitk(self.data)
 
     @staticmethod
-    def from_sitk(img: sitk.Image, description: str = "") -> "Volume":
+    def from_sitk(img: sitk.Image, description: str = "") -> Volume:
         grid = Grid.from_sitk(img)
         data = sitk.GetArrayFromImage(img).astype(np.float32)
         return Volume(data=data, grid=grid, description=description)

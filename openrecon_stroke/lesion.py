@@ -160,6 +160,10 @@ class LesionSegmenter:
     def sessions(self) -> list:
         return self._sessions.all()
 
+    def load(self) -> None:
+        """Create every fold's session now (server start-up) rather than for the first study."""
+        self._sessions.all()
+
     def probability(self, images: dict[str, sitk.Image], brain: sitk.Image | None,
                     to_contrast: dict[str, sitk.Transform] | None = None, mirror: bool = False,
                     overlap: float | None = None) -> sitk.Image:

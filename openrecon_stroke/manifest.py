@@ -86,8 +86,7 @@ def parameter_entry(p: Parameter) -> dict:
         item["default"] = p.default
     else:  # int, double
         cast = int if p.kind == "int" else float
-        item["minimum"] = cast(p.minimum)
-        item["maximum"] = cast(p.maximum)
+        item["minimum"], item["maximum"] = (cast(v) for v in p.bounds)
         item["default"] = cast(p.default)
         if p.unit:
             item["unit"] = _en(p.unit)

@@ -18,6 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import ismrmrd
@@ -307,9 +308,9 @@ def header_xml_for(volume: Volume, *, as_3d: bool | None = None) -> str:
         matrix, fov, slices = (nx, ny, 1), (nx * dx, ny * dy, dz), nz
     protocol = (info.get("protocol_name") or info.get("series_description")
                 or volume.description or "converted")
-    kw = dict(protocol_name=str(protocol),
-              series_description=str(info.get("series_description") or volume.description or protocol),
-              matrix=matrix, fov_mm=fov, slices=slices)
+    kw: dict[str, Any] = dict(protocol_name=str(protocol),
+                              series_description=str(info.get("series_description") or volume.description or protocol),
+                              matrix=matrix, fov_mm=fov, slices=slices)
     for key in ("patient_id", "patient_name", "study_uid", "frame_of_reference_uid"):
         if info.get(key):
             kw[key] = str(info[key])

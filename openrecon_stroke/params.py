@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .pipeline_registry import PIPELINE_NAMES, DEFAULT_PIPELINE
+from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ class Parameter:
             if self.minimum is None or self.maximum is None or not (self.minimum <= self.default <= self.maximum):
                 raise ValueError(f"parameter {self.id}: default outside [minimum, maximum]")
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(minimum, maximum) of a number (validated on construction)."""
+        assert self.minimum is not None and self.maximum is not None
+        return self.minimum, self.maximum
+
     def coerce(self, raw: Any) -> Any:
         """Typed value of ``raw``; raises ValueError with a readable reason."""
         if self.kind == "boolean":
@@ -69,7 +75,8 @@ class Parameter:
                 if v != int(v):
                     raise ValueError(f"expected a whole number, got {raw!r}")
                 v = int(v)
-            if not (self.minimum <= v <= self.maximum):
+            lo, hi = self.bounds
+            if not (lo <= v <= hi):
                 raise ValueError(f"{v} is outside {self.minimum}..{self.maximum} {self.unit}".rstrip())
             return v
         if self.kind == "choice":

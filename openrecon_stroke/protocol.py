@@ -82,7 +82,7 @@ class SocketReader:
         while got < n:
             try:
                 k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
-            except socket.timeout as e:
+            except TimeoutError as e:
                 raise ProtocolError(
                     f"timed out waiting for data ({got} of {n} bytes of a message received)"
                 ) from e

@@ -46,7 +46,7 @@ def ascii_text(s) -> str:
     return "".join(c if c.isprintable() else " " for c in s)
 
 
-def font(size: int):
+def font(size: float):
     """Pillow's scalable built-in font at ``size`` pixels (bitmap font on old Pillow)."""
     size = max(6, int(round(size)))
     try:
@@ -80,7 +80,7 @@ def grey_window(data: np.ndarray, head: np.ndarray | None = None) -> tuple[float
     return lo, hi
 
 
-def _ramp(t: np.ndarray) -> np.ndarray:
+def _ramp(t: np.ndarray | np.floating) -> np.ndarray:
     """Colours (..., 3) float for t in [0, 1] along :data:`ANOMALY_RAMP`."""
     stops = np.asarray(ANOMALY_RAMP, dtype=np.float32)
     x = np.clip(t, 0, 1) * (len(stops) - 1)
@@ -156,7 +156,7 @@ def _legend_patch(legend: Legend, ny: int, nx: int, spacing_xy) -> np.ndarray | 
         d.text((pad * 2 + sw, y0 + (line_h - size) // 2 - size // 8), ascii_text(text), font=f,
                fill=(255, 255, 255, 255) if kind != "note" else (255, 170, 170, 255))
     if abs(aspect - 1.0) > 0.05:
-        img = img.resize((w, max(1, int(round(h / aspect)))), Image.BILINEAR)
+        img = img.resize((w, max(1, int(round(h / aspect)))), Image.Resampling.BILINEAR)
     arr = np.asarray(img)
     if arr.shape[1] > 0.75 * nx or arr.shape[0] > 0.45 * ny:
         return None
@@ -247,8 +247,8 @@ class PageContent:
 
     title: str = ""
     subtitle: str = ""
-    sections: list = None  # [(heading, [line, ...]), ...]; a line may be (text, colour)
-    warnings: list = None  # [str, ...]
+    sections: list | None = None  # [(heading, [line, ...]), ...]; a line may be (text, colour)
+    warnings: list | None = None  # [str, ...]
     footer: str = ""
     image: np.ndarray | None = None  # (h, w, 3) uint8 key-slice picture
     image_caption: str = ""
@@ -313,7 +313,7 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
         disp_h = h0 * (content.image_aspect if content.image_aspect > 0 else 1.0)
         scale = box / max(w0, disp_h)
         pw, ph = max(1, int(round(w0 * scale))), max(1, int(round(disp_h * scale)))
-        pic = pic.resize((pw, ph), Image.BILINEAR)
+        pic = pic.resize((pw, ph), Image.Resampling.BILINEAR)
         px = size - margin - pw
         img.paste(pic, (px, top_y))
         d.rectangle((px - 1, top_y - 1, px + pw, top_y + ph), outline=GREY)

@@ -30,10 +30,11 @@ from .assembly import assemble_study
 from .kspace import reconstruct
 from .mrdfile import StreamFileWriter, parse_header
 from .outputs import derived_images, original_images, report_text
-from .params import coerce, parse_parameter_text
+from .params import Params, coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
 from .pipeline import warm_up as warm_up_pipeline
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
+from .study import Study
 from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
         self.writer = MessageWriter(sock)
         self.saver: StreamFileWriter | None = None
-        self.pending_dicom = None  # (study, params) to write as DICOM once the scanner has its answer
+        #: (study, params) to write as DICOM once the scanner has its answer
+        self.pending_dicom: tuple[Study, Params] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def info(self, msg, *args):
@@ -169,8 +171,9 @@ class Connection:
         for w in params.warnings:
             self.tell("WARNING", w)
         name, warn = resolve_pipeline_name(inc.config)
-        if warn and (inc.raw_params or {}).get("config") is not None:
-            ui_name, ui_warn = resolve_pipeline_name(str(inc.raw_params["config"]))
+        ui_config = (inc.raw_params or {}).get("config")
+        if warn and ui_config is not None:
+            ui_name, ui_warn = resolve_pipeline_name(str(ui_config))
             if ui_warn is None:  # the UI's own choice names a known pipeline
                 name, warn = ui_name, None
         if warn:
@@ -224,11 +227,12 @@ class Connection:
 
     def write_dicom(self):
         """What was sent, as DICOM under ``dicom_dir`` (after CLOSE: the scanner does not wait)."""
+        assert self.pending_dicom is not None
         study, params = self.pending_dicom
         self.pending_dicom = None
         from .dicom_export import export_study
 
-        folder = Path(self.settings.dicom_dir) / f"{datetime.now():%Y%m%d_%H%M%S}_{self.id}"
+        folder = Path(self.settings.dicom_dir or ".") / f"{datetime.now():%Y%m%d_%H%M%S}_{self.id}"
         try:
             with self.phase("dicom"):
                 res = export_study(study, folder, send_params=params)
@@ -343,6 +347,8 @@ class MrdServer(socketserver.ThreadingTCPServer):
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    server: MrdServer
+
     def handle(self):
         Connection(self.request, self.client_address, self.server.settings, self.server.gate,
                    self.server.stats, self.server.cache).handle()

@@ -149,9 +149,9 @@ def _dicom_info(ds) -> dict:
             info[key] = v
     for key, kw in (("tr_ms", "RepetitionTime"), ("te_ms", "EchoTime"), ("ti_ms", "InversionTime"),
                     ("field_strength_t", "MagneticFieldStrength")):
-        v = float_or_none(ds.get(kw, None))
-        if v is not None:
-            info[key] = v
+        x = float_or_none(ds.get(kw, None))
+        if x is not None:
+            info[key] = x
     return info
 
 
@@ -336,9 +336,9 @@ def _load_multiframe(p: Path) -> Volume:
         data[k] = pixels[s.source].astype(np.float64) * s.slope + s.intercept
         integer &= _is_integral(s.slope) and _is_integral(s.intercept)
     info = _dicom_info(ds)
-    for key, v in (("tr_ms", e0["tr"]), ("te_ms", e0["te"]), ("ti_ms", e0["ti"])):
-        if v is not None and key not in info:
-            info[key] = v
+    for name, v in (("tr_ms", e0["tr"]), ("te_ms", e0["te"]), ("ti_ms", e0["ti"])):
+        if v is not None and name not in info:
+            info[name] = v
     info["sop_instance_uids"] = [s.sop_uid for s in chosen]
     info["frame_numbers"] = [int(s.source) + 1 for s in chosen]
     info["source_integer"] = bool(integer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Slice:
     rows: int
     cols: int
     key: tuple = ()  # non-spatial identity (echo, time point, ...) for splitting stacks
-    source: object = None  # file path (classic) or frame index (multi-frame)
+    source: Any = None  # file path (classic) or frame index (multi-frame)
     sop_uid: str = ""
     slope: float = 1.0
     intercept: float = 0.0
@@ -116,11 +117,11 @@ def select_stack(slices: list[Slice], what: str, fields: list[str]) -> list[Slic
     normal = _orthonormal_frame(slices[0].row, slices[0].col, what)[2]
     along = np.array([s.ipp @ normal for s in slices])
     uniq = np.sort(along)
-    clusters = [uniq[0]]
+    starts = [uniq[0]]
     for a in uniq[1:]:
-        if a - clusters[-1] >= SAME_POSITION_MM:
-            clusters.append(a)
-    clusters = np.array(clusters)
+        if a - starts[-1] >= SAME_POSITION_MM:
+            starts.append(a)
+    clusters = np.array(starts)
     pos_ids = np.argmin(np.abs(along[:, None] - clusters[None, :]), axis=1)
     npos = len(clusters)
     if npos == len(slices):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import mrdfile
-from ..geometry import assemble_series, group_series
+from ..geometry import Volume, assemble_series, group_series
 from ..kspace import reconstruct
 from .common import InputError
 

@@ -31,7 +31,7 @@ class AnomalyDetection(Stage):
     writes = (AnomalyResult,)
 
     def warm_up(self) -> None:
-        get_model().session
+        get_model().load()
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()

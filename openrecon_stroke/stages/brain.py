@@ -40,8 +40,8 @@ class Preprocess(Stage):
     name = "preprocess"
     writes = (BrainResult, SeriesRegistration)
 
-    def __init__(self, n4: N4Settings = N4Settings()):
-        self.n4 = n4
+    def __init__(self, n4: N4Settings | None = None):
+        self.n4 = n4 or N4Settings()
 
     def warm_up(self) -> None:
         from ..brain_extraction import get_extractor

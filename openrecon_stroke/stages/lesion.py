@@ -54,7 +54,7 @@ class LesionSegmentation(Stage):
 
     def warm_up(self) -> None:
         for inputs in MODEL_FOLDERS:
-            get_segmenter(inputs).sessions
+            get_segmenter(inputs).load()
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()

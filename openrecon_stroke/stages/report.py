@@ -20,7 +20,6 @@ import logging
 import math
 from datetime import datetime
 
-
 from .. import APP_NAME, __version__, render
 from ..study import DerivedSeries, Study, StudyResult
 from .base import Stage, StageResult
@@ -170,7 +169,7 @@ def model_lines(study: Study) -> list:
 
 def timing_lines(study: Study) -> list:
     names = list(dict.fromkeys(list(study.timings_s) + list(study.stage_status)))
-    lines = []
+    lines: list = []
     total = 0.0
     brain = study.result(BrainResult)
     for name in names:
