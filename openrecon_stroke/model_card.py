@@ -337,7 +337,7 @@ def load_card(path: str | Path, kind: str | None = None, *, verify: bool = True)
     stated = d.get("kind")
     family = str(stated or kind or _infer_kind(d))
     if kind is not None and family != kind:
-        raise ModelCardError(f"{card_file} is a {family} model card, not a {kind} one")
+        raise ModelCardError(f"{card_file} is a model card of kind {family!r}, not {kind!r}")
     cls = CARD_KINDS.get(family)
     if cls is None:
         raise ModelCardError(f"{card_file}: unknown model kind {family!r} (known: {', '.join(CARD_KINDS)})")

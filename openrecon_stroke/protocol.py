@@ -7,7 +7,7 @@ clear :class:`ProtocolError` for everything malformed.
 
 Message layout (little endian): ``uint16 id`` then a payload:
 CONFIG_FILE 1024 bytes NUL padded; CONFIG_TEXT/HEADER/TEXT ``uint32 length`` + bytes;
-IMAGE header + ``uint64`` meta length + meta + data; ACQUISITION header + data + trajectory;
+IMAGE header + ``uint64`` meta length + meta + data; ACQUISITION header + trajectory + data;
 WAVEFORM header + uint32 data; NDARRAY dtype/version/ndim + dims + data; CLOSE nothing.
 """
 
@@ -205,8 +205,8 @@ class MessageReader:
                 f"({nbytes} bytes); refused"
             )
         self._check_stream(nbytes, "acquisition")
-        data = np.frombuffer(self.r.read(n * c * 8), dtype=np.complex64).reshape(c, n)
         traj = np.frombuffer(self.r.read(n * t * 4), dtype=np.float32).reshape(n, t)
+        data = np.frombuffer(self.r.read(n * c * 8), dtype=np.complex64).reshape(c, n)
         acq = ismrmrd.Acquisition(head=hb, data=data, trajectory=traj)
         return Message(MessageId.ACQUISITION, acq, nbytes)
 
