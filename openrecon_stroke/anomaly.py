@@ -18,6 +18,7 @@ thresholds per contrast combination (written by ``models/anomaly/calibrate.py``)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
@@ -111,23 +112,39 @@ def get_model(folder: str | Path | None = None) -> AnomalyModel:
     return _models.get(Path(folder) if folder is not None else model_folder("anomaly"))
 
 
-def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0) -> dict:
+class AnomalyLoad(TypedDict):
+    """Anomalous volume (mL, 3 decimals): in total, inside the segmented lesion, perilesional
+    and remote."""
+
+    load_ml: float
+    in_lesion_ml: float
+    perilesional_ml: float
+    remote_ml: float
+
+
+def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx,
+                 perilesional_mm: float = 5.0) -> AnomalyLoad:
     """Anomalous volume (mL) in total and split into inside the segmented lesion, perilesional
     (within ``perilesional_mm`` of it) and remote."""
     vox_ml = float(np.prod(spacing_zyx)) / 1000.0
-    out = {"load_ml": round(float(anomaly.sum()) * vox_ml, 3)}
+    total = round(float(anomaly.sum()) * vox_ml, 3)
     if lesion is None or not lesion.any():
-        out.update(in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=out["load_ml"])
-        return out
+        return AnomalyLoad(load_ml=total, in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=total)
     dist = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
     near = (dist > 0) & (dist <= perilesional_mm)
-    out["in_lesion_ml"] = round(float((anomaly & lesion).sum()) * vox_ml, 3)
-    out["perilesional_ml"] = round(float((anomaly & near).sum()) * vox_ml, 3)
-    out["remote_ml"] = round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3)
-    return out
+    return AnomalyLoad(load_ml=total, in_lesion_ml=round(float((anomaly & lesion).sum()) * vox_ml, 3),
+                       perilesional_ml=round(float((anomaly & near).sum()) * vox_ml, 3),
+                       remote_ml=round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3))
 
 
-def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> dict | None:
+class CsfMeasures(TypedDict):
+    """Ventricle volume (mL, 1 decimal) and atrophy index (CSF fraction of the brain mask)."""
+
+    ventricle_ml: float
+    atrophy_index: float
+
+
+def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> CsfMeasures | None:
     """Ventricle volume (mL) and an atrophy index (CSF fraction of the brain mask) from a
     bias-corrected T1-w image: CSF is the darkest of three intensity classes (Otsu) inside the
     brain; ventricles are the CSF components at least 12 mm inside the brain surface, largest
@@ -154,4 +171,4 @@ def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> dict | None:
     if n:
         sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
         vent = float(sizes[:2].sum()) * vox_ml
-    return {"ventricle_ml": round(vent, 1), "atrophy_index": round(float(csf.sum()) / float(brain.sum()), 3)}
+    return CsfMeasures(ventricle_ml=round(vent, 1), atrophy_index=round(float(csf.sum()) / float(brain.sum()), 3))

@@ -19,6 +19,7 @@ import io
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ismrmrd
@@ -135,6 +136,15 @@ class MessageReader:
                 f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused"
             )
         return _text(self.r.read(n)), n
+
+    def until_close(self) -> Iterator[Message]:
+        """The messages up to CLOSE (not included); :class:`StreamClosed` when the stream ends
+        without one."""
+        while True:
+            msg = self.next()
+            if msg.id == MessageId.CLOSE:
+                return
+            yield msg
 
     def next(self) -> Message:
         try:

@@ -111,12 +111,9 @@ class Connection:
         self.sock.settimeout(self.settings.idle_timeout_s)
         reader = MessageReader(SocketReader(self.sock), self.settings.limits)
         try:
-            while True:
-                msg = reader.next()
-                if msg.id == MessageId.CLOSE:
-                    inc.closed_cleanly = True
-                    break
+            for msg in reader.until_close():
                 self._take(msg, inc)
+            inc.closed_cleanly = True
         except StreamClosed as e:
             if not (inc.empty and inc.config is None and inc.header_xml is None and "without a CLOSE" in str(e)):
                 inc.error = str(e)

@@ -69,17 +69,14 @@ def send_stream(host: str, port: int, messages, *, timeout_s: float = 600.0, pro
     def receive():
         reader = MessageReader(SocketReader(sock))
         try:
-            while True:
-                msg = reader.next()
-                if msg.id == MessageId.CLOSE:
-                    res.closed_cleanly = True
-                    return
+            for msg in reader.until_close():
                 if msg.id == MessageId.IMAGE:
                     res.images.append(msg.value)
                 elif msg.id == MessageId.TEXT:
                     res.texts.append(msg.value)
                     for line in msg.value.splitlines():
                         log.info("server: %s", line)
+            res.closed_cleanly = True
         except (ProtocolError, OSError) as e:
             res.error = str(e)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from openrecon_stroke import pipeline as pipeline_mod
+from openrecon_stroke.anomaly import AnomalyLoad
 from openrecon_stroke.geometry import Grid, Volume
 from openrecon_stroke.lesion import Lesion
 from openrecon_stroke.pipeline import Pipeline, build_pipeline, load_stage, unmet_reads
@@ -129,8 +130,8 @@ def test_the_report_reads_result_fields():
            Lesion(2, 0.5, (-20.0, 1.0, 2.0), "right", "", "t1")]
     s.results[LesionResult] = LesionResult(les, "lesion-fusion 0.1 (3 folds)")
     s.results[AnomalyResult] = AnomalyResult(
-        load_ml=3.0, in_lesion_ml=1.0, perilesional_ml=0.5, remote_ml=1.5, contrasts="t1+flair", steps=4, model="flow",
-        threshold=1.5)
+        load=AnomalyLoad(load_ml=3.0, in_lesion_ml=1.0, perilesional_ml=0.5, remote_ml=1.5), csf=None,
+        contrasts="t1+flair", steps=4, model="flow", threshold=1.5)
     assert report.lesion_lines(s) == ["2 lesions, total volume 2.85 mL", "#1: 2.35 mL, left cortical (LPS 10, -5, 30 mm)",
                                       "#2: 0.50 mL, right (LPS -20, 1, 2 mm)"]
     assert report.anomaly_lines(s) == ["anomaly load 3.00 mL", "in lesions 1.00 mL; perilesional 0.50 mL; remote 1.50 mL",

@@ -30,9 +30,6 @@ class AnomalyDetection(Stage):
     optional = (SeriesRegistration,)
     writes = (AnomalyResult,)
 
-    def warm_up(self) -> None:
-        get_model().load()
-
     def run(self, study: Study) -> StageResult:
         res = StageResult()
         pre = study.need(BrainResult)
@@ -71,10 +68,8 @@ class AnomalyDetection(Stage):
         load = anomaly_load(mask, lesion_net, sp_zyx)
         csf = csf_measures(images["t1"], brain, sp_zyx) if "t1" in images else None
         res.results.append(AnomalyResult(
-            load_ml=load["load_ml"], in_lesion_ml=load["in_lesion_ml"], perilesional_ml=load["perilesional_ml"],
-            remote_ml=load["remote_ml"], contrasts="+".join(contrasts), steps=steps,
-            model=f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})",
-            ventricle_ml=csf["ventricle_ml"] if csf else None, atrophy_index=csf["atrophy_index"] if csf else None))
+            load=load, csf=csf, contrasts="+".join(contrasts), steps=steps,
+            model=f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})"))
         if card.status != "validated":
             res.warnings.append(f"the anomaly map is experimental ({card.status_note or 'not validated'}); "
                                 "do not interpret it clinically")
@@ -93,3 +88,6 @@ class AnomalyDetection(Stage):
                 description="ANOMALY", window=(1.0, 2.0), send_param="sendanomaly",
                 comment=f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}, {steps} steps"))
         return res
+
+    def warm_up(self) -> None:
+        get_model().load()

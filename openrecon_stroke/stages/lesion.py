@@ -57,9 +57,9 @@ class LesionSegmentation(Stage):
             get_segmenter(inputs).load()
 
     def run(self, study: Study) -> StageResult:
-        res = StageResult()
         brain = study.need(BrainResult)
         reg = study.result(SeriesRegistration)
+        res = StageResult()
         n4, brains = brain.n4, brain.brain_mask
         flair_to_t1 = reg.flair_to_t1 if reg is not None else None
         thr = float(study.params["lesionthreshold"])

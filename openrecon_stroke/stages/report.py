@@ -138,12 +138,15 @@ def anomaly_lines(study: Study) -> list:
     a = study.result(AnomalyResult)
     if a is None:
         return _not_available(study, AnomalyResult, "anomaly detection")
+    load = a.load
     parts = [f"{label} {render.fmt_ml(v)}" for v, label in (
-        (a.load_ml, "anomaly load"), (a.in_lesion_ml, "in lesions"), (a.perilesional_ml, "perilesional"),
-        (a.remote_ml, "remote"), (a.ventricle_ml, "ventricles")) if v is not None]
+        (load["load_ml"], "anomaly load"), (load["in_lesion_ml"], "in lesions"),
+        (load["perilesional_ml"], "perilesional"), (load["remote_ml"], "remote"))]
+    if a.csf is not None:
+        parts.append(f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}")
     lines = [parts[0], "; ".join(parts[1:])]
-    if a.atrophy_index is not None:
-        lines.append(f"atrophy index {_num(a.atrophy_index, '{:.2f}')}")
+    if a.csf is not None:
+        lines.append(f"atrophy index {_num(a.csf['atrophy_index'], '{:.2f}')}")
     if a.contrasts:
         lines.append(f"computed on {a.contrasts.replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
     return lines

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import SimpleITK as sitk
 
+from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
 from ..preprocess import RigidRegistration
 from ..study import StudyResult
@@ -101,27 +102,18 @@ class AnomalyResult(StudyResult):
 
     label: ClassVar[str] = "anomaly"
 
-    load_ml: float
-    in_lesion_ml: float
-    perilesional_ml: float
-    remote_ml: float
-    #: contrasts scored, e.g. "t1+flair"; Euler steps of the flow
+    load: AnomalyLoad
+    #: T1-w ventricle volume and atrophy index; None without T1-w or when not measurable
+    csf: CsfMeasures | None
+    #: contrasts scored, e.g. "t1+flair"; Euler steps of the flow; the model
     contrasts: str
     steps: int
     model: str
-    ventricle_ml: float | None = None
-    atrophy_index: float | None = None
     #: score from which the overlay colours (None: the map's display window centre)
     threshold: float | None = None
 
     def findings(self) -> dict:
-        a: dict = {"load_ml": self.load_ml, "in_lesion_ml": self.in_lesion_ml,
-                   "perilesional_ml": self.perilesional_ml, "remote_ml": self.remote_ml,
-                   "contrasts": self.contrasts, "steps": self.steps}
-        if self.ventricle_ml is not None:
-            a["ventricle_ml"] = self.ventricle_ml
-        if self.atrophy_index is not None:
-            a["atrophy_index"] = self.atrophy_index
+        a: dict = {**self.load, "contrasts": self.contrasts, "steps": self.steps, **(self.csf or {})}
         if self.threshold is not None:
             a["threshold"] = self.threshold
         return {"anomaly": a, "models": {"anomaly": self.model}}

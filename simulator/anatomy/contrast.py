@@ -14,23 +14,16 @@ from .labels import N_LABELS, Tissue, smooth_field
 # ============================================================================================
 # MR contrasts
 # ============================================================================================
-#: Mean intensity of each tissue (WM of T1-w = 1): MPRAGE-like T1-w and dark-fluid FLAIR at 3 T.
-CONTRAST_MEANS = {
-    "t1": {
-        Tissue.BACKGROUND: 0.0, Tissue.CSF: 0.16, Tissue.GM: 0.60, Tissue.WM: 1.0,
-        Tissue.DEEP_GM: 0.76, Tissue.CEREBELLUM_GM: 0.62, Tissue.CEREBELLUM_WM: 0.94,
-        Tissue.BRAINSTEM: 0.86, Tissue.EXTRA_CSF: 0.14, Tissue.SKIN: 0.55, Tissue.FAT: 1.05,
-        Tissue.SKULL: 0.06, Tissue.MUSCLE: 0.40, Tissue.EYES: 0.10, Tissue.SPINAL_CORD: 0.84,
-        Tissue.LESION_CORE: 0.18, Tissue.LESION_RIM: 0.66,
-    },
-    "flair": {
-        Tissue.BACKGROUND: 0.0, Tissue.CSF: 0.06, Tissue.GM: 0.78, Tissue.WM: 0.58,
-        Tissue.DEEP_GM: 0.68, Tissue.CEREBELLUM_GM: 0.74, Tissue.CEREBELLUM_WM: 0.56,
-        Tissue.BRAINSTEM: 0.64, Tissue.EXTRA_CSF: 0.07, Tissue.SKIN: 0.55, Tissue.FAT: 0.82,
-        Tissue.SKULL: 0.05, Tissue.MUSCLE: 0.30, Tissue.EYES: 0.07, Tissue.SPINAL_CORD: 0.60,
-        Tissue.LESION_CORE: 0.10, Tissue.LESION_RIM: 1.12,
-    },
+#: Mean intensity of each tissue (WM of T1-w = 1) as (MPRAGE-like T1-w, dark-fluid FLAIR) at 3 T.
+_MEANS_T1_FLAIR = {
+    Tissue.BACKGROUND: (0.0, 0.0), Tissue.CSF: (0.16, 0.06), Tissue.GM: (0.60, 0.78), Tissue.WM: (1.0, 0.58),
+    Tissue.DEEP_GM: (0.76, 0.68), Tissue.CEREBELLUM_GM: (0.62, 0.74), Tissue.CEREBELLUM_WM: (0.94, 0.56),
+    Tissue.BRAINSTEM: (0.86, 0.64), Tissue.EXTRA_CSF: (0.14, 0.07), Tissue.SKIN: (0.55, 0.55),
+    Tissue.FAT: (1.05, 0.82), Tissue.SKULL: (0.06, 0.05), Tissue.MUSCLE: (0.40, 0.30), Tissue.EYES: (0.10, 0.07),
+    Tissue.SPINAL_CORD: (0.84, 0.60), Tissue.LESION_CORE: (0.18, 0.10), Tissue.LESION_RIM: (0.66, 1.12),
 }
+#: contrast -> tissue -> mean intensity
+CONTRAST_MEANS = {c: {t: v[i] for t, v in _MEANS_T1_FLAIR.items()} for i, c in enumerate(("t1", "flair"))}
 #: Within-tissue texture amplitude (relative std of a smooth multiplicative field).
 TEXTURE = {Tissue.GM: 0.04, Tissue.WM: 0.03, Tissue.DEEP_GM: 0.05, Tissue.CEREBELLUM_GM: 0.05,
            Tissue.CEREBELLUM_WM: 0.04, Tissue.BRAINSTEM: 0.04, Tissue.CSF: 0.08, Tissue.EXTRA_CSF: 0.10,

@@ -123,6 +123,7 @@ def signed_distance(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
 
 
 def rotation_deg(rx_deg: float, ry_deg: float, rz_deg: float) -> np.ndarray:
+    """Rotation matrix ``rz @ ry @ rx`` for angles (degrees) about the x, y and z axes."""
     a, b, c = np.deg2rad([rx_deg, ry_deg, rz_deg])
     rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
