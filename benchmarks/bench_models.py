@@ -37,7 +37,7 @@ def _describe_per_lesion_pass(mask, image, midline_x_lps, brain=None):
     import numpy as np
     from scipy import ndimage
 
-    from openrecon_stroke.lesion import CORTICAL_MM, Lesion
+    from openrecon_stroke.lesion import CORTICAL_MM, Lesion, largest_first
 
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     vox = float(np.prod(image.GetSpacing())) / 1000.0
@@ -51,10 +51,7 @@ def _describe_per_lesion_pass(mask, image, midline_x_lps, brain=None):
         if depth is not None:
             region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
         out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right", region))
-    out.sort(key=lambda les: -les.volume_ml)
-    for k, les in enumerate(out, start=1):
-        les.label = k
-    return out
+    return largest_first(out)
 
 
 def _one(config: str, runs: int) -> dict:

@@ -59,8 +59,9 @@ class AnomalyModel:
             y = y + sess.run(None, {name: inp})[0][0, 0] / n
         return y[tuple(slice(0, s) for s in x.shape)]
 
-    def difference(self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None,
-                   core: np.ndarray | None = None) -> np.ndarray:
+    def difference(
+        self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None, core: np.ndarray | None = None
+    ) -> np.ndarray:
         """Smoothed |x - pseudo-healthy(x)| inside the brain, in units of this study's typical
         (median) difference, before calibration.
 
@@ -122,8 +123,9 @@ class AnomalyLoad(TypedDict):
     remote_ml: float
 
 
-def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx,
-                 perilesional_mm: float = 5.0) -> AnomalyLoad:
+def anomaly_load(
+    anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0
+) -> AnomalyLoad:
     """Anomalous volume (mL) in total and split into inside the segmented lesion, perilesional
     (within ``perilesional_mm`` of it) and remote."""
     vox_ml = float(np.prod(spacing_zyx)) / 1000.0
@@ -132,9 +134,12 @@ def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx,
         return AnomalyLoad(load_ml=total, in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=total)
     dist = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
     near = (dist > 0) & (dist <= perilesional_mm)
-    return AnomalyLoad(load_ml=total, in_lesion_ml=round(float((anomaly & lesion).sum()) * vox_ml, 3),
-                       perilesional_ml=round(float((anomaly & near).sum()) * vox_ml, 3),
-                       remote_ml=round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3))
+    return AnomalyLoad(
+        load_ml=total,
+        in_lesion_ml=round(float((anomaly & lesion).sum()) * vox_ml, 3),
+        perilesional_ml=round(float((anomaly & near).sum()) * vox_ml, 3),
+        remote_ml=round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3),
+    )
 
 
 class CsfMeasures(TypedDict):

@@ -36,10 +36,16 @@ def _log_tell(level: str, text: str) -> None:
     log.log(logging.getLevelName(level), text)
 
 
-def assemble_study(params: Params, *, images: Sequence = (), header=None,
-                   files: Mapping[str, str | os.PathLike | None] | None = None,
-                   cache: StudyCache | None = None, warnings: Sequence[str] = (),
-                   tell: Tell = _log_tell) -> Study:
+def assemble_study(
+    params: Params,
+    *,
+    images: Sequence = (),
+    header=None,
+    files: Mapping[str, str | os.PathLike | None] | None = None,
+    cache: StudyCache | None = None,
+    warnings: Sequence[str] = (),
+    tell: Tell = _log_tell,
+) -> Study:
     """The study of MRD ``images`` (with the parsed MRD ``header``, or None) and/or ``files``
     (contrast -> path; None entries are skipped).
 
@@ -71,8 +77,10 @@ def _add_mrd_series(study: Study, images: Sequence, header, tell: Tell) -> None:
         contrast, why = detect_contrast(header, study.params["contrast"], desc)
         if contrast is None:
             contrast = "t1"
-            study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
-                                  "Set 'Input contrast' in the UI if this is wrong")
+            study.warnings.append(
+                f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
+                "Set 'Input contrast' in the UI if this is wrong"
+            )
         if contrast in study.inputs:
             tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
             continue

@@ -49,7 +49,9 @@ class BrainExtractor:
     def __init__(self, models: str | Path | None = None, threads: int | None = None):
         self.dir = Path(models) if models is not None else model_folder("hdbet")
         if not (self.dir / "card.json").is_file():
-            raise FileNotFoundError(f"no HD-BET model card at {self.dir / 'card.json'} (run models/hdbet/export_onnx.py)")
+            raise FileNotFoundError(
+                f"no HD-BET model card at {self.dir / 'card.json'} (run models/hdbet/export_onnx.py)"
+            )
         self.card = BrainExtractionCard.load(self.dir)
         self.threads = threads or physical_cores()
         self._sessions = LazySessions(self.card.files, threads=self.threads, **self.card.session_options())
@@ -86,7 +88,9 @@ class BrainExtractor:
         size = np.asarray(image.GetSize(), dtype=np.float64)
         sp = np.asarray(image.GetSpacing(), dtype=np.float64)
         d_in = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-        corners_idx = np.array([[x, y, z] for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)])
+        corners_idx = np.array(
+            [[x, y, z] for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)]
+        )
         corners = np.asarray(image.GetOrigin()) + (corners_idx * sp) @ d_in.T
         local = corners @ self.direction  # coordinates along the network axes
         lo, hi = local.min(0), local.max(0)

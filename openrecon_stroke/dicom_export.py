@@ -51,6 +51,8 @@ from .outputs import MAP_SCALE
 from .study import DerivedSeries, Study
 
 log = logging.getLogger(__name__)
+
+
 # --------------------------------------------------------------------------------------------
 # source DICOM files of an input
 # --------------------------------------------------------------------------------------------
@@ -135,10 +137,15 @@ class _Exporter:
             elif given is not None and info.get("sop_instance_uids"):  # the input was DICOM
                 src = source_datasets(given, vol)
                 if src is None:
-                    why = ("it is an enhanced multi-frame object" if info.get("frame_numbers") else
-                           "its files could not be matched to the volume")
-                    self.res.warnings.append(f"{key}: the source DICOM is not referenced ({why}); the input "
-                                             "series is exported again as classic MR slices and referenced")
+                    why = (
+                        "it is an enhanced multi-frame object"
+                        if info.get("frame_numbers")
+                        else "its files could not be matched to the volume"
+                    )
+                    self.res.warnings.append(
+                        f"{key}: the source DICOM is not referenced ({why}); the input "
+                        "series is exported again as classic MR slices and referenced"
+                    )
             try:
                 number = int(float(info.get("series_number", 0) or 0))
             except ValueError:
@@ -159,8 +166,16 @@ class _Exporter:
             stored, slope, intercept = mr_pixels(vol.data)
             desc = str(info.get("series_description") or vol.description or key)
             s = SeriesInfo(generate_uid(), number, desc, "MR", ident, self.frame[key])
-            dss = mr_slices(vol.grid, stored, s, derived=False, info=info, slope=slope, intercept=intercept,
-                            comment=f"input series ({key}) exported by {APP_NAME} {__version__}")
+            dss = mr_slices(
+                vol.grid,
+                stored,
+                s,
+                derived=False,
+                info=info,
+                slope=slope,
+                intercept=intercept,
+                comment=f"input series ({key}) exported by {APP_NAME} {__version__}",
+            )
             self.sources[key] = dss
             self._write(f"input_{key}", dss)
 
@@ -169,8 +184,14 @@ class _Exporter:
         key = d.reference
         j = self.counter[key] = self.counter.get(key, 0) + 1
         base = self.study.inputs[key].description or key
-        return SeriesInfo(generate_uid(), self.numbers[key] * 100 + j, f"{base}_{d.description}", modality,
-                          self.identity[key], self.frame[key])
+        return SeriesInfo(
+            generate_uid(),
+            self.numbers[key] * 100 + j,
+            f"{base}_{d.description}",
+            modality,
+            self.identity[key],
+            self.frame[key],
+        )
 
     def _write(self, folder: str, datasets: list[Dataset]):
         name = safe_name(folder)
@@ -184,8 +205,9 @@ class _Exporter:
         how = f"{APP_NAME} {__version__}: {d.comment or d.description}"
         if d.kind == "mask":
             s = self._series(d, "SEG")
-            self._write(folder, [segmentation(d.data, s, src, name=d.name, description=d.description,
-                                              comment=d.comment)])
+            self._write(
+                folder, [segmentation(d.data, s, src, name=d.name, description=d.description, comment=d.comment)]
+            )
         elif d.kind in ("map", "image"):
             comment = d.comment or d.description
             window = None
@@ -199,13 +221,22 @@ class _Exporter:
             else:
                 stored = np.clip(np.rint(np.nan_to_num(d.data)), 0, 65535).astype(np.uint16)
             s = self._series(d, "MR")
-            self._write(folder, mr_slices(vol.grid, stored, s, derived=True, window=window, comment=comment,
-                                          sources=src, derivation=how))
+            self._write(
+                folder,
+                mr_slices(
+                    vol.grid, stored, s, derived=True, window=window, comment=comment, sources=src, derivation=how
+                ),
+            )
         elif d.kind == "rgb":
             s = self._series(d, "OT")
             s.frame_of_reference = self.frame[d.reference]
-            self._write(folder, [sc_image(d.data[k], s, k + 1, grid=vol.grid, k=k, comment=d.comment,
-                                          source=src[k], derivation=how) for k in range(vol.grid.shape[0])])
+            self._write(
+                folder,
+                [
+                    sc_image(d.data[k], s, k + 1, grid=vol.grid, k=k, comment=d.comment, source=src[k], derivation=how)
+                    for k in range(vol.grid.shape[0])
+                ],
+            )
         elif d.kind == "page":
             s = self._series(d, "OT")
             s.frame_of_reference = None
@@ -243,4 +274,3 @@ def export_study(study: Study, out_dir, *, sources: dict | None = None, send_par
     for w in ex.res.warnings:
         log.warning(w)
     return ex.res
-

@@ -35,12 +35,34 @@ SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 MANUFACTURER = APP_NAME
 
 #: Patient / study attributes copied from a source DICOM object (type 2 ones always written).
-IDENTITY_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-                     "PatientAge", "PatientSize", "PatientWeight", "StudyInstanceUID", "StudyDate",
-                     "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-                     "StudyDescription")
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "StudyID", "AccessionNumber", "ReferringPhysicianName")
+IDENTITY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -202,9 +224,20 @@ def mr_pixels(data: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored, slope, lo
 
 
-def mr_slices(grid: Grid, stored: np.ndarray, series: SeriesInfo, *, derived: bool, info: dict | None = None,
-              slope: float = 1.0, intercept: float = 0.0, window: tuple[float, float] | None = None,
-              comment: str = "", sources: list | None = None, derivation: str = "") -> list[Dataset]:
+def mr_slices(
+    grid: Grid,
+    stored: np.ndarray,
+    series: SeriesInfo,
+    *,
+    derived: bool,
+    info: dict | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    comment: str = "",
+    sources: list | None = None,
+    derivation: str = "",
+) -> list[Dataset]:
     """Classic MR Image datasets, one per z-slice of ``grid``, pixel data ``stored`` (uint16
     ``(nz, ny, nx)``)."""
     info = (info or {}) if not derived else {}  # sequence timing describes acquired images only
@@ -254,8 +287,17 @@ def mr_slices(grid: Grid, stored: np.ndarray, series: SeriesInfo, *, derived: bo
     return out
 
 
-def sc_image(rgb: np.ndarray, series: SeriesInfo, instance: int, *, grid: Grid, k: int | None = None,
-             comment: str = "", source=None, derivation: str = "") -> Dataset:
+def sc_image(
+    rgb: np.ndarray,
+    series: SeriesInfo,
+    instance: int,
+    *,
+    grid: Grid,
+    k: int | None = None,
+    comment: str = "",
+    source=None,
+    derivation: str = "",
+) -> Dataset:
     """One RGB Secondary Capture (``rgb`` (rows, cols, 3) uint8) in the slice plane of ``grid``.
 
     With ``k``: it shows slice ``k`` of ``grid`` pixel for pixel, and carries that slice's
@@ -266,11 +308,19 @@ def sc_image(rgb: np.ndarray, series: SeriesInfo, instance: int, *, grid: Grid, 
     orientation = [_orientation_letters(read), _orientation_letters(phase)]
     ident = series.identity
     ds = hd.sc.SCImage(
-        pixel_array=np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8)), photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT", study_instance_uid=ident["StudyInstanceUID"],
-        series_instance_uid=series.uid, series_number=int(series.number), sop_instance_uid=generate_uid(),
-        instance_number=int(instance), manufacturer=MANUFACTURER,
-        patient_orientation=(orientation[0][0], orientation[1][0]), specific_character_set="ISO_IR 192")
+        pixel_array=np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8)),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=ident["StudyInstanceUID"],
+        series_instance_uid=series.uid,
+        series_number=int(series.number),
+        sop_instance_uid=generate_uid(),
+        instance_number=int(instance),
+        manufacturer=MANUFACTURER,
+        patient_orientation=(orientation[0][0], orientation[1][0]),
+        specific_character_set="ISO_IR 192",
+    )
     ds.PatientOrientation = orientation  # highdicom takes one letter per axis; oblique axes have more
     _put_series(ds, series, instance)
     ds.ConversionType = "WSD"  # made on this workstation, not digitised
@@ -294,27 +344,41 @@ SEGMENTS = {
 }
 
 
-def segmentation(mask: np.ndarray, series: SeriesInfo, sources: list[Dataset], *, name: str, description: str,
-                 comment: str = "") -> Dataset:
+def segmentation(
+    mask: np.ndarray, series: SeriesInfo, sources: list[Dataset], *, name: str, description: str, comment: str = ""
+) -> Dataset:
     """A binary Segmentation of one segment (``mask`` (nz, ny, nx), non-zero = inside) whose frames
     lie exactly on ``sources`` (the source slices in grid z order)."""
     label, category, kind = SEGMENTS.get(name, (description.title() or name, "Tissue", "Tissue"))
-    algo = hd.AlgorithmIdentificationSequence(name=APP_NAME, version=__version__,
-                                              family=codes.cid7162.ArtificialIntelligence)
+    algo = hd.AlgorithmIdentificationSequence(
+        name=APP_NAME, version=__version__, family=codes.cid7162.ArtificialIntelligence
+    )
     seg_desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label[:64],
+        segment_number=1,
+        segment_label=label[:64],
         segmented_property_category=getattr(codes.SCT, category),
         segmented_property_type=getattr(codes.SCT, kind),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algo)
+        algorithm_identification=algo,
+    )
     return hd.seg.Segmentation(
-        source_images=sources, pixel_array=(np.asarray(mask) > 0).astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[seg_desc],
-        series_instance_uid=series.uid, series_number=series.number, sop_instance_uid=generate_uid(),
-        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=APP_NAME,
-        software_versions=__version__, device_serial_number="0", series_description=series.description[:64],
+        source_images=sources,
+        pixel_array=(np.asarray(mask) > 0).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[seg_desc],
+        series_instance_uid=series.uid,
+        series_number=series.number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=APP_NAME,
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=series.description[:64],
         content_label=safe_name(description).upper()[:16] or "MASK",
-        content_description=(comment or description)[:64], omit_empty_frames=False)
+        content_description=(comment or description)[:64],
+        omit_empty_frames=False,
+    )
 
 
 def safe_name(name: str) -> str:

@@ -162,8 +162,14 @@ def copy_header(h: ismrmrd.ImageHeader) -> ismrmrd.ImageHeader:
     return ismrmrd.ImageHeader.from_buffer_copy(bytes(h))
 
 
-def images_on_headers(data: np.ndarray, headers: list, series_index: int, *, image_type: int | None = None,
-                      meta: Callable[[ismrmrd.ImageHeader], ismrmrd.Meta] | None = None) -> list[ismrmrd.Image]:
+def images_on_headers(
+    data: np.ndarray,
+    headers: list,
+    series_index: int,
+    *,
+    image_type: int | None = None,
+    meta: Callable[[ismrmrd.ImageHeader], ismrmrd.Meta] | None = None,
+) -> list[ismrmrd.Image]:
     """MRD images of ``data`` (``(channels, nz, ny, nx)``) on the given geometry headers: one image
     per header (slice ``k`` of ``data`` for the ``k``-th), or one 3D image for a single header.
 
@@ -172,7 +178,7 @@ def images_on_headers(data: np.ndarray, headers: list, series_index: int, *, ima
     """
     out = []
     for k, h in enumerate(headers):
-        part = data if len(headers) == 1 else data[:, k:k + 1]
+        part = data if len(headers) == 1 else data[:, k : k + 1]
         img = ismrmrd.Image(head=h, data=np.ascontiguousarray(part))
         hh = img.getHead()
         hh.image_series_index = series_index
@@ -298,18 +304,21 @@ def stack_slices(positions, normal, pixel_mm: float, what: str) -> tuple[np.ndar
     if np.any(steps < SAME_POSITION_MM):
         raise GeometryError(
             f"{what}: {int(np.sum(steps < SAME_POSITION_MM))} slice(s) share a position with another slice "
-            "(repetitions, echoes or several acquisitions in one series?); cannot form one volume")
+            "(repetitions, echoes or several acquisitions in one series?); cannot form one volume"
+        )
     dz = float(np.median(steps))
     if np.max(np.abs(steps - dz)) > SPACING_RTOL * dz + 1e-3:
         raise GeometryError(
             f"{what}: irregular slice spacing ({steps.min():.3f} to {steps.max():.3f} mm between neighbouring "
-            "slices; missing slices or a gap?); cannot form one volume")
+            "slices; missing slices or a gap?); cannot form one volume"
+        )
     off = pos - pos[0]
     shift = float(np.max(np.linalg.norm(off - np.outer(off @ normal, normal), axis=1)))
     if shift > max(0.05 * pixel_mm, 1e-2):
         raise GeometryError(
             f"{what}: slice positions are shifted in-plane by up to {shift:.2f} mm, so the slices do not "
-            "stack along their normal; cannot form one volume")
+            "stack along their normal; cannot form one volume"
+        )
     return order, dz
 
 
@@ -343,8 +352,9 @@ def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volum
         direction = np.stack([read, phase, normal], axis=1)
         origin = centre - direction @ (np.array(spacing) * (np.array([nx, ny, nz]) - 1) / 2)
         grid = Grid((nz, ny, nx), spacing, direction, origin)
-        return Volume(image_magnitude(images[0]), grid, [copy_header(h)], [images[0].meta],
-                      True, series_index, description)
+        return Volume(
+            image_magnitude(images[0]), grid, [copy_header(h)], [images[0].meta], True, series_index, description
+        )
 
     if any(im.getHead().matrix_size[2] > 1 for im in images):
         raise GeometryError(
@@ -379,8 +389,15 @@ def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volum
     origin = positions[0] - read * (nx - 1) * dx / 2 - phase * (ny - 1) * dy / 2
     grid = Grid((len(images), ny, nx), (dx, dy, dz), direction, origin)
     data = np.stack([image_magnitude(images[i])[0] for i in order]).astype(np.float32)
-    return Volume(data, grid, [copy_header(heads[i]) for i in order],
-                  [images[i].meta for i in order], False, series_index, description)
+    return Volume(
+        data,
+        grid,
+        [copy_header(heads[i]) for i in order],
+        [images[i].meta for i in order],
+        False,
+        series_index,
+        description,
+    )
 
 
 def group_series(images: list[ismrmrd.Image]) -> dict[int, list[ismrmrd.Image]]:
@@ -389,4 +406,3 @@ def group_series(images: list[ismrmrd.Image]) -> dict[int, list[ismrmrd.Image]]:
     for im in images:
         out.setdefault(int(im.image_series_index), []).append(im)
     return out
-

@@ -109,8 +109,10 @@ def summarise(rows: list[dict]) -> dict:
         rs = [r["buckets"][name] for r in rows if name in r["buckets"]]
         if rs:
             n = sum(b["n_true"] for b in rs)
-            buckets[name] = {"n_true": n,
-                             "recall": sum(b["recall"] * b["n_true"] for b in rs) / n,
-                             "dice": float(np.mean([b["dice"] for b in rs]))}
+            buckets[name] = {
+                "n_true": n,
+                "recall": sum(b["recall"] * b["n_true"] for b in rs) / n,
+                "dice": float(np.mean([b["dice"] for b in rs])),
+            }
     out["buckets"] = buckets
     return out

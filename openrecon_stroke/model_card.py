@@ -166,13 +166,22 @@ class ModelCard(Card):
     def parse(cls, common, d):
         out = d["output"]
         return cls(
-            **common, inputs=tuple(d["inputs"]), spacing_mm=_floats3(d["spacing_mm"]),
-            orientation=str(d.get("orientation", "RAS")), normalisation=str(d["normalisation"]),
-            patch_size=_ints3(d["patch_size"]), activation=str(out["activation"]), channel=int(out["channel"]),
-            threshold=float(d.get("threshold", 0.2)), min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
-            overlap=float(d.get("overlap", 0.5)), mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
-            margin_mm=float(d.get("margin_mm", 8.0)), size_divisor=int(d.get("size_divisor", 0)),
-            max_window_voxels=int(d.get("max_window_voxels", 0)))
+            **common,
+            inputs=tuple(d["inputs"]),
+            spacing_mm=_floats3(d["spacing_mm"]),
+            orientation=str(d.get("orientation", "RAS")),
+            normalisation=str(d["normalisation"]),
+            patch_size=_ints3(d["patch_size"]),
+            activation=str(out["activation"]),
+            channel=int(out["channel"]),
+            threshold=float(d.get("threshold", 0.2)),
+            min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+            overlap=float(d.get("overlap", 0.5)),
+            mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
+            margin_mm=float(d.get("margin_mm", 8.0)),
+            size_divisor=int(d.get("size_divisor", 0)),
+            max_window_voxels=int(d.get("max_window_voxels", 0)),
+        )
 
     def window_for(self, shape_zyx) -> tuple[int, int, int]:
         """The network window for a (z, y, x) volume: the volume itself rounded up to
@@ -212,20 +221,33 @@ class AnomalyCard(Card):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.steps < 1 or not self.calibration or any(
-                not set(v["scale"]) <= set(self.contrast_flag) for v in self.calibration.values()):
+        if (
+            self.steps < 1
+            or not self.calibration
+            or any(not set(v["scale"]) <= set(self.contrast_flag) for v in self.calibration.values())
+        ):
             raise ModelCardError(f"{self.path}: needs steps >= 1 and a calibration whose scales name known contrasts")
 
     @classmethod
     def parse(cls, common, d):
         return cls(
-            **common, contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
-            spacing_mm=_floats3(d["spacing_mm"]), orientation=str(d.get("orientation", "RAS")),
-            margin_mm=float(d.get("margin_mm", 8.0)), steps=int(d["steps"]), smoothing_mm=float(d["smoothing_mm"]),
-            calibration={int(k): {"scale": {c: float(x) for c, x in v["scale"].items()},
-                                  "threshold": {c: float(x) for c, x in v["threshold"].items()}}
-                         for k, v in d["calibration"].items()},
-            min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)))
+            **common,
+            contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
+            spacing_mm=_floats3(d["spacing_mm"]),
+            orientation=str(d.get("orientation", "RAS")),
+            margin_mm=float(d.get("margin_mm", 8.0)),
+            steps=int(d["steps"]),
+            smoothing_mm=float(d["smoothing_mm"]),
+            calibration={
+                int(k): {
+                    "scale": {c: float(x) for c, x in v["scale"].items()},
+                    "threshold": {c: float(x) for c, x in v["threshold"].items()},
+                }
+                for k, v in d["calibration"].items()
+            },
+            min_volume_mm3=float(d.get("min_volume_mm3", 50.0)),
+            edge_mm=float(d.get("edge_mm", 2.0)),
+        )
 
     @property
     def file(self) -> Path:
@@ -278,20 +300,29 @@ class BrainExtractionCard(Card):
         pad, crop, res = d["padding"], d.get("crop_to_head") or {}, d.get("resampling", {})
         modes = d.get("modes") or {"fast": {"folds": 1, "tta": False}, "accurate": {"folds": "all", "tta": True}}
         return cls(
-            **common, spacing_mm=_floats3(d["grid"]["spacing_mm"]),
+            **common,
+            spacing_mm=_floats3(d["grid"]["spacing_mm"]),
             direction_lps=tuple(tuple(float(v) for v in row) for row in d["grid"]["direction_lps"]),
-            channel=int(d["output"].get("channel", 0)), pad_divisible_by=int(pad["divisible_by"]),
+            channel=int(d["output"].get("channel", 0)),
+            pad_divisible_by=int(pad["divisible_by"]),
             pad_min_shape=_ints3(pad["min_shape"]) if pad.get("min_shape") else None,
             pad_value=float(d["normalisation"].get("pad_value", 0.0)),
-            crop=CropToHead(enabled=bool(crop.get("enabled")),
-                            threshold_fraction_of_p99=float(crop.get("threshold_fraction_of_p99", 0.1)),
-                            margin_mm=float(crop.get("margin_mm", 12.0)),
-                            min_shape=_ints3(crop["min_shape"]) if crop.get("min_shape") else None),
-            mirror_axes=tuple(int(a) for a in d["mirror_axes"]), threshold=float(d.get("threshold", 0.5)),
-            resample_image=str(res.get("image", "bspline3")), mask_back=str(res.get("mask_back", "linear_probability")),
+            crop=CropToHead(
+                enabled=bool(crop.get("enabled")),
+                threshold_fraction_of_p99=float(crop.get("threshold_fraction_of_p99", 0.1)),
+                margin_mm=float(crop.get("margin_mm", 12.0)),
+                min_shape=_ints3(crop["min_shape"]) if crop.get("min_shape") else None,
+            ),
+            mirror_axes=tuple(int(a) for a in d["mirror_axes"]),
+            threshold=float(d.get("threshold", 0.5)),
+            resample_image=str(res.get("image", "bspline3")),
+            mask_back=str(res.get("mask_back", "linear_probability")),
             postprocess=str(d.get("postprocess", "")),
-            modes={str(k): (v["folds"] if v["folds"] == "all" else int(v["folds"]), bool(v["tta"]))
-                   for k, v in modes.items()})
+            modes={
+                str(k): (v["folds"] if v["folds"] == "all" else int(v["folds"]), bool(v["tta"]))
+                for k, v in modes.items()
+            },
+        )
 
     def session_options(self) -> dict:
         # activations of a whole head are ~1.5 GB: no arena kept per fold; int8 weights folded
@@ -343,11 +374,16 @@ def load_card(path: str | Path, kind: str | None = None, *, verify: bool = True)
         raise ModelCardError(f"{card_file}: unknown model kind {family!r} (known: {', '.join(CARD_KINDS)})")
     try:
         entries = d["files"] if "files" in d else [{"file": d["file"], "sha256": d.get("sha256", "")}]
-        common = dict(path=card_file, name=str(d["name"]), version=str(d["version"]),
-                      files=tuple(card_file.parent / str(f["file"]) for f in entries),
-                      sha256=tuple(str(f.get("sha256", "")) for f in entries),
-                      status=str(d.get("status", cls.default_status)), status_note=str(d.get("status_note", "")),
-                      raw=d)
+        common = dict(
+            path=card_file,
+            name=str(d["name"]),
+            version=str(d["version"]),
+            files=tuple(card_file.parent / str(f["file"]) for f in entries),
+            sha256=tuple(str(f.get("sha256", "")) for f in entries),
+            status=str(d.get("status", cls.default_status)),
+            status_note=str(d.get("status_note", "")),
+            raw=d,
+        )
         card = cls.parse(common, d)
     except ModelCardError:
         raise
@@ -378,5 +414,7 @@ def verify_model_file(file: Path, sha256: str, card_file: Path) -> None:
     if not file.is_file():
         raise ModelCardError(f"model file {file} listed in {card_file} is missing")
     if sha256 and file_sha256(file) != sha256:
-        raise ModelCardError(f"model file {file} does not match its sha256 in {card_file} "
-                             "(damaged or replaced; rebuild it with the command in the model card)")
+        raise ModelCardError(
+            f"model file {file} does not match its sha256 in {card_file} "
+            "(damaged or replaced; rebuild it with the command in the model card)"
+        )

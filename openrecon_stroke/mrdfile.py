@@ -44,8 +44,9 @@ class MrdStream:
     parameters: dict | None = None
 
 
-def volume_to_images(volume: Volume, series_index: int, *, as_3d: bool = False,
-                     meta: dict | None = None, dtype=np.uint16) -> list[ismrmrd.Image]:
+def volume_to_images(
+    volume: Volume, series_index: int, *, as_3d: bool = False, meta: dict | None = None, dtype=np.uint16
+) -> list[ismrmrd.Image]:
     """MRD images of a volume on its own grid: one per slice (default) or a single 3D image.
 
     Data is cast to ``dtype`` (uint16 magnitude, as scanners send DICOM-like images; values
@@ -221,9 +222,12 @@ def header_info(hdr) -> dict:
             info["study_date"] = str(st.studyDate).replace("-", "")
     mi = hdr.measurementInformation
     if mi is not None:
-        for key, attr in (("protocol_name", "protocolName"), ("series_description", "seriesDescription"),
-                          ("frame_of_reference_uid", "frameOfReferenceUID"),
-                          ("series_uid", "seriesInstanceUIDRoot")):
+        for key, attr in (
+            ("protocol_name", "protocolName"),
+            ("series_description", "seriesDescription"),
+            ("frame_of_reference_uid", "frameOfReferenceUID"),
+            ("series_uid", "seriesInstanceUIDRoot"),
+        ):
             if getattr(mi, attr, None):
                 info[key] = str(getattr(mi, attr))
     sp = hdr.sequenceParameters
@@ -240,43 +244,63 @@ def header_info(hdr) -> dict:
     return info
 
 
-def make_header_xml(*, protocol_name: str, series_description: str = "", patient_id: str = "PHANTOM",
-                    patient_name: str = "Phantom^Synthetic", study_uid: str = "",
-                    frame_of_reference_uid: str = "", matrix=(256, 256, 1), fov_mm=(256.0, 256.0, 5.0),
-                    encoded_matrix=None, encoded_fov_mm=None, ti_ms: float | None = None,
-                    tr_ms: float | None = None, te_ms: float | None = None,
-                    field_strength_t: float = 3.0, slices: int = 1, ky_max: int | None = None,
-                    kz_max: int | None = None) -> str:
+def make_header_xml(
+    *,
+    protocol_name: str,
+    series_description: str = "",
+    patient_id: str = "PHANTOM",
+    patient_name: str = "Phantom^Synthetic",
+    study_uid: str = "",
+    frame_of_reference_uid: str = "",
+    matrix=(256, 256, 1),
+    fov_mm=(256.0, 256.0, 5.0),
+    encoded_matrix=None,
+    encoded_fov_mm=None,
+    ti_ms: float | None = None,
+    tr_ms: float | None = None,
+    te_ms: float | None = None,
+    field_strength_t: float = 3.0,
+    slices: int = 1,
+    ky_max: int | None = None,
+    kz_max: int | None = None,
+) -> str:
     """A minimal, schema-valid MRD header XML for a synthetic or converted series."""
     from ismrmrd import xsd
 
-    hdr = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(
-        H1resonanceFrequency_Hz=int(42.576e6 * field_strength_t)))
+    hdr = xsd.ismrmrdHeader(
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(42.576e6 * field_strength_t))
+    )
     hdr.subjectInformation = xsd.subjectInformationType(patientName=patient_name, patientID=patient_id)
     hdr.studyInformation = xsd.studyInformationType(studyInstanceUID=study_uid or None)
     hdr.measurementInformation = xsd.measurementInformationType(
-        protocolName=protocol_name, seriesDescription=series_description or protocol_name,
+        protocolName=protocol_name,
+        seriesDescription=series_description or protocol_name,
         frameOfReferenceUID=frame_of_reference_uid or None,
-        patientPosition=xsd.patientPositionType.HFS)
+        patientPosition=xsd.patientPositionType.HFS,
+    )
     hdr.acquisitionSystemInformation = xsd.acquisitionSystemInformationType(
-        systemVendor="SIEMENS", systemModel="openrecon-stroke simulator",
-        systemFieldStrength_T=field_strength_t)
+        systemVendor="SIEMENS", systemModel="openrecon-stroke simulator", systemFieldStrength_T=field_strength_t
+    )
     em = encoded_matrix or matrix
     ef = encoded_fov_mm or fov_mm
-    ky = (ky_max if ky_max is not None else int(em[1]) - 1)
-    kz = (kz_max if kz_max is not None else int(em[2]) - 1)
+    ky = ky_max if ky_max is not None else int(em[1]) - 1
+    kz = kz_max if kz_max is not None else int(em[2]) - 1
     enc = xsd.encodingType(
         encodedSpace=xsd.encodingSpaceType(
             matrixSize=xsd.matrixSizeType(x=int(em[0]), y=int(em[1]), z=int(em[2])),
-            fieldOfView_mm=xsd.fieldOfViewMm(x=float(ef[0]), y=float(ef[1]), z=float(ef[2]))),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(ef[0]), y=float(ef[1]), z=float(ef[2])),
+        ),
         reconSpace=xsd.encodingSpaceType(
             matrixSize=xsd.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2])),
-            fieldOfView_mm=xsd.fieldOfViewMm(x=float(fov_mm[0]), y=float(fov_mm[1]), z=float(fov_mm[2]))),
+            fieldOfView_mm=xsd.fieldOfViewMm(x=float(fov_mm[0]), y=float(fov_mm[1]), z=float(fov_mm[2])),
+        ),
         trajectory=xsd.trajectoryType.CARTESIAN,
         encodingLimits=xsd.encodingLimitsType(
             kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=ky, center=(ky + 1) // 2),
             kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=kz, center=(kz + 1) // 2),
-            slice=xsd.limitType(minimum=0, maximum=max(slices - 1, 0), center=0)))
+            slice=xsd.limitType(minimum=0, maximum=max(slices - 1, 0), center=0),
+        ),
+    )
     hdr.encoding.append(enc)
     sp = xsd.sequenceParametersType()
     if tr_ms is not None:
@@ -306,11 +330,14 @@ def header_xml_for(volume: Volume, *, as_3d: bool | None = None) -> str:
         matrix, fov, slices = (nx, ny, nz), (nx * dx, ny * dy, nz * dz), 1
     else:
         matrix, fov, slices = (nx, ny, 1), (nx * dx, ny * dy, dz), nz
-    protocol = (info.get("protocol_name") or info.get("series_description")
-                or volume.description or "converted")
-    kw: dict[str, Any] = dict(protocol_name=str(protocol),
-                              series_description=str(info.get("series_description") or volume.description or protocol),
-                              matrix=matrix, fov_mm=fov, slices=slices)
+    protocol = info.get("protocol_name") or info.get("series_description") or volume.description or "converted"
+    kw: dict[str, Any] = dict(
+        protocol_name=str(protocol),
+        series_description=str(info.get("series_description") or volume.description or protocol),
+        matrix=matrix,
+        fov_mm=fov,
+        slices=slices,
+    )
     for key in ("patient_id", "patient_name", "study_uid", "frame_of_reference_uid"):
         if info.get(key):
             kw[key] = str(info[key])

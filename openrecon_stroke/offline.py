@@ -24,8 +24,9 @@ from .pipeline import build_pipeline, resolve_pipeline_name
 log = logging.getLogger(__name__)
 
 
-def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None,
-            dicom: bool = False) -> dict:
+def process(
+    t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None, dicom: bool = False
+) -> dict:
     params = coerce(raw_params)
     for w in params.warnings:
         log.warning(w)

@@ -101,8 +101,9 @@ def derived_images(series: DerivedSeries, volume: Volume, series_index: int) -> 
     else:
         heads = volume.mrd_headers()
         is_3d = volume.is_3d
-    return images_on_headers(arr, heads, series_index, image_type=image_type,
-                             meta=lambda h: _meta(series, volume, h, is_3d))
+    return images_on_headers(
+        arr, heads, series_index, image_type=image_type, meta=lambda h: _meta(series, volume, h, is_3d)
+    )
 
 
 def original_images(images: list[ismrmrd.Image]) -> list[ismrmrd.Image]:
@@ -185,8 +186,9 @@ def study_from_mrd(returned: list, header_xml: str = "", sent: list | None = Non
         vol.info = dict(info)
         study.inputs[f"series{idx}"] = vol
     if not study.inputs:
-        raise ValueError("no original images to place the returned series on (send originals, or give "
-                         "the images that were sent)")
+        raise ValueError(
+            "no original images to place the returned series on (send originals, or give the images that were sent)"
+        )
     taken: set = set()
     for idx, ims in groups.items():
         if idx in originals and "ImageProcessingHistory" not in ims[0].meta:
@@ -213,8 +215,9 @@ def study_from_mrd(returned: list, header_xml: str = "", sent: list | None = Non
             d = DerivedSeries(name, ref, (data[0] > 0).astype(np.uint8), "mask", desc, comment=comment)
         elif m.get("WindowCenter") is not None and m.get("WindowWidth") is not None:
             win = (float(m.get("WindowCenter")) / MAP_SCALE, float(m.get("WindowWidth")) / MAP_SCALE)
-            d = DerivedSeries(name, ref, data[0].astype(np.float32) / MAP_SCALE, "map", desc, window=win,
-                              comment=comment)
+            d = DerivedSeries(
+                name, ref, data[0].astype(np.float32) / MAP_SCALE, "map", desc, window=win, comment=comment
+            )
         else:
             d = DerivedSeries(name, ref, data[0].astype(np.float32), "image", desc, comment=comment)
         while (d.name, d.reference) in taken:

@@ -50,7 +50,7 @@ class Pipeline:
                 study.stage_status[stage.name] = "skipped"
                 study.warnings.append(f"processing skipped: {e}")
                 log.warning("processing skipped by %s: %s", stage.name, e)
-                for later in self.stages[n + 1:]:
+                for later in self.stages[n + 1 :]:
                     study.stage_status[later.name] = "skipped"
                 break
             except Exception as e:  # a failed stage must not take the study down
@@ -109,8 +109,9 @@ def unmet_reads(pipeline: Pipeline) -> list[str]:
     written: set[type] = set()
     out = []
     for stage in pipeline.stages:
-        out += [f"{stage.name} reads {t.__name__}, which no earlier stage writes"
-                for t in stage.reads if t not in written]
+        out += [
+            f"{stage.name} reads {t.__name__}, which no earlier stage writes" for t in stage.reads if t not in written
+        ]
         written.update(stage.writes)
     return out
 

@@ -84,13 +84,12 @@ class SocketReader:
             try:
                 k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
             except TimeoutError as e:
-                raise ProtocolError(
-                    f"timed out waiting for data ({got} of {n} bytes of a message received)"
-                ) from e
+                raise ProtocolError(f"timed out waiting for data ({got} of {n} bytes of a message received)") from e
             if k == 0:
                 raise StreamClosed(
                     f"connection closed after {got} of {n} bytes of a message (truncated stream)"
-                    if got or n else "connection closed"
+                    if got or n
+                    else "connection closed"
                 )
             got += k
         self.total += n
@@ -132,9 +131,7 @@ class MessageReader:
     def _sized_text(self, what: str) -> tuple[str, int]:
         (n,) = struct.unpack("<I", self.r.read(4))
         if n > self.limits.max_text:
-            raise ProtocolError(
-                f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused"
-            )
+            raise ProtocolError(f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused")
         return _text(self.r.read(n)), n
 
     def until_close(self) -> Iterator[Message]:
@@ -211,8 +208,7 @@ class MessageReader:
         nbytes = n * c * 8 + n * t * 4
         if nbytes > self.limits.max_acquisition or c > 1024:
             raise ProtocolError(
-                f"acquisition {h.scan_counter} declares {n} samples x {c} channels "
-                f"({nbytes} bytes); refused"
+                f"acquisition {h.scan_counter} declares {n} samples x {c} channels ({nbytes} bytes); refused"
             )
         self._check_stream(nbytes, "acquisition")
         traj = np.frombuffer(self.r.read(n * t * 4), dtype=np.float32).reshape(n, t)

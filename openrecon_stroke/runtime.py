@@ -59,15 +59,17 @@ def physical_cores() -> int:
     for c in cpus:
         base = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
         try:
-            cores.add((base.joinpath("physical_package_id").read_text().strip(),
-                       base.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (base.joinpath("physical_package_id").read_text().strip(), base.joinpath("core_id").read_text().strip())
+            )
         except OSError:
             cores.add(("?", str(c)))
     return max(1, len(cores))
 
 
-def ort_session(path: str | Path, *, threads: int | None = None, low_memory: bool = False,
-                fold_weights: bool = False) -> Any:
+def ort_session(
+    path: str | Path, *, threads: int | None = None, low_memory: bool = False, fold_weights: bool = False
+) -> Any:
     """An ONNX Runtime CPU session for one model file.
 
     Args:

@@ -77,8 +77,15 @@ class Incoming:
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer, settings: ServerSettings, gate: threading.Semaphore,
-                 stats: collections.deque | None = None, cache: StudyCache | None = None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer,
+        settings: ServerSettings,
+        gate: threading.Semaphore,
+        stats: collections.deque | None = None,
+        cache: StudyCache | None = None,
+    ):
         self.id = next(_ids)
         self.phases_s: dict[str, float] = {}
         self.stats = stats
@@ -135,8 +142,7 @@ class Connection:
             try:
                 inc.header = parse_header(msg.value)
             except ValueError as e:
-                self.tell("WARNING", f"{e}; continuing without it (contrast detection and raw "
-                                     "reconstruction need it)")
+                self.tell("WARNING", f"{e}; continuing without it (contrast detection and raw reconstruction need it)")
             if self.saver:
                 self.saver.header(msg.value)
         elif mid == MessageId.TEXT:
@@ -180,8 +186,11 @@ class Connection:
         if inc.acquisitions:
             try:
                 with self.phase("reconstruct"):
-                    images += reconstruct(inc.acquisitions, inc.header,
-                                          series_index=1 + max([int(i.image_series_index) for i in images] or [0]))
+                    images += reconstruct(
+                        inc.acquisitions,
+                        inc.header,
+                        series_index=1 + max([int(i.image_series_index) for i in images] or [0]),
+                    )
             except Exception as e:
                 self.tell("ERROR", f"raw data could not be reconstructed: {e}")
 
@@ -190,10 +199,13 @@ class Connection:
                 for img in original_images(images):
                     self.writer.image(img)
         if inc.error:
-            self.tell("ERROR", f"the stream from the scanner ended early: {inc.error}. "
-                               f"{len(images)} image(s) received were "
-                               f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
-                               "; no analysis was run")
+            self.tell(
+                "ERROR",
+                f"the stream from the scanner ended early: {inc.error}. "
+                f"{len(images)} image(s) received were "
+                f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
+                "; no analysis was run",
+            )
             return
         if not images:
             self.tell("WARNING", "no images or raw data arrived; nothing to process")
@@ -269,9 +281,13 @@ class Connection:
             if inc.empty and not inc.error:
                 self.info("no data (liveness probe or empty study); closing")
             else:
-                self.info("received %d image(s), %d readout(s), %d waveform(s)%s",
-                          len(inc.images), len(inc.acquisitions), inc.waveforms,
-                          f"; stopped early: {inc.error}" if inc.error else "")
+                self.info(
+                    "received %d image(s), %d readout(s), %d waveform(s)%s",
+                    len(inc.images),
+                    len(inc.acquisitions),
+                    inc.waveforms,
+                    f"; stopped early: {inc.error}" if inc.error else "",
+                )
                 if inc.error and inc.empty:
                     self.tell("ERROR", f"the stream from the scanner could not be read: {inc.error}")
                 else:
@@ -297,8 +313,12 @@ class Connection:
                 pass
             self.sock.close()
             self.phases_s["total"] = time.perf_counter() - t0
-            self.info("closed after %.2f s, %d image(s) sent; phases (s): %s", self.phases_s["total"],
-                      self.writer.sent_images, {k: round(v, 3) for k, v in self.phases_s.items()})
+            self.info(
+                "closed after %.2f s, %d image(s) sent; phases (s): %s",
+                self.phases_s["total"],
+                self.writer.sent_images,
+                {k: round(v, 3) for k, v in self.phases_s.items()},
+            )
             if self.stats is not None:
                 self.stats.append(dict(self.phases_s))
 
@@ -347,5 +367,11 @@ class _Handler(socketserver.BaseRequestHandler):
     server: MrdServer
 
     def handle(self):
-        Connection(self.request, self.client_address, self.server.settings, self.server.gate,
-                   self.server.stats, self.server.cache).handle()
+        Connection(
+            self.request,
+            self.client_address,
+            self.server.settings,
+            self.server.gate,
+            self.server.stats,
+            self.server.cache,
+        ).handle()

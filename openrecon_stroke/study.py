@@ -77,6 +77,24 @@ class StudyResult:
 R = TypeVar("R", bound=StudyResult)
 
 
+@dataclass(frozen=True)
+class SeriesSpec:
+    """One kind of returned series: its name, kind, scanner name suffix, the UI switch that sends
+    it and, for maps, its display window (see :class:`DerivedSeries`)."""
+
+    name: str
+    kind: str
+    description: str
+    send_param: str | None = None
+    window: tuple[float, float] | None = None
+
+    def on(self, reference: str, data: np.ndarray, comment: str = "") -> DerivedSeries:
+        """This series on the grid of input ``reference``."""
+        return DerivedSeries(
+            self.name, reference, data, self.kind, self.description, self.window, comment, self.send_param
+        )
+
+
 @dataclass
 class Study:
     """Inputs, parameters and accumulated results of one run of a pipeline."""
@@ -128,12 +146,11 @@ class Study:
         if series.kind == "page":
             d = series.data
             if d.ndim != 4 or d.shape[0] != 1 or d.shape[3] != 3 or min(d.shape[1:3]) < 1:
-                raise GeometryError(f"derived series {series.name} (page) has shape {d.shape}, "
-                                    "expected (1, height, width, 3)")
+                raise GeometryError(
+                    f"derived series {series.name} (page) has shape {d.shape}, expected (1, height, width, 3)"
+                )
         elif tuple(series.data.shape) != want:
-            raise GeometryError(
-                f"derived series {series.name} has shape {series.data.shape}, input grid is {want}"
-            )
+            raise GeometryError(f"derived series {series.name} has shape {series.data.shape}, input grid is {want}")
         self.derived.append(series)
 
     def get(self, name: str, reference: str) -> DerivedSeries | None:

@@ -51,7 +51,8 @@ def _has_pixels(ds) -> bool:
 
 def _is_multiframe(ds) -> bool:
     return str(ds.get("SOPClassUID", "")) in MULTIFRAME_CLASSES or (
-        "PerFrameFunctionalGroupsSequence" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1)
+        "PerFrameFunctionalGroupsSequence" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1
+    )
 
 
 def load_dicom_file(p: Path) -> Volume:
@@ -92,10 +93,11 @@ def load_dicom_folder(folder: Path, series) -> Volume:
     skipped = len(files) - len(headers) - non_image
     if not headers:
         if non_image:
-            raise InputError(f"folder {folder} holds no DICOM images ({non_image} DICOM file(s) "
-                             "without pixel data, such as DICOMDIR or reports)")
-        raise InputError(f"folder {folder} holds no DICOM images ({len(files)} file(s), none of "
-                         "them DICOM)")
+            raise InputError(
+                f"folder {folder} holds no DICOM images ({non_image} DICOM file(s) "
+                "without pixel data, such as DICOMDIR or reports)"
+            )
+        raise InputError(f"folder {folder} holds no DICOM images ({len(files)} file(s), none of them DICOM)")
     if skipped:
         log.info("%s: ignored %d non-DICOM file(s)", folder, skipped)
     by_series: dict[str, list] = {}
@@ -104,28 +106,40 @@ def load_dicom_folder(folder: Path, series) -> Volume:
 
     def describe(uid):
         ds = by_series[uid][0][1]
-        return (f"series {text(ds.get('SeriesNumber', '?'))} '{text(ds.get('SeriesDescription', ''))}' "
-                f"({len(by_series[uid])} files)")
+        return (
+            f"series {text(ds.get('SeriesNumber', '?'))} '{text(ds.get('SeriesDescription', ''))}' "
+            f"({len(by_series[uid])} files)"
+        )
 
     if series is not None:
         wanted = str(series).strip()
-        match = [u for u in by_series if u == wanted
-                 or text(by_series[u][0][1].get("SeriesNumber", "")) == wanted]
+        match = [u for u in by_series if u == wanted or text(by_series[u][0][1].get("SeriesNumber", "")) == wanted]
         if not match:
-            raise InputError(f"folder {folder} has no series {wanted!r}; it holds "
-                             + "; ".join(describe(u) for u in by_series))
+            raise InputError(
+                f"folder {folder} has no series {wanted!r}; it holds " + "; ".join(describe(u) for u in by_series)
+            )
         uid = match[0]
     else:
         uid = max(by_series, key=lambda u: (len(by_series[u]), _frames(by_series[u])))
         if len(by_series) > 1:
-            log.warning("%s holds %d series (%s); using the one with most files: %s", folder,
-                        len(by_series), "; ".join(describe(u) for u in by_series), describe(uid))
+            log.warning(
+                "%s holds %d series (%s); using the one with most files: %s",
+                folder,
+                len(by_series),
+                "; ".join(describe(u) for u in by_series),
+                describe(uid),
+            )
     items = by_series[uid]
     multi = [(f, ds) for f, ds in items if _is_multiframe(ds)]
     if multi:
         if len(items) > 1:
-            log.warning("%s: series holds %d files including %d multi-frame object(s); using %s",
-                        folder, len(items), len(multi), multi[0][0].name)
+            log.warning(
+                "%s: series holds %d files including %d multi-frame object(s); using %s",
+                folder,
+                len(items),
+                len(multi),
+                multi[0][0].name,
+            )
         return _load_multiframe(multi[0][0])
     return _load_classic(items, f"DICOM series in {folder}")
 
@@ -137,18 +151,31 @@ def _frames(items) -> int:
 def _dicom_info(ds) -> dict:
     """Identity and sequence facts from top-level DICOM attributes."""
     info: dict = {}
-    for key, kw in (("patient_name", "PatientName"), ("patient_id", "PatientID"),
-                    ("study_uid", "StudyInstanceUID"), ("frame_of_reference_uid", "FrameOfReferenceUID"),
-                    ("protocol_name", "ProtocolName"), ("series_description", "SeriesDescription"),
-                    ("modality", "Modality"), ("series_uid", "SeriesInstanceUID"),
-                    ("study_date", "StudyDate"), ("patient_birth_date", "PatientBirthDate"),
-                    ("patient_sex", "PatientSex"), ("series_number", "SeriesNumber"),
-                    ("study_description", "StudyDescription"), ("manufacturer", "Manufacturer")):
+    for key, kw in (
+        ("patient_name", "PatientName"),
+        ("patient_id", "PatientID"),
+        ("study_uid", "StudyInstanceUID"),
+        ("frame_of_reference_uid", "FrameOfReferenceUID"),
+        ("protocol_name", "ProtocolName"),
+        ("series_description", "SeriesDescription"),
+        ("modality", "Modality"),
+        ("series_uid", "SeriesInstanceUID"),
+        ("study_date", "StudyDate"),
+        ("patient_birth_date", "PatientBirthDate"),
+        ("patient_sex", "PatientSex"),
+        ("series_number", "SeriesNumber"),
+        ("study_description", "StudyDescription"),
+        ("manufacturer", "Manufacturer"),
+    ):
         v = text(ds.get(kw, None))
         if v:
             info[key] = v
-    for key, kw in (("tr_ms", "RepetitionTime"), ("te_ms", "EchoTime"), ("ti_ms", "InversionTime"),
-                    ("field_strength_t", "MagneticFieldStrength")):
+    for key, kw in (
+        ("tr_ms", "RepetitionTime"),
+        ("te_ms", "EchoTime"),
+        ("ti_ms", "InversionTime"),
+        ("field_strength_t", "MagneticFieldStrength"),
+    ):
         x = float_or_none(ds.get(kw, None))
         if x is not None:
             info[key] = x
@@ -174,15 +201,16 @@ def _vec(v, n: int, what: str) -> np.ndarray:
 def _pixels(ds, where: str) -> np.ndarray:
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
-        raise InputError(f"{where} is a colour image ({spp} samples per pixel); a greyscale MR "
-                         "image is needed")
+        raise InputError(f"{where} is a colour image ({spp} samples per pixel); a greyscale MR image is needed")
     try:
         return ds.pixel_array
     except Exception as e:  # noqa: BLE001 - missing codecs, truncated data ...
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         tsn = getattr(ts, "name", ts)
-        raise InputError(f"{where}: pixel data could not be decoded (transfer syntax {tsn}: "
-                         f"{e}); decompress the images (e.g. with dcmdjpeg/gdcmconv) first") from None
+        raise InputError(
+            f"{where}: pixel data could not be decoded (transfer syntax {tsn}: "
+            f"{e}); decompress the images (e.g. with dcmdjpeg/gdcmconv) first"
+        ) from None
 
 
 def _is_integral(x: float) -> bool:
@@ -195,34 +223,49 @@ def _load_classic(items: list, what: str) -> Volume:
     for f, ds in items:
         name = f.name
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise InputError(f"{what}: {name} has no ImagePositionPatient/ImageOrientationPatient, "
-                             "so its position in the patient is unknown")
+            raise InputError(
+                f"{what}: {name} has no ImagePositionPatient/ImageOrientationPatient, "
+                "so its position in the patient is unknown"
+            )
         if "PixelSpacing" not in ds:
             raise InputError(f"{what}: {name} has no PixelSpacing")
         iop = _vec(ds.ImageOrientationPatient, 6, f"{name}: ImageOrientationPatient")
         slope, intercept = _rescale(ds)
-        key = (first_float(ds.get("EchoNumbers", None)),
-               float_or_none(ds.get("EchoTime", None)),
-               float_or_none(ds.get("TemporalPositionIdentifier", None)),
-               float_or_none(ds.get("InversionTime", None)),
-               text(ds.get("ImageType", [""])[2] if len(ds.get("ImageType", [])) > 2 else ""),
-               float_or_none(ds.get("AcquisitionNumber", None)))
-        slices.append(Slice(
-            ipp=_vec(ds.ImagePositionPatient, 3, f"{name}: ImagePositionPatient"),
-            row=iop[:3], col=iop[3:],
-            spacing_rc=tuple(_vec(ds.PixelSpacing, 2, f"{name}: PixelSpacing")),
-            rows=int(ds.Rows), cols=int(ds.Columns), key=key, source=f,
-            sop_uid=text(ds.get("SOPInstanceUID", "")), slope=slope, intercept=intercept,
-            extra={"order": float_or_none(ds.get("InstanceNumber", None)) or 0.0}))
-    fields = ["echo number", "echo time", "temporal position", "inversion time", "image type",
-              "acquisition number"]
+        key = (
+            first_float(ds.get("EchoNumbers", None)),
+            float_or_none(ds.get("EchoTime", None)),
+            float_or_none(ds.get("TemporalPositionIdentifier", None)),
+            float_or_none(ds.get("InversionTime", None)),
+            text(ds.get("ImageType", [""])[2] if len(ds.get("ImageType", [])) > 2 else ""),
+            float_or_none(ds.get("AcquisitionNumber", None)),
+        )
+        slices.append(
+            Slice(
+                ipp=_vec(ds.ImagePositionPatient, 3, f"{name}: ImagePositionPatient"),
+                row=iop[:3],
+                col=iop[3:],
+                spacing_rc=tuple(_vec(ds.PixelSpacing, 2, f"{name}: PixelSpacing")),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                key=key,
+                source=f,
+                sop_uid=text(ds.get("SOPInstanceUID", "")),
+                slope=slope,
+                intercept=intercept,
+                extra={"order": float_or_none(ds.get("InstanceNumber", None)) or 0.0},
+            )
+        )
+    fields = ["echo number", "echo time", "temporal position", "inversion time", "image type", "acquisition number"]
     first_row, first_col = slices[0].row, slices[0].col
-    same_orient = all(np.allclose(s.row, first_row, atol=ORIENTATION_TOL)
-                      and np.allclose(s.col, first_col, atol=ORIENTATION_TOL) for s in slices)
+    same_orient = all(
+        np.allclose(s.row, first_row, atol=ORIENTATION_TOL) and np.allclose(s.col, first_col, atol=ORIENTATION_TOL)
+        for s in slices
+    )
     if same_orient and len(slices) > 1:
         slices = select_stack(slices, what, fields)
-    thickness = float_or_none(items[0][1].get("SliceThickness", None)) or \
-        float_or_none(items[0][1].get("SpacingBetweenSlices", None))
+    thickness = float_or_none(items[0][1].get("SliceThickness", None)) or float_or_none(
+        items[0][1].get("SpacingBetweenSlices", None)
+    )
     grid, slices = stack_geometry(slices, what, thickness)
     data = np.empty(grid.shape, dtype=np.float32)
     integer = True
@@ -230,8 +273,10 @@ def _load_classic(items: list, what: str) -> Volume:
         ds = pydicom.dcmread(str(s.source))
         arr = _pixels(ds, f"{what}: {s.source.name}")
         if arr.shape != (s.rows, s.cols):
-            raise InputError(f"{what}: {s.source.name} holds pixel data of shape {arr.shape}, "
-                             f"not {s.rows}x{s.cols} (a multi-frame or colour image?)")
+            raise InputError(
+                f"{what}: {s.source.name} holds pixel data of shape {arr.shape}, "
+                f"not {s.rows}x{s.cols} (a multi-frame or colour image?)"
+            )
         integer &= np.issubdtype(arr.dtype, np.integer) and _is_integral(s.slope) and _is_integral(s.intercept)
         data[k] = arr.astype(np.float64) * s.slope + s.intercept
     info = _dicom_info(items[0][1])
@@ -261,8 +306,10 @@ def _load_multiframe(p: Path) -> Volume:
     shared_seq = ds.get("SharedFunctionalGroupsSequence", None)
     shared = shared_seq[0] if shared_seq else None
     if per_frame is None or len(per_frame) != n:
-        raise InputError(f"{what}: PerFrameFunctionalGroupsSequence has "
-                         f"{0 if per_frame is None else len(per_frame)} items for {n} frames")
+        raise InputError(
+            f"{what}: PerFrameFunctionalGroupsSequence has "
+            f"{0 if per_frame is None else len(per_frame)} items for {n} frames"
+        )
     # Dimension index values: drop the in-stack position (spatial) and keep the rest as key.
     dim_ptrs = [int(it.get("DimensionIndexPointer", 0) or 0) for it in ds.get("DimensionIndexSequence", [])]
     spatial = {0x00209057, 0x00200032}  # InStackPositionNumber, ImagePositionPatient
@@ -273,8 +320,10 @@ def _load_multiframe(p: Path) -> Volume:
         iop = _fg(shared, fr, "PlaneOrientationSequence", "ImageOrientationPatient")
         ps = _fg(shared, fr, "PixelMeasuresSequence", "PixelSpacing")
         if ipp is None or iop is None:
-            raise InputError(f"{what}: frame {i + 1} has no PlanePositionSequence/"
-                             "PlaneOrientationSequence, so its position in the patient is unknown")
+            raise InputError(
+                f"{what}: frame {i + 1} has no PlanePositionSequence/"
+                "PlaneOrientationSequence, so its position in the patient is unknown"
+            )
         if ps is None:
             raise InputError(f"{what}: frame {i + 1} has no PixelSpacing in PixelMeasuresSequence")
         iopv = _vec(iop, 6, f"{what}: frame {i + 1} ImageOrientationPatient")
@@ -288,48 +337,67 @@ def _load_multiframe(p: Path) -> Volume:
         else:
             div = [div]
         dim_key = tuple(int(v) for j, v in enumerate(div) if j >= len(dim_ptrs) or dim_ptrs[j] not in spatial)
-        key = (text(_fg(shared, fr, "FrameContentSequence", "StackID")),
-               float_or_none(_fg(shared, fr, "MREchoSequence", "EffectiveEchoTime")),
-               float_or_none(_fg(shared, fr, "FrameContentSequence", "TemporalPositionIndex")),
-               text(_fg(shared, fr, "MRImageFrameTypeSequence", "ComplexImageComponent")),
-               dim_key)
-        slices.append(Slice(
-            ipp=_vec(ipp, 3, f"{what}: frame {i + 1} ImagePositionPatient"), row=iopv[:3], col=iopv[3:],
-            spacing_rc=tuple(_vec(ps, 2, f"{what}: frame {i + 1} PixelSpacing")),
-            rows=int(ds.Rows), cols=int(ds.Columns), key=key, source=i,
-            sop_uid=text(ds.get("SOPInstanceUID", "")),
-            slope=slope if slope not in (None, 0.0) else slope0,
-            intercept=intercept if intercept is not None else intercept0,
-            extra={"thickness": float_or_none(_fg(shared, fr, "PixelMeasuresSequence", "SliceThickness")),
-                   "spacing": float_or_none(_fg(shared, fr, "PixelMeasuresSequence", "SpacingBetweenSlices")),
-                   "tr": float_or_none(_fg(shared, fr, "MRTimingAndRelatedParametersSequence", "RepetitionTime")),
-                   "te": float_or_none(_fg(shared, fr, "MREchoSequence", "EffectiveEchoTime")),
-                   "ti": first_float(_fg(shared, fr, "MRModifierSequence", "InversionTimes"))}))
+        key = (
+            text(_fg(shared, fr, "FrameContentSequence", "StackID")),
+            float_or_none(_fg(shared, fr, "MREchoSequence", "EffectiveEchoTime")),
+            float_or_none(_fg(shared, fr, "FrameContentSequence", "TemporalPositionIndex")),
+            text(_fg(shared, fr, "MRImageFrameTypeSequence", "ComplexImageComponent")),
+            dim_key,
+        )
+        slices.append(
+            Slice(
+                ipp=_vec(ipp, 3, f"{what}: frame {i + 1} ImagePositionPatient"),
+                row=iopv[:3],
+                col=iopv[3:],
+                spacing_rc=tuple(_vec(ps, 2, f"{what}: frame {i + 1} PixelSpacing")),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                key=key,
+                source=i,
+                sop_uid=text(ds.get("SOPInstanceUID", "")),
+                slope=slope if slope not in (None, 0.0) else slope0,
+                intercept=intercept if intercept is not None else intercept0,
+                extra={
+                    "thickness": float_or_none(_fg(shared, fr, "PixelMeasuresSequence", "SliceThickness")),
+                    "spacing": float_or_none(_fg(shared, fr, "PixelMeasuresSequence", "SpacingBetweenSlices")),
+                    "tr": float_or_none(_fg(shared, fr, "MRTimingAndRelatedParametersSequence", "RepetitionTime")),
+                    "te": float_or_none(_fg(shared, fr, "MREchoSequence", "EffectiveEchoTime")),
+                    "ti": first_float(_fg(shared, fr, "MRModifierSequence", "InversionTimes")),
+                },
+            )
+        )
     # Stacks: by StackID, then orientation; keep the first (in frame order) and warn.
     stacks: list[list[Slice]] = []
     for s in slices:
         for st in stacks:
             f0 = st[0]
-            if f0.key[0] == s.key[0] and np.allclose(f0.row, s.row, atol=ORIENTATION_TOL) \
-                    and np.allclose(f0.col, s.col, atol=ORIENTATION_TOL):
+            if (
+                f0.key[0] == s.key[0]
+                and np.allclose(f0.row, s.row, atol=ORIENTATION_TOL)
+                and np.allclose(f0.col, s.col, atol=ORIENTATION_TOL)
+            ):
                 st.append(s)
                 break
         else:
             stacks.append([s])
     if len(stacks) > 1:
-        log.warning("%s: frames form %d stacks (different StackID or orientation, sizes %s); "
-                    "kept the first (%d frames)", what, len(stacks), [len(st) for st in stacks],
-                    len(stacks[0]))
-    chosen = select_stack(stacks[0], what, ["stack", "echo time", "temporal position",
-                                             "complex component", "dimension index"])
+        log.warning(
+            "%s: frames form %d stacks (different StackID or orientation, sizes %s); kept the first (%d frames)",
+            what,
+            len(stacks),
+            [len(st) for st in stacks],
+            len(stacks[0]),
+        )
+    chosen = select_stack(
+        stacks[0], what, ["stack", "echo time", "temporal position", "complex component", "dimension index"]
+    )
     e0 = chosen[0].extra
     grid, chosen = stack_geometry(chosen, what, e0["thickness"] or e0["spacing"])
     pixels = _pixels(ds, what)
     if n == 1 and pixels.ndim == 2:
         pixels = pixels[None]
     if pixels.shape != (n, int(ds.Rows), int(ds.Columns)):
-        raise InputError(f"{what}: pixel data has shape {pixels.shape}, expected "
-                         f"{n} frames of {ds.Rows}x{ds.Columns}")
+        raise InputError(f"{what}: pixel data has shape {pixels.shape}, expected {n} frames of {ds.Rows}x{ds.Columns}")
     data = np.empty(grid.shape, dtype=np.float32)
     integer = np.issubdtype(pixels.dtype, np.integer)
     for k, s in enumerate(chosen):

@@ -38,13 +38,16 @@ def _orthonormal_frame(row, col, what: str) -> tuple[np.ndarray, np.ndarray, np.
     col = np.asarray(col, dtype=np.float64)
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
     if not (np.isfinite(nr) and np.isfinite(nc)) or abs(nr - 1) > 0.01 or abs(nc - 1) > 0.01:
-        raise InputError(f"{what}: ImageOrientationPatient {tuple(np.r_[row, col])} does not hold "
-                         "two unit direction cosines")
+        raise InputError(
+            f"{what}: ImageOrientationPatient {tuple(np.r_[row, col])} does not hold two unit direction cosines"
+        )
     row = row / nr
     col = col / nc
     if abs(row @ col) > 0.01:
-        raise InputError(f"{what}: the row and column directions of ImageOrientationPatient are "
-                         f"not perpendicular (cosine {row @ col:.4f})")
+        raise InputError(
+            f"{what}: the row and column directions of ImageOrientationPatient are "
+            f"not perpendicular (cosine {row @ col:.4f})"
+        )
     col = col - (col @ row) * row
     col = col / np.linalg.norm(col)
     return row, col, np.cross(row, col)
@@ -73,18 +76,23 @@ def stack_geometry(slices: list[Slice], what: str, thickness: float | None) -> t
     first = slices[0]
     row, col, normal = _orthonormal_frame(first.row, first.col, what)
     for s in slices[1:]:
-        if not (np.allclose(s.row, first.row, atol=ORIENTATION_TOL)
-                and np.allclose(s.col, first.col, atol=ORIENTATION_TOL)):
+        if not (
+            np.allclose(s.row, first.row, atol=ORIENTATION_TOL) and np.allclose(s.col, first.col, atol=ORIENTATION_TOL)
+        ):
             raise InputError(
                 f"{what}: DICOM slices have different orientations (for example "
                 f"{_fmt(first.row)}/{_fmt(first.col)} and {_fmt(s.row)}/{_fmt(s.col)}); "
-                "a localizer or a multi-stack series cannot form one volume")
+                "a localizer or a multi-stack series cannot form one volume"
+            )
         if (s.rows, s.cols) != (first.rows, first.cols):
-            raise InputError(f"{what}: DICOM slices have different matrix sizes "
-                             f"({first.cols}x{first.rows} and {s.cols}x{s.rows} columns x rows)")
+            raise InputError(
+                f"{what}: DICOM slices have different matrix sizes "
+                f"({first.cols}x{first.rows} and {s.cols}x{s.rows} columns x rows)"
+            )
         if not np.allclose(s.spacing_rc, first.spacing_rc, rtol=1e-4, atol=1e-6):
-            raise InputError(f"{what}: DICOM slices have different pixel spacings "
-                             f"({first.spacing_rc} and {s.spacing_rc} mm)")
+            raise InputError(
+                f"{what}: DICOM slices have different pixel spacings ({first.spacing_rc} and {s.spacing_rc} mm)"
+            )
     dy, dx = (float(v) for v in first.spacing_rc)
     if not (dx > 0 and dy > 0 and math.isfinite(dx) and math.isfinite(dy)):
         raise InputError(f"{what}: PixelSpacing {first.spacing_rc} is not a pair of positive numbers")
@@ -98,8 +106,12 @@ def stack_geometry(slices: list[Slice], what: str, thickness: float | None) -> t
         if dz is None:
             dz = 1.0
             log.warning("%s: a single slice without SliceThickness; assuming 1 mm", what)
-    grid = Grid(shape=(len(slices), first.rows, first.cols), spacing=(dx, dy, dz),
-                direction=np.stack([row, col, normal], axis=1), origin=slices[0].ipp)
+    grid = Grid(
+        shape=(len(slices), first.rows, first.cols),
+        spacing=(dx, dy, dz),
+        direction=np.stack([row, col, normal], axis=1),
+        origin=slices[0].ipp,
+    )
     return grid, slices
 
 
@@ -149,9 +161,15 @@ def select_stack(slices: list[Slice], what: str, fields: list[str]) -> list[Slic
         if found:
             k, ids, n = found
             label = ", ".join(f"{fields[j]} {v}" for j, v in zip(index, k))
-            log.warning("%s: %d images at %d positions form %d stacks (different %s); kept the first "
-                        "complete one (%s)", what, len(slices), npos, n,
-                        "/".join(fields[j] for j in index), label)
+            log.warning(
+                "%s: %d images at %d positions form %d stacks (different %s); kept the first complete one (%s)",
+                what,
+                len(slices),
+                npos,
+                n,
+                "/".join(fields[j] for j in index),
+                label,
+            )
             return [slices[i] for i in ids]
     # No field separates them. Equal repeats at every position (repetitions): keep the first
     # image at each position (by InstanceNumber / frame number); anything else is an error.
@@ -160,7 +178,8 @@ def select_stack(slices: list[Slice], what: str, fields: list[str]) -> list[Slic
         raise InputError(
             f"{what}: {len(slices) - npos} slice(s) share a position with another slice, and not "
             f"every position has the same number of images ({counts.min()} to {counts.max()}); "
-            "cannot tell which images form one volume")
+            "cannot tell which images form one volume"
+        )
     order = sorted(range(len(slices)), key=lambda i: (slices[i].extra.get("order", i), i))
     seen: set[int] = set()
     keep = []
@@ -168,6 +187,11 @@ def select_stack(slices: list[Slice], what: str, fields: list[str]) -> list[Slic
         if int(pos_ids[i]) not in seen:
             seen.add(int(pos_ids[i]))
             keep.append(slices[i])
-    log.warning("%s: %d images at %d positions (%d per position: repetitions?); kept the first "
-                "image at each position", what, len(slices), npos, int(counts[0]))
+    log.warning(
+        "%s: %d images at %d positions (%d per position: repetitions?); kept the first image at each position",
+        what,
+        len(slices),
+        npos,
+        int(counts[0]),
+    )
     return keep

@@ -16,8 +16,16 @@ log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 OTHER_ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
-_ITK_INTEGER = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
-                sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
+_ITK_INTEGER = {
+    sitk.sitkUInt8,
+    sitk.sitkInt8,
+    sitk.sitkUInt16,
+    sitk.sitkInt16,
+    sitk.sitkUInt32,
+    sitk.sitkInt32,
+    sitk.sitkUInt64,
+    sitk.sitkInt64,
+}
 
 
 def load_itk(p: Path) -> Volume:
@@ -28,8 +36,10 @@ def load_itk(p: Path) -> Volume:
         detail = next((m for m in msg if "orthonormal" in m.lower()), msg[-1] if msg else "")
         raise InputError(f"{p} could not be read as an image file ({detail.strip()})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{p} holds {img.GetNumberOfComponentsPerPixel()} values per voxel "
-                         "(colour, vector or complex data); a scalar image is needed")
+        raise InputError(
+            f"{p} holds {img.GetNumberOfComponentsPerPixel()} values per voxel "
+            "(colour, vector or complex data); a scalar image is needed"
+        )
     dim = img.GetDimension()
     if dim == 4:
         size = list(img.GetSize())
@@ -41,8 +51,11 @@ def load_itk(p: Path) -> Volume:
         f.SetDirectionCollapseToStrategy(sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
         img = f.Execute(img)
     elif dim == 2:
-        log.warning("%s is a single 2D image; treating it as one slice 1 mm thick at z = 0 "
-                    "(a 2D file has no through-plane position)", p)
+        log.warning(
+            "%s is a single 2D image; treating it as one slice 1 mm thick at z = 0 "
+            "(a 2D file has no through-plane position)",
+            p,
+        )
         d2 = np.array(img.GetDirection()).reshape(2, 2)
         o2, s2 = img.GetOrigin(), img.GetSpacing()
         img = sitk.JoinSeries([img])

@@ -69,6 +69,5 @@ def load_mrd(p: Path, series) -> Volume:
     desc = info.get("series_description") or info.get("protocol_name") or p.stem
     vol = assemble_series(groups[key], description=desc)
     vol.info = info
-    vol.info.setdefault("source_integer", all(
-        np.issubdtype(im.data.dtype, np.integer) for im in groups[key]))
+    vol.info.setdefault("source_integer", all(np.issubdtype(im.data.dtype, np.integer) for im in groups[key]))
     return vol

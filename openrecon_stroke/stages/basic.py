@@ -7,8 +7,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..masks import largest_component
-from ..study import DerivedSeries, Study
+from ..study import Study
 from .base import SkipStudy, Stage, StageResult
+from .results import HEAD_MASK
 
 #: A whole-brain series covers at least this much along every axis (mm) ...
 MIN_EXTENT_MM = 60.0
@@ -62,9 +63,6 @@ class HeadMask(Stage):
         res = StageResult()
         for key, vol in study.inputs.items():
             mask = foreground_mask(vol.data)
-            res.derived.append(DerivedSeries(
-                name="head_mask", reference=key, data=mask, kind="mask",
-                description="HEADMASK", comment="foreground (head) mask, Otsu threshold",
-                send_param="sendmask"))
+            res.derived.append(HEAD_MASK.on(key, mask, "foreground (head) mask, Otsu threshold"))
             res.findings[f"head_volume_ml_{key}"] = round(float(mask.sum()) * vol.grid.voxel_volume_mm3 / 1000, 2)
         return res

@@ -16,10 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..preprocess import N4Settings, n4_correct, register_rigid
-from ..study import CONTRASTS, DerivedSeries, Study
+from ..study import CONTRASTS, Study
 from ..study_cache import study_key
 from .base import SkipStudy, Stage, StageResult
-from .results import BrainResult, SeriesRegistration
+from .results import BRAIN_MASK, BrainResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class Preprocess(Stage):
                         n4[c] = cached["n4"]
                         brains[c] = cached["brain_mask"]
                         earlier[c] = meta.get("description", True)
-                        log.info("using the %s series of this study from the cache (%s)", c,
-                                 meta.get("description", ""))
+                        log.info(
+                            "using the %s series of this study from the cache (%s)", c, meta.get("description", "")
+                        )
 
         # brain mask on the best-suited contrast (T1-w when present, here or from the cache: a
         # cached T1-w mask reaches this FLAIR through the registration below)
@@ -108,8 +109,14 @@ class Preprocess(Stage):
             res.results.append(SeriesRegistration(reg))
             if reg.ok:
                 if "flair" in images and "flair" not in brains:
-                    brains["flair"] = sitk.Resample(brains["t1"], images["flair"], reg.transform.GetInverse(),
-                                                    sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+                    brains["flair"] = sitk.Resample(
+                        brains["t1"],
+                        images["flair"],
+                        reg.transform.GetInverse(),
+                        sitk.sitkNearestNeighbor,
+                        0,
+                        sitk.sitkUInt8,
+                    )
             else:
                 res.warnings.append(
                     f"T1-w/FLAIR registration failed its check ({reg.reason}); the two series are "
@@ -124,20 +131,29 @@ class Preprocess(Stage):
         volumes = {}
         for c in study.inputs:
             arr = sitk.GetArrayFromImage(brains[c]).astype(np.uint8)
-            res.derived.append(DerivedSeries(
-                name="brain_mask", reference=c, data=arr, kind="mask", description="BRAINMASK",
-                comment=f"HD-BET brain mask ({mode})", send_param="sendbrainmask"))
+            res.derived.append(BRAIN_MASK.on(c, arr, f"HD-BET brain mask ({mode})"))
             volumes[c] = round(_ml(brains[c]), 1)
-        res.results.append(BrainResult(
-            reference=ref, n4=n4, brain_mask=brains, mode=mode,
-            model=f"{get_extractor().card.name} (ONNX, {mode})", volume_ml=volumes,
-            from_earlier_series=earlier, timings_s=timings))
+        res.results.append(
+            BrainResult(
+                reference=ref,
+                n4=n4,
+                brain_mask=brains,
+                mode=mode,
+                model=f"{get_extractor().card.name} (ONNX, {mode})",
+                volume_ml=volumes,
+                from_earlier_series=earlier,
+                timings_s=timings,
+            )
+        )
 
         if study.cache is not None and key:
             for c in images:
-                study.cache.put(key, c, {"n4": n4[c], "brain_mask": brains[c]},
-                                {"description": study.inputs[c].description})
+                study.cache.put(
+                    key, c, {"n4": n4[c], "brain_mask": brains[c]}, {"description": study.inputs[c].description}
+                )
         elif study.cache is not None and len(images) == 1:
-            res.warnings.append("the series carries no study identity (frame of reference / study UID); "
-                                "it cannot be fused with a series sent on another connection")
+            res.warnings.append(
+                "the series carries no study identity (frame of reference / study UID); "
+                "it cannot be fused with a series sent on another connection"
+            )
         return res

@@ -24,9 +24,9 @@ import SimpleITK as sitk
 from ..lesion import Lesion, LesionSegmenter, describe, postprocess
 from ..model_card import ModelCard
 from ..runtime import ModelCache, model_folder
-from ..study import DerivedSeries, Study
+from ..study import Study
 from .base import Stage, StageResult
-from .results import BrainResult, LesionResult, SeriesRegistration
+from .results import LESION_MASK, BrainResult, LesionResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
     if not (folder / "card.json").is_file():
         raise FileNotFoundError(
             f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
-            "models/lesion; rebuild it, or train with models/lesion/train_all.sh)")
+            "models/lesion; rebuild it, or train with models/lesion/train_all.sh)"
+        )
     return _segmenters.get(folder)
 
 
@@ -74,11 +75,15 @@ class LesionSegmentation(Stage):
                 if c in study.inputs:
                     runs.append(((c,), {}))
             if "t1" in n4 and "flair" in n4:
-                res.warnings.append("lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
-                                    "registration failed): expect lower sensitivity for small lesions")
+                res.warnings.append(
+                    "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
+                    "registration failed): expect lower sensitivity for small lesions"
+                )
             elif "flair" not in n4:
-                res.warnings.append("FLAIR missing: lesions were segmented on T1-w alone, which misses "
-                                    "more small lesions; add the FLAIR series for the fused model")
+                res.warnings.append(
+                    "FLAIR missing: lesions were segmented on T1-w alone, which misses "
+                    "more small lesions; add the FLAIR series for the fused model"
+                )
             elif "t1" not in n4:
                 res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
 
@@ -89,8 +94,10 @@ class LesionSegmentation(Stage):
             card = seg.card
             used.append(f"{card.name} {card.version} ({len(card.files)} folds)")
             if card.status == "experimental":
-                res.warnings.append(f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
-                                    "do not interpret its masks clinically")
+                res.warnings.append(
+                    f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
+                    "do not interpret its masks clinically"
+                )
             ref = inputs[0]
             prob = seg.probability({c: n4[c] for c in inputs}, brains[ref], to_contrast)
             # onto every input series this model speaks for
@@ -106,10 +113,8 @@ class LesionSegmentation(Stage):
                 p = np.where(inside, p, 0.0)
                 vol = study.inputs[c]
                 mask = postprocess(p, vol.grid.voxel_volume_mm3, thr, min_mm3)
-                res.derived.append(DerivedSeries(
-                    name="lesion_mask", reference=c, data=mask.astype(np.uint8), kind="mask",
-                    description="LESION", send_param="sendlesion",
-                    comment=f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"))
+                comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
+                res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
                 if lesions_out is None or c == "t1":
                     lesions_out = self._describe(mask, img, inside, c)
         res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used)))

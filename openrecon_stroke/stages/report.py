@@ -23,7 +23,16 @@ from datetime import datetime
 from .. import APP_NAME, __version__, render
 from ..study import DerivedSeries, Study, StudyResult
 from .base import Stage, StageResult
-from .results import AnomalyResult, BrainResult, LesionResult, SeriesRegistration
+from .results import (
+    ANOMALY_MAP,
+    LESION_MASK,
+    OVERLAY,
+    REPORT_PAGE,
+    AnomalyResult,
+    BrainResult,
+    LesionResult,
+    SeriesRegistration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +79,27 @@ class Overlay(Stage):
         if not study.params["sendoverlay"]:
             return res
         for c, vol in study.inputs.items():
-            les = study.get("lesion_mask", c)
-            ano = study.get("anomaly_map", c)
+            les = study.get(LESION_MASK.name, c)
+            ano = study.get(ANOMALY_MAP.name, c)
             if les is None and ano is None:
                 continue
             thr, top = anomaly_display(study, ano)
             rgb = render.overlay_volume(
-                vol.data, None if les is None else les.data, None if ano is None else ano.data,
-                anomaly_threshold=thr, anomaly_max=top, spacing_xy=vol.grid.spacing[:2])
+                vol.data,
+                None if les is None else les.data,
+                None if ano is None else ano.data,
+                anomaly_threshold=thr,
+                anomaly_max=top,
+                spacing_xy=vol.grid.spacing[:2],
+            )
             parts = []
             if les is not None:
                 parts.append("lesion red, outline yellow")
             if ano is not None:
                 parts.append(f"anomaly >= {thr:g} blue to white")
-            res.derived.append(DerivedSeries(
-                name="overlay", reference=c, data=rgb, kind="rgb", description="OVERLAY",
-                comment=f"{APP_NAME} overlay on {_label(c)}: " + "; ".join(parts) + ". Research use only",
-                send_param="sendoverlay"))
+            res.derived.append(
+                OVERLAY.on(c, rgb, f"{APP_NAME} overlay on {_label(c)}: " + "; ".join(parts) + ". Research use only")
+            )
         if not res.derived and study.inputs:
             res.warnings.append("no overlay: no lesion mask and no anomaly map were produced")
         return res
@@ -139,9 +152,15 @@ def anomaly_lines(study: Study) -> list:
     if a is None:
         return _not_available(study, AnomalyResult, "anomaly detection")
     load = a.load
-    parts = [f"{label} {render.fmt_ml(v)}" for v, label in (
-        (load["load_ml"], "anomaly load"), (load["in_lesion_ml"], "in lesions"),
-        (load["perilesional_ml"], "perilesional"), (load["remote_ml"], "remote"))]
+    parts = [
+        f"{label} {render.fmt_ml(v)}"
+        for v, label in (
+            (load["load_ml"], "anomaly load"),
+            (load["in_lesion_ml"], "in lesions"),
+            (load["perilesional_ml"], "perilesional"),
+            (load["remote_ml"], "remote"),
+        )
+    ]
     if a.csf is not None:
         parts.append(f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}")
     lines = [parts[0], "; ".join(parts[1:])]
@@ -161,8 +180,10 @@ def brain_lines(study: Study) -> list:
             lines.append("brain volume: " + ", ".join(vols) + (f" (HD-BET {brain.mode})" if brain.mode else ""))
     reg = study.result(SeriesRegistration)
     if reg is not None:
-        lines.append("T1-w/FLAIR registration: " + ("passed its check" if reg.ok else
-                                                     f"FAILED ({reg.outcome.reason or 'check not passed'})"))
+        lines.append(
+            "T1-w/FLAIR registration: "
+            + ("passed its check" if reg.ok else f"FAILED ({reg.outcome.reason or 'check not passed'})")
+        )
     return lines
 
 
@@ -203,8 +224,10 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
     inputs = []
     for c, vol in study.inputs.items():
         g = vol.grid
-        inputs.append(f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
-                      f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm")
+        inputs.append(
+            f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
+            f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm"
+        )
     sections = [("Lesions", lesion_lines(study)), ("Anomaly (pseudo-healthy difference)", anomaly_lines(study))]
     b = brain_lines(study)
     if b:
@@ -216,9 +239,13 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
     content = render.PageContent(
         title=f"{APP_NAME} {__version__}: stroke MRI summary",
         subtitle=f"{datetime.now():%Y-%m-%d %H:%M}   inputs: " + "; ".join(inputs),
-        sections=sections, warnings=page_warnings(study),
-        footer=("Automated research software output, not a medical device. Check every result "
-                f"against the source images. {APP_NAME} {__version__}"))
+        sections=sections,
+        warnings=page_warnings(study),
+        footer=(
+            "Automated research software output, not a medical device. Check every result "
+            f"against the source images. {APP_NAME} {__version__}"
+        ),
+    )
     if key is not None:
         try:
             content.image, content.image_caption, content.image_aspect = _key_picture(study, key)
@@ -229,27 +256,34 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
 
 def _key_picture(study: Study, key: str):
     vol = study.inputs[key]
-    les = study.get("lesion_mask", key)
-    ano = study.get("anomaly_map", key)
+    les = study.get(LESION_MASK.name, key)
+    ano = study.get(ANOMALY_MAP.name, key)
     thr, top = anomaly_display(study, ano)
-    z = render.key_slice(None if les is None else les.data, None if ano is None else ano.data, thr,
-                         nz=vol.grid.shape[0])
-    ov = study.get("overlay", key)
+    z = render.key_slice(
+        None if les is None else les.data, None if ano is None else ano.data, thr, nz=vol.grid.shape[0]
+    )
+    ov = study.get(OVERLAY.name, key)
     if ov is not None:
         pic = ov.data[z]
     else:
         lo_hi = render.grey_window(vol.data)
         sl = slice(z, z + 1)
-        pic = render.overlay_volume(vol.data[sl], None if les is None else les.data[sl],
-                                    None if ano is None else ano.data[sl], anomaly_threshold=thr,
-                                    anomaly_max=top, window=lo_hi, spacing_xy=vol.grid.spacing[:2])[0]
+        pic = render.overlay_volume(
+            vol.data[sl],
+            None if les is None else les.data[sl],
+            None if ano is None else ano.data[sl],
+            anomaly_threshold=thr,
+            anomaly_max=top,
+            window=lo_hi,
+            spacing_xy=vol.grid.spacing[:2],
+        )[0]
     dx, dy = vol.grid.spacing[:2]
     return pic, f"{_label(key)} slice {z + 1} of {vol.grid.shape[0]}", dy / dx
 
 
 def page_reference(study: Study) -> str | None:
     """The input the page belongs to (and shows a slice of): one with a lesion mask, FLAIR first."""
-    keys = sorted(study.inputs, key=lambda c: (study.get("lesion_mask", c) is None, c != "flair"))
+    keys = sorted(study.inputs, key=lambda c: (study.get(LESION_MASK.name, c) is None, c != "flair"))
     return keys[0] if keys else None
 
 
@@ -267,8 +301,9 @@ class ReportPage(Stage):
         if key is None:
             return res
         page = render.report_page(page_content(study, key), PAGE_SIZE)
-        res.derived.append(DerivedSeries(
-            name="report", reference=key, data=page[None], kind="page", description="REPORT",
-            comment=f"{APP_NAME} {__version__} summary page. Research use only, not for diagnosis",
-            send_param="sendreport"))
+        res.derived.append(
+            REPORT_PAGE.on(
+                key, page[None], f"{APP_NAME} {__version__} summary page. Research use only, not for diagnosis"
+            )
+        )
         return res

@@ -1,4 +1,5 @@
-"""The typed results stages hand to later stages (the contracts of :mod:`.base`).
+"""The typed results stages hand to later stages (the contracts of :mod:`.base`), and the series
+they send back to the scanner (which later stages may read too, e.g. the overlay).
 
 Images are SimpleITK images in LPS millimetres, each on the grid of the input series it belongs
 to (``study.inputs[contrast].grid``) unless a field says otherwise; contrasts are ``"t1"`` and
@@ -18,7 +19,16 @@ import SimpleITK as sitk
 from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
 from ..preprocess import RigidRegistration
-from ..study import StudyResult
+from ..study import SeriesSpec, StudyResult
+
+# --- series sent back (one per input series; UI switch in send_param) -------------------------
+HEAD_MASK = SeriesSpec("head_mask", "mask", "HEADMASK", "sendmask")
+BRAIN_MASK = SeriesSpec("brain_mask", "mask", "BRAINMASK", "sendbrainmask")
+LESION_MASK = SeriesSpec("lesion_mask", "mask", "LESION", "sendlesion")
+#: anomaly score: 1.0 is the threshold fixed on healthy brains, shown with window centre 1, width 2
+ANOMALY_MAP = SeriesSpec("anomaly_map", "map", "ANOMALY", "sendanomaly", window=(1.0, 2.0))
+OVERLAY = SeriesSpec("overlay", "rgb", "OVERLAY", "sendoverlay")
+REPORT_PAGE = SeriesSpec("report", "page", "REPORT", "sendreport")
 
 
 @dataclass
@@ -91,8 +101,13 @@ class LesionResult(StudyResult):
         return round(float(sum(les.reported_volume_ml for les in self.lesions)), 3)
 
     def findings(self) -> dict:
-        return {"lesions": [les.as_dict() for les in self.lesions], "lesion_count": len(self.lesions),
-                "lesion_volume_ml": self.volume_ml, "lesion_model": self.model, "models": {"lesion": self.model}}
+        return {
+            "lesions": [les.as_dict() for les in self.lesions],
+            "lesion_count": len(self.lesions),
+            "lesion_volume_ml": self.volume_ml,
+            "lesion_model": self.model,
+            "models": {"lesion": self.model},
+        }
 
 
 @dataclass
