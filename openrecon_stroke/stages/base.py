@@ -12,7 +12,9 @@ declaration before and after running it:
   fails the stage;
 * ``needs``: names of derived series (what goes back to the scanner) it cannot run without.
 
-Inside :meth:`Stage.run` a stage reads results with ``study.result(Type)``; asking for a type
+Inside :meth:`Stage.run` a stage reads results with ``study.need(Type)`` (declared in
+``reads``: the pipeline checked it exists) or ``study.result(Type)`` (None when absent); asking
+for a type
 it did not declare raises :class:`~openrecon_stroke.study.ContractError`, so a declaration
 cannot drift from the code. Results are handed back, never written into the study by the
 stage: the pipeline files them (and their :meth:`~StudyResult.findings`) after the stage
@@ -30,6 +32,9 @@ Adding a stage (e.g. registration to the MNI152 template, whose transforms later
            from_template: sitk.Transform      # its inverse
            images: dict[str, sitk.Image]      # N4 images on the template grid
 
+           def findings(self) -> dict:        # what the report (report.json, TEXT) shows
+               return {"template": ...}
+
 2. one module, ``stages/template.py``::
 
        class TemplateRegistrationStage(Stage):
@@ -38,7 +43,7 @@ Adding a stage (e.g. registration to the MNI152 template, whose transforms later
            writes = (TemplateRegistration,)
 
            def run(self, study):
-               brain = study.result(BrainResult)
+               brain = study.need(BrainResult)
                ...
                return StageResult(results=[TemplateRegistration(...)])
 
@@ -46,6 +51,12 @@ Adding a stage (e.g. registration to the MNI152 template, whose transforms later
    at its place in the pipeline. A later stage that needs it adds ``TemplateRegistration`` to its
    ``reads`` (or ``optional``). ``tests/test_contracts.py`` checks every registered pipeline:
    each required result is written by an earlier stage.
+
+A series sent back to the scanner is declared once in :mod:`openrecon_stroke.stages.results` as
+a :class:`~openrecon_stroke.study.SeriesSpec` (name, kind, suffix, UI switch) and made with
+``SPEC.on(reference, data, comment)``; a new switch needs its parameter in
+:mod:`openrecon_stroke.params`. A new network of a known family (a retrained or imported lesion
+or anomaly model) needs no code: its folder with ``card.json`` (:mod:`openrecon_stroke.model_card`).
 
 A stage that loads networks implements :meth:`Stage.warm_up`; the server calls it for every
 stage of the default pipeline at start-up without knowing which stages exist.
