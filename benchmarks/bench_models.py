@@ -37,7 +37,7 @@ def _describe_per_lesion_pass(mask, image, midline_x_lps, brain=None):
     import numpy as np
     from scipy import ndimage
 
-    from openrecon_stroke.lesion import CORTICAL_MM, Lesion
+    from openrecon_stroke.lesion import CORTICAL_MM, Lesion, largest_first
 
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     vox = float(np.prod(image.GetSpacing())) / 1000.0
@@ -51,15 +51,13 @@ def _describe_per_lesion_pass(mask, image, midline_x_lps, brain=None):
         if depth is not None:
             region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
         out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right", region))
-    out.sort(key=lambda les: -les.volume_ml)
-    for k, les in enumerate(out, start=1):
-        les.label = k
-    return out
+    return largest_first(out)
 
 
 def _one(config: str, runs: int) -> dict:
     sys.path.insert(0, str(REPO))
     from openrecon_stroke.params import coerce
+    from openrecon_stroke.pipeline import file_result
     from openrecon_stroke.stages.anomaly import AnomalyDetection
     from openrecon_stroke.stages.brain import Preprocess
     from openrecon_stroke.stages.lesion import LesionSegmentation, get_segmenter
@@ -70,7 +68,7 @@ def _one(config: str, runs: int) -> dict:
     inputs = {k: s["volume"] for k, s in st["series"].items()}
     raw = {"anomalysteps": 8} if config == "anomaly_8_steps" else {}
     study = Study(inputs=inputs, params=coerce(raw))
-    study.findings.update(Preprocess().run(study).findings)
+    file_result(study, Preprocess().run(study))
     seg = get_segmenter(("t1", "flair"))
     seg.sessions
     if config in ("lesion_sliding_48", "lesion_patch_112"):
@@ -88,9 +86,7 @@ def _one(config: str, runs: int) -> dict:
         from openrecon_stroke.anomaly import get_model
 
         get_model().session
-        res = LesionSegmentation().run(study)  # the anomaly load needs the lesion mask
-        for d in res.derived:
-            study.add(d)
+        file_result(study, LesionSegmentation().run(study))  # the anomaly load needs the lesion mask
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     times = []
     for _ in range(runs):
@@ -99,7 +95,8 @@ def _one(config: str, runs: int) -> dict:
         times.append(time.perf_counter() - t0)
     return {"config": config, "median_s": statistics.median(times), "runs_s": times,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "rss_before_gib": rss0,
-            "findings": {k: v for k, v in r.findings.items() if k in ("lesion_count", "lesion_volume_ml", "anomaly")}}
+            "findings": {k: v for res in r.results for k, v in res.findings().items()
+                         if k in ("lesion_count", "lesion_volume_ml", "anomaly")}}
 
 
 def main(argv=None):

@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _one_run(mode: str) -> dict:
     from openrecon_stroke.params import coerce
+    from openrecon_stroke.pipeline import file_result
     from openrecon_stroke.stages.brain import Preprocess
+    from openrecon_stroke.stages.results import BrainResult, SeriesRegistration
     from openrecon_stroke.study import Study
     from simulator.phantom import make_study
 
@@ -46,16 +48,17 @@ def _one_run(mode: str) -> dict:
     study = Study(inputs=inputs, params=coerce({"betmode": mode}))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    res = Preprocess().run(study)
+    file_result(study, Preprocess().run(study))
     total = time.perf_counter() - t0
-    out = dict(res.findings["preprocess_timings_s"])
+    brain, reg = study.need(BrainResult), study.result(SeriesRegistration)
+    out = {k: round(v, 2) for k, v in brain.timings_s.items()}
     out["total"] = total
     out["model_load_once"] = load_s
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out["rss_before_gib"] = rss0 / 2**20
-    out["registration_ok"] = res.findings.get("registration", {}).get("ok")
+    out["registration_ok"] = reg.ok if reg is not None else None
     for k in ("t1", "flair"):
-        m = study.shared["brain_mask"][k]
+        m = brain.brain_mask[k]
         import SimpleITK as sitk
 
         a = sitk.GetArrayFromImage(m) > 0

@@ -17,82 +17,17 @@ thresholds per contrast combination (written by ``models/anomaly/calibrate.py``)
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
 
-from .model_card import FolderCache, LazySessions, ModelCardError, read_card_json, verify_model_file
+from .model_card import AnomalyCard
+from .runtime import LazySessions, ModelCache, model_folder
 
 #: Network input sizes must be multiples of this (three stride-2 levels).
 DIVISOR = 8
-
-
-def anomaly_dir() -> Path:
-    """``OPENRECON_ANOMALY_DIR``, else ``models_dir()/anomaly``."""
-    from .paths import models_dir
-
-    return Path(os.environ.get("OPENRECON_ANOMALY_DIR") or models_dir() / "anomaly")
-
-
-@dataclass(frozen=True)
-class AnomalyCard:
-    path: Path
-    name: str
-    version: str
-    file: Path
-    sha256: str
-    contrast_flag: dict
-    spacing_mm: tuple[float, float, float]
-    orientation: str
-    margin_mm: float
-    steps: int
-    smoothing_mm: float
-    #: per number of Euler steps: ``scale`` (contrast -> the smoothed |input - pseudo-healthy|
-    #: that healthy brains reach) and ``threshold`` (contrast combination "t1", "flair",
-    #: "t1+flair" -> threshold on the mean scaled score), both from healthy calibration brains
-    calibration: dict
-    #: anomalies smaller than this are dropped from the anomaly mask (mm³)
-    min_volume_mm3: float = 50.0
-    #: the brain mask is eroded by this much before scoring (edge of the mask, mm)
-    edge_mm: float = 2.0
-    #: "validated" (meets its held-out targets) or "experimental"; ``status_note`` says why
-    status: str = "experimental"
-    status_note: str = ""
-
-    @staticmethod
-    def load(path: str | Path, verify: bool = True) -> "AnomalyCard":
-        f, d = read_card_json(path)
-        try:
-            card = AnomalyCard(
-                path=f, name=str(d["name"]), version=str(d["version"]), file=f.parent / d["file"],
-                sha256=str(d.get("sha256", "")), contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
-                spacing_mm=tuple(float(v) for v in d["spacing_mm"]), orientation=str(d.get("orientation", "RAS")),
-                margin_mm=float(d.get("margin_mm", 8.0)), steps=int(d["steps"]),
-                smoothing_mm=float(d["smoothing_mm"]),
-                calibration={int(k): {"scale": {c: float(x) for c, x in v["scale"].items()},
-                                      "threshold": {c: float(x) for c, x in v["threshold"].items()}}
-                             for k, v in d["calibration"].items()},
-                min_volume_mm3=float(d.get("min_volume_mm3", 50.0)), edge_mm=float(d.get("edge_mm", 2.0)),
-                status=str(d.get("status", "experimental")), status_note=str(d.get("status_note", "")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(f"{f}: malformed anomaly model card ({e!r})") from None
-        if card.steps < 1 or not card.calibration or any(
-                not set(v["scale"]) <= set(card.contrast_flag) for v in card.calibration.values()):
-            raise ModelCardError(f"{f}: needs steps >= 1 and a calibration whose scales name known contrasts")
-        if verify:
-            verify_model_file(card.file, card.sha256, f)
-        return card
-
-    def combination(self, contrasts) -> str:
-        return "+".join(c for c in ("t1", "flair") if c in contrasts)
-
-    def calibrated(self, steps: int) -> dict:
-        """Calibration for ``steps`` Euler steps (the nearest calibrated number of steps)."""
-        k = min(self.calibration, key=lambda n: (abs(n - steps), n))
-        return self.calibration[k]
 
 
 class AnomalyModel:
@@ -100,11 +35,15 @@ class AnomalyModel:
 
     def __init__(self, card: AnomalyCard):
         self.card = card
-        self._sessions = LazySessions([card.file])
+        self._sessions = LazySessions(card.files, **card.session_options())
 
     @property
     def session(self):
-        return self._sessions.get()[0]
+        return self._sessions.session(0)
+
+    def load(self) -> None:
+        """Create the session now (server start-up) rather than for the first study."""
+        self._sessions.all()
 
     def pseudo_healthy(self, x: np.ndarray, contrast: str, steps: int | None = None) -> np.ndarray:
         """``steps`` Euler steps of the flow from ``x`` (z, y, x), whole volume at once."""
@@ -120,8 +59,9 @@ class AnomalyModel:
             y = y + sess.run(None, {name: inp})[0][0, 0] / n
         return y[tuple(slice(0, s) for s in x.shape)]
 
-    def difference(self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None,
-                   core: np.ndarray | None = None) -> np.ndarray:
+    def difference(
+        self, x: np.ndarray, brain: np.ndarray, contrast: str, steps: int | None = None, core: np.ndarray | None = None
+    ) -> np.ndarray:
         """Smoothed |x - pseudo-healthy(x)| inside the brain, in units of this study's typical
         (median) difference, before calibration.
 
@@ -164,31 +104,52 @@ class AnomalyModel:
         return postprocess(score, voxel_mm3, 1.0, self.card.min_volume_mm3)
 
 
-_models: FolderCache[AnomalyModel] = FolderCache(lambda folder: AnomalyModel(AnomalyCard.load(folder)))
+_models: ModelCache[Path, AnomalyModel] = ModelCache(lambda folder: AnomalyModel(AnomalyCard.load(folder)))
 
 
 def get_model(folder: str | Path | None = None) -> AnomalyModel:
-    """The (process-wide, loaded once) anomaly model of ``folder`` (default: :func:`anomaly_dir`)."""
-    return _models.get(folder if folder is not None else anomaly_dir())
+    """The (process-wide, loaded once) anomaly model of ``folder`` (default: the models folder's
+    ``anomaly``, see :func:`openrecon_stroke.runtime.model_folder`)."""
+    return _models.get(Path(folder) if folder is not None else model_folder("anomaly"))
 
 
-def anomaly_load(anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0) -> dict:
+class AnomalyLoad(TypedDict):
+    """Anomalous volume (mL, 3 decimals): in total, inside the segmented lesion, perilesional
+    and remote."""
+
+    load_ml: float
+    in_lesion_ml: float
+    perilesional_ml: float
+    remote_ml: float
+
+
+def anomaly_load(
+    anomaly: np.ndarray, lesion: np.ndarray | None, spacing_zyx, perilesional_mm: float = 5.0
+) -> AnomalyLoad:
     """Anomalous volume (mL) in total and split into inside the segmented lesion, perilesional
     (within ``perilesional_mm`` of it) and remote."""
     vox_ml = float(np.prod(spacing_zyx)) / 1000.0
-    out = {"load_ml": round(float(anomaly.sum()) * vox_ml, 3)}
+    total = round(float(anomaly.sum()) * vox_ml, 3)
     if lesion is None or not lesion.any():
-        out.update(in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=out["load_ml"])
-        return out
+        return AnomalyLoad(load_ml=total, in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=total)
     dist = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
     near = (dist > 0) & (dist <= perilesional_mm)
-    out["in_lesion_ml"] = round(float((anomaly & lesion).sum()) * vox_ml, 3)
-    out["perilesional_ml"] = round(float((anomaly & near).sum()) * vox_ml, 3)
-    out["remote_ml"] = round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3)
-    return out
+    return AnomalyLoad(
+        load_ml=total,
+        in_lesion_ml=round(float((anomaly & lesion).sum()) * vox_ml, 3),
+        perilesional_ml=round(float((anomaly & near).sum()) * vox_ml, 3),
+        remote_ml=round(float((anomaly & ~lesion & ~near).sum()) * vox_ml, 3),
+    )
 
 
-def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> dict | None:
+class CsfMeasures(TypedDict):
+    """Ventricle volume (mL, 1 decimal) and atrophy index (CSF fraction of the brain mask)."""
+
+    ventricle_ml: float
+    atrophy_index: float
+
+
+def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> CsfMeasures | None:
     """Ventricle volume (mL) and an atrophy index (CSF fraction of the brain mask) from a
     bias-corrected T1-w image: CSF is the darkest of three intensity classes (Otsu) inside the
     brain; ventricles are the CSF components at least 12 mm inside the brain surface, largest
@@ -215,4 +176,4 @@ def csf_measures(t1: np.ndarray, brain: np.ndarray, spacing_zyx) -> dict | None:
     if n:
         sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
         vent = float(sizes[:2].sum()) * vox_ml
-    return {"ventricle_ml": round(vent, 1), "atrophy_index": round(float(csf.sum()) / float(brain.sum()), 3)}
+    return CsfMeasures(ventricle_ml=round(vent, 1), atrophy_index=round(float(csf.sum()) / float(brain.sum()), 3))

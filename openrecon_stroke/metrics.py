@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 CONNECTIVITY = np.ones((3, 3, 3), bool)
@@ -20,7 +21,10 @@ CONNECTIVITY = np.ones((3, 3, 3), bool)
 SIZE_BUCKETS = (("small <1 mL", 0.0, 1.0), ("medium 1-10 mL", 1.0, 10.0), ("large >=10 mL", 10.0, np.inf))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
+def dice(a: np.ndarray | sitk.Image, b: np.ndarray | sitk.Image) -> float:
+    """Dice of the non-zero voxels of two masks on one grid (arrays or SimpleITK images)."""
+    a = sitk.GetArrayViewFromImage(a) if isinstance(a, sitk.Image) else np.asarray(a)
+    b = sitk.GetArrayViewFromImage(b) if isinstance(b, sitk.Image) else np.asarray(b)
     a, b = a > 0, b > 0
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
@@ -69,7 +73,8 @@ def lesion_table(truth: np.ndarray, pred: np.ndarray, spacing_zyx) -> dict:
     precision = p_tp / npred if npred else (1.0 if nt == 0 else 0.0)
     recall = float(detected.mean()) if nt else (1.0 if npred == 0 else 0.0)
     f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    out = {
+    buckets: dict[str, dict] = {}
+    out: dict = {
         "dice": dice(truth, pred),
         "lesion_f1": f1,
         "lesion_precision": precision,
@@ -80,7 +85,7 @@ def lesion_table(truth: np.ndarray, pred: np.ndarray, spacing_zyx) -> dict:
         "pred_volume_ml": float(pred.sum()) * vox_ml,
         "n_true": int(nt),
         "n_pred": int(npred),
-        "buckets": {},
+        "buckets": buckets,
     }
     for name, lo, hi in SIZE_BUCKETS:
         sel = (t_sizes >= lo) & (t_sizes < hi)
@@ -91,22 +96,23 @@ def lesion_table(truth: np.ndarray, pred: np.ndarray, spacing_zyx) -> dict:
         # Dice of these true lesions against the predicted lesions that touch them
         touching = np.unique(lp[region & pred])
         pr = np.isin(lp, touching[touching > 0])
-        out["buckets"][name] = {"n_true": int(sel.sum()), "recall": float(detected[sel].mean()),
-                                "dice": dice(region, pr)}
+        buckets[name] = {"n_true": int(sel.sum()), "recall": float(detected[sel].mean()), "dice": dice(region, pr)}
     return out
 
 
 def summarise(rows: list[dict]) -> dict:
     """Mean of each scalar metric over cases (NaNs ignored) and pooled per-bucket figures."""
     keys = [k for k in rows[0] if k != "buckets"] if rows else []
-    out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    out: dict = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     buckets: dict[str, dict] = {}
     for name, _, _ in SIZE_BUCKETS:
         rs = [r["buckets"][name] for r in rows if name in r["buckets"]]
         if rs:
             n = sum(b["n_true"] for b in rs)
-            buckets[name] = {"n_true": n,
-                             "recall": sum(b["recall"] * b["n_true"] for b in rs) / n,
-                             "dice": float(np.mean([b["dice"] for b in rs]))}
+            buckets[name] = {
+                "n_true": n,
+                "recall": sum(b["recall"] * b["n_true"] for b in rs) / n,
+                "dice": float(np.mean([b["dice"] for b in rs])),
+            }
     out["buckets"] = buckets
     return out

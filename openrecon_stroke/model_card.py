@@ -1,40 +1,55 @@
-"""Model cards: a segmentation model is ONNX files plus this description, not code.
+"""Model cards: a model is ONNX files plus this description, not code. One format, one loader.
 
-A card is ``card.json`` beside the ONNX files. Required keys (validated on load, so that a
-wrong card cannot be built):
+A card is ``card.json`` beside the ONNX files. Every card has:
 
+* ``kind``: the model family, a key of :data:`CARD_KINDS` (``"segmentation"``: lesion models,
+  own or imported nnU-Net; ``"anomaly"``; ``"brain_extraction"``: HD-BET). A card without it
+  is read as the family asked for (``AnomalyCard.load``), or, by :func:`load_card`, as the
+  family its keys show;
 * ``name``, ``version``: shown on the report;
-* ``inputs``: contrasts in channel order, e.g. ``["t1", "flair"]``;
-* ``spacing_mm``: network voxel size (x, y, z) in mm; ``orientation``: voxel axis directions of
-  the network grid as an ITK code, ``"RAS"`` (x towards patient Right, y Anterior, z Superior);
-* ``normalisation``: ``"zscore_brain"`` (each channel minus its mean, over its standard deviation,
-  inside the brain mask; 0 outside) or ``"zscore"`` (whole volume);
-* ``patch_size``: (z, y, x) voxels of one network input;
-* ``output``: ``{"activation": "softmax"|"sigmoid"|"probability", "channel": k}``, the lesion class;
-* ``files``: ``[{"file": "fold0.onnx", "sha256": "..."}]``, one per fold (ensembled by mean);
-* ``threshold`` (probability, default 0.2), ``min_lesion_mm3`` (default 10);
-* optional ``size_divisor`` and ``max_window_voxels``: the network is fully convolutional and
-  takes any (z, y, x) size divisible by ``size_divisor``; a volume (the brain box) of at most
-  ``max_window_voxels`` once rounded up is then predicted in one window of its own size instead
-  of sliding ``patch_size`` windows over it (for a network whose output does not depend on the
-  window, e.g. batch norm with running statistics: the same map without overlap or padding work);
-* optional ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none), ``margin_mm``,
-  ``status`` ("validated" / "experimental": an experimental model is flagged on every report)
-  and ``status_note``.
+* ``files``: ``[{"file": "fold0.onnx", "sha256": "..."}]`` (an ensemble's folds), or one
+  ``file`` + ``sha256``; each file must exist and match its sha256 (checked on load);
+* optional ``status`` ("validated" / "experimental": an experimental model is flagged on every
+  report) and ``status_note``.
+
+Family keys (validated on load, so that a wrong card cannot be built):
+
+**segmentation** (:class:`ModelCard`): ``inputs`` (contrasts in channel order, e.g.
+``["t1", "flair"]``); ``spacing_mm`` (network voxel size x, y, z in mm); ``orientation`` (voxel
+axis directions of the network grid as an ITK code, ``"RAS"``: x towards patient Right, y
+Anterior, z Superior); ``normalisation`` (``"zscore_brain"``: each channel minus its mean, over
+its standard deviation, inside the brain mask, 0 outside; or ``"zscore"``: whole volume);
+``patch_size`` ((z, y, x) voxels of one network input); ``output`` (``{"activation":
+"softmax"|"sigmoid"|"probability", "channel": k}``, the lesion class); ``threshold``
+(probability, default 0.2), ``min_lesion_mm3`` (default 10); optional ``size_divisor`` and
+``max_window_voxels`` (the network is fully convolutional and takes any (z, y, x) size
+divisible by ``size_divisor``; a volume (the brain box) of at most ``max_window_voxels`` once
+rounded up is then predicted in one window of its own size instead of sliding ``patch_size``
+windows over it, for a network whose output does not depend on the window, e.g. batch norm
+with running statistics); ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none),
+``margin_mm``.
+
+**anomaly** (:class:`AnomalyCard`): see its fields.
+
+**brain_extraction** (:class:`BrainExtractionCard`): HD-BET's grid, padding, crop, modes; see
+``models/hdbet/MODEL_CARD.md``.
+
+A new family is a :class:`Card` subclass with its ``kind`` and :meth:`Card.parse`, and one entry
+in :data:`CARD_KINDS`. Keys a family does not model (training notes, metrics) stay readable as
+``card["key"]``. Sessions, threads and folders are :mod:`openrecon_stroke.runtime`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-T = TypeVar("T")
+C = TypeVar("C", bound="Card")
 
 ACTIVATIONS = ("softmax", "sigmoid", "probability")
 NORMALISATIONS = ("zscore_brain", "zscore")
@@ -53,11 +68,62 @@ class ModelCardError(ValueError):
     """The card is missing something or contradicts itself (the message says what)."""
 
 
-@dataclass(frozen=True)
-class ModelCard:
+@dataclass(frozen=True, kw_only=True)
+class Card:
+    """What every card holds; a family's card adds its own fields."""
+
+    kind: ClassVar[str] = ""
+    #: status of a card that does not state one
+    default_status: ClassVar[str] = ""
+
     path: Path
     name: str
     version: str
+    files: tuple[Path, ...]
+    sha256: tuple[str, ...]
+    status: str = ""
+    status_note: str = ""
+    #: the card's JSON as written (``card["key"]``)
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+    def __post_init__(self):
+        if not self.files:
+            raise ModelCardError(f"{self.path}: no model files listed")
+
+    @classmethod
+    def parse(cls: type[C], common: dict[str, Any], d: dict) -> C:
+        """The card from its JSON ``d``; ``common`` holds the fields of :class:`Card`, already
+        read. Raises KeyError / ValueError / TypeError / :class:`ModelCardError`."""
+        return cls(**common)
+
+    @classmethod
+    def load(cls: type[C], path: str | Path, verify: bool = True) -> C:
+        """The card of a model folder (its ``card.json``) or a card file, of this family."""
+        card = load_card(path, cls.kind, verify=verify)
+        assert isinstance(card, cls)
+        return card
+
+    def verify_files(self) -> None:
+        for f, s in zip(self.files, self.sha256):
+            verify_model_file(f, s, self.path)
+
+    def session_options(self) -> dict:
+        """Options of :func:`openrecon_stroke.runtime.ort_session` for this family's files."""
+        return {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard(Card):
+    """A segmentation model (the lesion models, own or imported nnU-Net)."""
+
+    kind: ClassVar[str] = "segmentation"
+
     inputs: tuple[str, ...]
     spacing_mm: tuple[float, float, float]
     orientation: str
@@ -65,8 +131,6 @@ class ModelCard:
     patch_size: tuple[int, int, int]
     activation: str
     channel: int
-    files: tuple[Path, ...]
-    sha256: tuple[str, ...]
     threshold: float = 0.2
     min_lesion_mm3: float = 10.0
     overlap: float = 0.5
@@ -74,11 +138,9 @@ class ModelCard:
     margin_mm: float = 8.0
     size_divisor: int = 0
     max_window_voxels: int = 0
-    #: optional: "validated" or "experimental" (then every report using it says so), and why
-    status: str = ""
-    status_note: str = ""
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
             raise ModelCardError(f"{self.path}: inputs must be contrasts among t1, flair; got {self.inputs}")
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
@@ -93,8 +155,6 @@ class ModelCard:
             raise ModelCardError(f"{self.path}: threshold must be in (0, 1)")
         if not 0 <= self.overlap < 0.95:
             raise ModelCardError(f"{self.path}: overlap must be in [0, 0.95)")
-        if not self.files:
-            raise ModelCardError(f"{self.path}: no model files listed")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ModelCardError(f"{self.path}: mirror_axes are spatial axes 0, 1, 2")
         if self.size_divisor < 0 or self.max_window_voxels < 0 or (self.max_window_voxels and not self.size_divisor):
@@ -102,34 +162,26 @@ class ModelCard:
         if len(self.orientation) != 3:
             raise ModelCardError(f"{self.path}: orientation must be a 3-letter code such as RAS")
 
-    @staticmethod
-    def load(path: str | Path, verify: bool = True) -> "ModelCard":
-        card_file, d = read_card_json(path)
-        try:
-            files = tuple(card_file.parent / f["file"] for f in d["files"])
-            sums = tuple(str(f.get("sha256", "")) for f in d["files"])
-            out = d["output"]
-            card = ModelCard(
-                path=card_file, name=str(d["name"]), version=str(d["version"]),
-                inputs=tuple(d["inputs"]), spacing_mm=tuple(float(v) for v in d["spacing_mm"]),
-                orientation=str(d.get("orientation", "RAS")), normalisation=str(d["normalisation"]),
-                patch_size=tuple(int(v) for v in d["patch_size"]), activation=str(out["activation"]),
-                channel=int(out["channel"]), files=files, sha256=sums,
-                threshold=float(d.get("threshold", 0.2)), min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
-                overlap=float(d.get("overlap", 0.5)), mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
-                margin_mm=float(d.get("margin_mm", 8.0)),
-                size_divisor=int(d.get("size_divisor", 0)), max_window_voxels=int(d.get("max_window_voxels", 0)),
-                status=str(d.get("status", "")), status_note=str(d.get("status_note", "")),
-            )
-        except KeyError as e:
-            raise ModelCardError(f"{card_file} lacks the required key {e}") from None
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ModelCardError):
-                raise
-            raise ModelCardError(f"{card_file} has a malformed value ({e})") from None
-        if verify:
-            card.verify_files()
-        return card
+    @classmethod
+    def parse(cls, common, d):
+        out = d["output"]
+        return cls(
+            **common,
+            inputs=tuple(d["inputs"]),
+            spacing_mm=_floats3(d["spacing_mm"]),
+            orientation=str(d.get("orientation", "RAS")),
+            normalisation=str(d["normalisation"]),
+            patch_size=_ints3(d["patch_size"]),
+            activation=str(out["activation"]),
+            channel=int(out["channel"]),
+            threshold=float(d.get("threshold", 0.2)),
+            min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+            overlap=float(d.get("overlap", 0.5)),
+            mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
+            margin_mm=float(d.get("margin_mm", 8.0)),
+            size_divisor=int(d.get("size_divisor", 0)),
+            max_window_voxels=int(d.get("max_window_voxels", 0)),
+        )
 
     def window_for(self, shape_zyx) -> tuple[int, int, int]:
         """The network window for a (z, y, x) volume: the volume itself rounded up to
@@ -137,17 +189,214 @@ class ModelCard:
         ``max_window_voxels``; otherwise ``patch_size`` (slid over the volume)."""
         if self.size_divisor and self.max_window_voxels:
             k = self.size_divisor
-            whole = tuple(int(-(-int(n) // k) * k) for n in shape_zyx)
+            whole = _ints3(-(-int(n) // k) * k for n in shape_zyx)
             if int(np.prod(whole)) <= self.max_window_voxels:
                 return whole
         return self.patch_size
 
-    def verify_files(self):
-        for f, s in zip(self.files, self.sha256):
-            verify_model_file(f, s, self.path)
+
+@dataclass(frozen=True, kw_only=True)
+class AnomalyCard(Card):
+    """The rectified-flow anomaly model (:mod:`openrecon_stroke.anomaly`): one file; contrasts
+    and their channel flag, network grid (RAS, ``spacing_mm``, brain box + ``margin_mm``), default
+    Euler ``steps``, smoothing, and the healthy-brain calibration."""
+
+    kind: ClassVar[str] = "anomaly"
+    default_status: ClassVar[str] = "experimental"
+
+    contrast_flag: dict
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    margin_mm: float
+    steps: int
+    smoothing_mm: float
+    #: per number of Euler steps: ``scale`` (contrast -> the smoothed |input - pseudo-healthy|
+    #: that healthy brains reach) and ``threshold`` (contrast combination "t1", "flair",
+    #: "t1+flair" -> threshold on the mean scaled score), both from healthy calibration brains
+    calibration: dict
+    #: anomalies smaller than this are dropped from the anomaly mask (mm³)
+    min_volume_mm3: float = 50.0
+    #: the brain mask is eroded by this much before scoring (edge of the mask, mm)
+    edge_mm: float = 2.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (
+            self.steps < 1
+            or not self.calibration
+            or any(not set(v["scale"]) <= set(self.contrast_flag) for v in self.calibration.values())
+        ):
+            raise ModelCardError(f"{self.path}: needs steps >= 1 and a calibration whose scales name known contrasts")
+
+    @classmethod
+    def parse(cls, common, d):
+        return cls(
+            **common,
+            contrast_flag={k: float(v) for k, v in d["contrast_flag"].items()},
+            spacing_mm=_floats3(d["spacing_mm"]),
+            orientation=str(d.get("orientation", "RAS")),
+            margin_mm=float(d.get("margin_mm", 8.0)),
+            steps=int(d["steps"]),
+            smoothing_mm=float(d["smoothing_mm"]),
+            calibration={
+                int(k): {
+                    "scale": {c: float(x) for c, x in v["scale"].items()},
+                    "threshold": {c: float(x) for c, x in v["threshold"].items()},
+                }
+                for k, v in d["calibration"].items()
+            },
+            min_volume_mm3=float(d.get("min_volume_mm3", 50.0)),
+            edge_mm=float(d.get("edge_mm", 2.0)),
+        )
+
+    @property
+    def file(self) -> Path:
+        return self.files[0]
+
+    def combination(self, contrasts) -> str:
+        return "+".join(c for c in ("t1", "flair") if c in contrasts)
+
+    def calibrated(self, steps: int) -> dict:
+        """Calibration for ``steps`` Euler steps (the nearest calibrated number of steps)."""
+        k = min(self.calibration, key=lambda n: (abs(n - steps), n))
+        return self.calibration[k]
 
 
-def read_card_json(path: str | Path) -> tuple[Path, dict]:
+@dataclass(frozen=True)
+class CropToHead:
+    """HD-BET speed-up: run the network on the head's bounding box only (see
+    :meth:`openrecon_stroke.brain_extraction.BrainExtractor.head_box`)."""
+
+    enabled: bool = False
+    threshold_fraction_of_p99: float = 0.1
+    margin_mm: float = 12.0
+    min_shape: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrainExtractionCard(Card):
+    """HD-BET's folds and recipe (:mod:`openrecon_stroke.brain_extraction`)."""
+
+    kind: ClassVar[str] = "brain_extraction"
+
+    #: network grid: voxel size (x, y, z mm) and axis directions (3x3, columns, LPS)
+    spacing_mm: tuple[float, float, float]
+    direction_lps: tuple[tuple[float, ...], ...]
+    channel: int
+    pad_divisible_by: int
+    pad_min_shape: tuple[int, int, int] | None
+    pad_value: float
+    crop: CropToHead
+    mirror_axes: tuple[int, ...]
+    threshold: float
+    resample_image: str
+    mask_back: str
+    postprocess: str
+    #: mode -> (folds: a count or "all", mirroring)
+    modes: dict
+
+    @classmethod
+    def parse(cls, common, d):
+        pad, crop, res = d["padding"], d.get("crop_to_head") or {}, d.get("resampling", {})
+        modes = d.get("modes") or {"fast": {"folds": 1, "tta": False}, "accurate": {"folds": "all", "tta": True}}
+        return cls(
+            **common,
+            spacing_mm=_floats3(d["grid"]["spacing_mm"]),
+            direction_lps=tuple(tuple(float(v) for v in row) for row in d["grid"]["direction_lps"]),
+            channel=int(d["output"].get("channel", 0)),
+            pad_divisible_by=int(pad["divisible_by"]),
+            pad_min_shape=_ints3(pad["min_shape"]) if pad.get("min_shape") else None,
+            pad_value=float(d["normalisation"].get("pad_value", 0.0)),
+            crop=CropToHead(
+                enabled=bool(crop.get("enabled")),
+                threshold_fraction_of_p99=float(crop.get("threshold_fraction_of_p99", 0.1)),
+                margin_mm=float(crop.get("margin_mm", 12.0)),
+                min_shape=_ints3(crop["min_shape"]) if crop.get("min_shape") else None,
+            ),
+            mirror_axes=tuple(int(a) for a in d["mirror_axes"]),
+            threshold=float(d.get("threshold", 0.5)),
+            resample_image=str(res.get("image", "bspline3")),
+            mask_back=str(res.get("mask_back", "linear_probability")),
+            postprocess=str(d.get("postprocess", "")),
+            modes={
+                str(k): (v["folds"] if v["folds"] == "all" else int(v["folds"]), bool(v["tta"]))
+                for k, v in modes.items()
+            },
+        )
+
+    def session_options(self) -> dict:
+        # activations of a whole head are ~1.5 GB: no arena kept per fold; int8 weights folded
+        return {"low_memory": True, "fold_weights": True}
+
+
+#: ``kind`` -> card class (one entry per model family)
+CARD_KINDS: dict[str, type[Card]] = {c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard)}
+
+
+def _floats3(v) -> tuple[float, float, float]:
+    a, b, c = (float(x) for x in v)
+    return a, b, c
+
+
+def _ints3(v) -> tuple[int, int, int]:
+    a, b, c = (int(x) for x in v)
+    return a, b, c
+
+
+def _infer_kind(d: dict) -> str:
+    if "contrast_flag" in d:
+        return "anomaly"
+    if "grid" in d and "padding" in d:
+        return "brain_extraction"
+    return "segmentation"
+
+
+def load_card(path: str | Path, kind: str | None = None, *, verify: bool = True) -> Card:
+    """The card of a model folder (its ``card.json``) or a card file.
+
+    Args:
+        kind: the family expected (a card of another family is refused); None: the card's own
+            ``kind``, else the family its keys show.
+        verify: check that every model file exists and matches its sha256.
+
+    Raises:
+        ModelCardError: naming the card file and what is wrong with it.
+    """
+    card_file, d = read_card_json(path)
+    if not isinstance(d, dict):
+        raise ModelCardError(f"{card_file} is not a JSON object")
+    stated = d.get("kind")
+    family = str(stated or kind or _infer_kind(d))
+    if kind is not None and family != kind:
+        raise ModelCardError(f"{card_file} is a model card of kind {family!r}, not {kind!r}")
+    cls = CARD_KINDS.get(family)
+    if cls is None:
+        raise ModelCardError(f"{card_file}: unknown model kind {family!r} (known: {', '.join(CARD_KINDS)})")
+    try:
+        entries = d["files"] if "files" in d else [{"file": d["file"], "sha256": d.get("sha256", "")}]
+        common = dict(
+            path=card_file,
+            name=str(d["name"]),
+            version=str(d["version"]),
+            files=tuple(card_file.parent / str(f["file"]) for f in entries),
+            sha256=tuple(str(f.get("sha256", "")) for f in entries),
+            status=str(d.get("status", cls.default_status)),
+            status_note=str(d.get("status_note", "")),
+            raw=d,
+        )
+        card = cls.parse(common, d)
+    except ModelCardError:
+        raise
+    except KeyError as e:
+        raise ModelCardError(f"{card_file}: malformed {family} model card: it lacks the required key {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelCardError(f"{card_file}: malformed {family} model card: a value is malformed ({e})") from None
+    if verify:
+        card.verify_files()
+    return card
+
+
+def read_card_json(path: str | Path) -> tuple[Path, Any]:
     """``(card file, its content)`` for a model folder (its ``card.json``) or a card file; a
     missing or unreadable card raises :class:`ModelCardError` naming the file."""
     path = Path(path)
@@ -165,60 +414,7 @@ def verify_model_file(file: Path, sha256: str, card_file: Path) -> None:
     if not file.is_file():
         raise ModelCardError(f"model file {file} listed in {card_file} is missing")
     if sha256 and file_sha256(file) != sha256:
-        raise ModelCardError(f"model file {file} does not match its sha256 in {card_file} "
-                             "(damaged or replaced; rebuild it with the command in the model card)")
-
-
-# --- loading, shared by every ONNX model family (lesion, anomaly) ---------------------------
-
-def ort_session(path: str | Path):
-    """An ONNX Runtime CPU session for one model file: all graph optimisations, intra-op threads
-    = physical cores (what a 2-core scanner host gives us), one inter-op thread."""
-    import onnxruntime as ort
-
-    from .brain_extraction import physical_cores
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = physical_cores()
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-class LazySessions:
-    """ONNX Runtime sessions for a list of model files (e.g. the folds of an ensemble), created
-    together on first use and then shared by every thread."""
-
-    def __init__(self, files: Sequence[str | Path]):
-        self.files = tuple(Path(f) for f in files)
-        self._sessions: list | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> list:
-        with self._lock:
-            if self._sessions is None:
-                self._sessions = [ort_session(f) for f in self.files]
-            return self._sessions
-
-
-class FolderCache(Generic[T]):
-    """Process-wide cache of one loaded model per model folder: ``get(folder)`` builds it with
-    ``factory(folder)`` the first time (card read and checked once) and returns the same object
-    afterwards, from any thread."""
-
-    def __init__(self, factory: Callable[[Path], T]):
-        self._factory = factory
-        self._items: dict[Path, T] = {}
-        self._lock = threading.Lock()
-
-    def get(self, folder: str | Path) -> T:
-        folder = Path(folder)
-        with self._lock:
-            item = self._items.get(folder)
-            if item is None:
-                item = self._items[folder] = self._factory(folder)
-            return item
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        raise ModelCardError(
+            f"model file {file} does not match its sha256 in {card_file} "
+            "(damaged or replaced; rebuild it with the command in the model card)"
+        )

@@ -16,28 +16,24 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .assembly import assemble_study
 from .outputs import report_dict
 from .params import coerce
 from .pipeline import build_pipeline, resolve_pipeline_name
-from .study import Study
 
 log = logging.getLogger(__name__)
 
 
-def process(t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None,
-            dicom: bool = False) -> dict:
-    from .inputs import load_volume
-
+def process(
+    t1=None, flair=None, out_dir: Path = Path("out"), raw_params: dict | None = None, dicom: bool = False
+) -> dict:
     params = coerce(raw_params)
     for w in params.warnings:
         log.warning(w)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = Study(inputs={}, params=params, warnings=list(params.warnings))
     t0 = time.perf_counter()
-    for key, path in (("t1", t1), ("flair", flair)):
-        if path:
-            study.inputs[key] = load_volume(path)
+    study = assemble_study(params, files={"t1": t1, "flair": flair}, warnings=params.warnings)
     study.timings_s["load"] = time.perf_counter() - t0
     name, _ = resolve_pipeline_name(params["config"])
     build_pipeline(name).run(study)

@@ -11,16 +11,25 @@ Meta on every derived image (what the scanner reads, see docs/openrecon-notes): 
 maps only; ``InternalSend`` = 1 and no window on RGB (overlay, report page). A report page is
 one 2D image of its own size, centred on the input's field of view in its slice plane
 (:func:`page_grid`).
+
+:func:`study_from_mrd` reads that encoding back: returned images -> a study of inputs and
+derived series (what replay needs to export the server's answer as DICOM).
 """
 
 from __future__ import annotations
+
+import logging
+import re
 
 import ismrmrd
 import numpy as np
 
 from . import APP_NAME, __version__
-from .geometry import Grid, Volume
+from .geometry import Grid, Volume, assemble_series, group_series, image_frame, images_on_headers, slice_order
+from .mrdfile import header_info, parse_header
 from .study import DerivedSeries, Study
+
+log = logging.getLogger(__name__)
 
 HISTORY = ["OPENRECON", APP_NAME.upper()]
 #: Float maps go out as uint16 after multiplying by this factor (windows are integers).
@@ -92,18 +101,9 @@ def derived_images(series: DerivedSeries, volume: Volume, series_index: int) -> 
     else:
         heads = volume.mrd_headers()
         is_3d = volume.is_3d
-    out = []
-    for k, h in enumerate(heads):
-        part = arr if is_3d else arr[:, k:k + 1]
-        img = ismrmrd.Image(head=h, data=np.ascontiguousarray(part))
-        hh = img.getHead()
-        hh.image_series_index = series_index
-        hh.image_index = k + 1
-        hh.image_type = image_type
-        img.setHead(hh)
-        img.meta = _meta(series, volume, h, is_3d)
-        out.append(img)
-    return out
+    return images_on_headers(
+        arr, heads, series_index, image_type=image_type, meta=lambda h: _meta(series, volume, h, is_3d)
+    )
 
 
 def original_images(images: list[ismrmrd.Image]) -> list[ismrmrd.Image]:
@@ -151,3 +151,81 @@ def report_dict(study: Study, pipeline_name: str) -> dict:
         "warnings": study.warnings,
         "derived": [{"name": d.name, "reference": d.reference, "kind": d.kind} for d in study.derived],
     }
+
+
+# --------------------------------------------------------------------------------------------
+# back: MRD images as the server returned them -> a study (the inverse of derived_images)
+# --------------------------------------------------------------------------------------------
+def _series_data(images) -> np.ndarray:
+    """(channels, nz, ny, nx) data of one series in grid order (sorted along the slice normal,
+    as :func:`~openrecon_stroke.geometry.assemble_series` does)."""
+    if len(images) == 1:
+        return np.asarray(images[0].data)
+    normal = image_frame(images[0].getHead())[2]
+    order = slice_order([im.getHead().position for im in images], normal)
+    return np.concatenate([np.asarray(images[i].data) for i in order], axis=1)
+
+
+def study_from_mrd(returned: list, header_xml: str = "", sent: list | None = None) -> Study:
+    """A :class:`Study` rebuilt from MRD images as the server returned them: originals (no
+    ``ImageProcessingHistory``; else the ``sent`` images) become inputs, the rest derived series
+    on the input with the same grid (kinds from DataRole, image type and windows)."""
+    info = {}
+    if header_xml:
+        try:
+            info = header_info(parse_header(header_xml))
+        except Exception as e:  # noqa: BLE001
+            log.warning("MRD header not usable for DICOM identity (%s)", e)
+    groups = group_series(returned)
+    originals = {i: ims for i, ims in groups.items() if "ImageProcessingHistory" not in ims[0].meta}
+    if not originals and sent:
+        originals = group_series(sent)
+    study = Study(inputs={})
+    for idx, ims in originals.items():
+        vol = assemble_series(ims, description=info.get("series_description") or f"series{idx}")
+        vol.info = dict(info)
+        study.inputs[f"series{idx}"] = vol
+    if not study.inputs:
+        raise ValueError(
+            "no original images to place the returned series on (send originals, or give the images that were sent)"
+        )
+    taken: set = set()
+    for idx, ims in groups.items():
+        if idx in originals and "ImageProcessingHistory" not in ims[0].meta:
+            continue
+        m = ims[0].meta
+        head = ims[0].getHead()
+        rgb = int(head.image_type) == 6 or int(head.channels) == 3
+        data = _series_data(ims)
+        one = ims if not rgb else [_first_channel(im) for im in ims]
+        grid = assemble_series(one).grid
+        ref = next((k for k, v in study.inputs.items() if v.grid.same_as(grid)), None)
+        desc = str(m.get("SequenceDescriptionAdditional") or f"SERIES{idx}")
+        name = re.sub(r"[^a-z0-9_]+", "_", desc.lower()).strip("_") or f"series{idx}"
+        comment = str(m.get("ImageComments") or "")
+        if rgb and ref is None and len(ims) == 1:
+            ref = next(iter(study.inputs))
+            d = DerivedSeries(name, ref, np.moveaxis(data, 0, -1).astype(np.uint8), "page", desc, comment=comment)
+        elif ref is None:
+            log.warning("returned series %d (%s) is on no input grid; not exported", idx, desc)
+            continue
+        elif rgb:
+            d = DerivedSeries(name, ref, np.moveaxis(data, 0, -1).astype(np.uint8), "rgb", desc, comment=comment)
+        elif str(m.get("DataRole", "")) == "Segmentation":
+            d = DerivedSeries(name, ref, (data[0] > 0).astype(np.uint8), "mask", desc, comment=comment)
+        elif m.get("WindowCenter") is not None and m.get("WindowWidth") is not None:
+            win = (float(m.get("WindowCenter")) / MAP_SCALE, float(m.get("WindowWidth")) / MAP_SCALE)
+            d = DerivedSeries(
+                name, ref, data[0].astype(np.float32) / MAP_SCALE, "map", desc, window=win, comment=comment
+            )
+        else:
+            d = DerivedSeries(name, ref, data[0].astype(np.float32), "image", desc, comment=comment)
+        while (d.name, d.reference) in taken:
+            d.name += "_x"
+        taken.add((d.name, d.reference))
+        study.add(d)
+    return study
+
+
+def _first_channel(im):
+    return ismrmrd.Image(head=im.getHead(), data=np.ascontiguousarray(np.asarray(im.data)[:1]))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .pipeline_registry import PIPELINE_NAMES, DEFAULT_PIPELINE
+from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ class Parameter:
             if self.minimum is None or self.maximum is None or not (self.minimum <= self.default <= self.maximum):
                 raise ValueError(f"parameter {self.id}: default outside [minimum, maximum]")
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(minimum, maximum) of a number (validated on construction)."""
+        assert self.minimum is not None and self.maximum is not None
+        return self.minimum, self.maximum
+
     def coerce(self, raw: Any) -> Any:
         """Typed value of ``raw``; raises ValueError with a readable reason."""
         if self.kind == "boolean":
@@ -69,7 +75,8 @@ class Parameter:
                 if v != int(v):
                     raise ValueError(f"expected a whole number, got {raw!r}")
                 v = int(v)
-            if not (self.minimum <= v <= self.maximum):
+            lo, hi = self.bounds
+            if not (lo <= v <= hi):
                 raise ValueError(f"{v} is outside {self.minimum}..{self.maximum} {self.unit}".rstrip())
             return v
         if self.kind == "choice":
@@ -86,39 +93,97 @@ class Parameter:
 
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("config", "Pipeline", "choice", DEFAULT_PIPELINE,
-              "Which processing runs: the full stroke pipeline or only returning the images.",
-              choices=tuple((n, n) for n in PIPELINE_NAMES)),
-    Parameter("sendoriginal", "Send original images", "boolean", True,
-              "Return the input images unchanged, before the derived series. Turn off only if "
-              "another step in the chain already keeps them."),
-    Parameter("contrast", "Input contrast", "choice", "auto",
-              "Contrast of the incoming series; auto reads it from the protocol (TI, name).",
-              choices=(("auto", "auto"), ("t1", "T1-weighted"), ("flair", "FLAIR"))),
-    Parameter("betmode", "Brain extraction", "choice", "fast",
-              "HD-BET brain extraction: fast (one network, no mirroring) or accurate (all "
-              "shipped networks with mirroring; several times slower).",
-              choices=(("fast", "fast"), ("accurate", "accurate"))),
-    Parameter("sendbrainmask", "Send brain mask", "boolean", True,
-              "Return the brain mask series (HD-BET)."),
-    Parameter("sendmask", "Send head mask", "boolean", True,
-              "Return the foreground (head) mask series of the headmask check pipeline."),
-    Parameter("lesionthreshold", "Lesion threshold", "double", 0.2,
-              "Lesion probability (ensemble mean) at or above which a voxel is lesion.",
-              minimum=0.05, maximum=0.95),
-    Parameter("minlesion", "Smallest lesion", "double", 10.0,
-              "Lesions smaller than this are dropped as noise.", minimum=0.0, maximum=5000.0, unit="mm3"),
-    Parameter("anomalysteps", "Anomaly steps", "int", 4,
-              "Euler steps of the flow model that makes the pseudo-healthy brain; more is slower.",
-              minimum=1, maximum=16),
-    Parameter("sendlesion", "Send lesion mask", "boolean", True,
-              "Return the lesion mask series (label 1 = lesion)."),
-    Parameter("sendoverlay", "Send overlay", "boolean", True,
-              "Return the colour overlay series: anatomy in grey, lesion and anomaly map in colour."),
-    Parameter("sendanomaly", "Send anomaly map", "boolean", True,
-              "Return the anomaly map series (difference to the pseudo-healthy brain)."),
-    Parameter("sendreport", "Send report page", "boolean", True,
-              "Return a one-page summary image: lesions, anomaly load, timings, warnings."),
+    Parameter(
+        "config",
+        "Pipeline",
+        "choice",
+        DEFAULT_PIPELINE,
+        "Which processing runs: the full stroke pipeline or only returning the images.",
+        choices=tuple((n, n) for n in PIPELINE_NAMES),
+    ),
+    Parameter(
+        "sendoriginal",
+        "Send original images",
+        "boolean",
+        True,
+        "Return the input images unchanged, before the derived series. Turn off only if "
+        "another step in the chain already keeps them.",
+    ),
+    Parameter(
+        "contrast",
+        "Input contrast",
+        "choice",
+        "auto",
+        "Contrast of the incoming series; auto reads it from the protocol (TI, name).",
+        choices=(("auto", "auto"), ("t1", "T1-weighted"), ("flair", "FLAIR")),
+    ),
+    Parameter(
+        "betmode",
+        "Brain extraction",
+        "choice",
+        "fast",
+        "HD-BET brain extraction: fast (one network, no mirroring) or accurate (all "
+        "shipped networks with mirroring; several times slower).",
+        choices=(("fast", "fast"), ("accurate", "accurate")),
+    ),
+    Parameter("sendbrainmask", "Send brain mask", "boolean", True, "Return the brain mask series (HD-BET)."),
+    Parameter(
+        "sendmask",
+        "Send head mask",
+        "boolean",
+        True,
+        "Return the foreground (head) mask series of the headmask check pipeline.",
+    ),
+    Parameter(
+        "lesionthreshold",
+        "Lesion threshold",
+        "double",
+        0.2,
+        "Lesion probability (ensemble mean) at or above which a voxel is lesion.",
+        minimum=0.05,
+        maximum=0.95,
+    ),
+    Parameter(
+        "minlesion",
+        "Smallest lesion",
+        "double",
+        10.0,
+        "Lesions smaller than this are dropped as noise.",
+        minimum=0.0,
+        maximum=5000.0,
+        unit="mm3",
+    ),
+    Parameter(
+        "anomalysteps",
+        "Anomaly steps",
+        "int",
+        4,
+        "Euler steps of the flow model that makes the pseudo-healthy brain; more is slower.",
+        minimum=1,
+        maximum=16,
+    ),
+    Parameter("sendlesion", "Send lesion mask", "boolean", True, "Return the lesion mask series (label 1 = lesion)."),
+    Parameter(
+        "sendoverlay",
+        "Send overlay",
+        "boolean",
+        True,
+        "Return the colour overlay series: anatomy in grey, lesion and anomaly map in colour.",
+    ),
+    Parameter(
+        "sendanomaly",
+        "Send anomaly map",
+        "boolean",
+        True,
+        "Return the anomaly map series (difference to the pseudo-healthy brain).",
+    ),
+    Parameter(
+        "sendreport",
+        "Send report page",
+        "boolean",
+        True,
+        "Return a one-page summary image: lesions, anomaly load, timings, warnings.",
+    ),
 )
 
 BY_ID = MappingProxyType({p.id: p for p in PARAMETERS})

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .metrics import dice
+
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +59,9 @@ class N4Settings:
     convergence: float = 1e-3
 
 
-def n4_correct(img: sitk.Image, mask: sitk.Image | None = None, settings: N4Settings = N4Settings()
-               ) -> tuple[sitk.Image, sitk.Image]:
+def n4_correct(
+    img: sitk.Image, mask: sitk.Image | None = None, settings: N4Settings = N4Settings()
+) -> tuple[sitk.Image, sitk.Image]:
     """Bias-field corrected image (float32) and the multiplicative bias field, same grid.
 
     ``mask`` (uint8, same grid) restricts where the field is fitted; by default an Otsu
@@ -72,8 +75,10 @@ def n4_correct(img: sitk.Image, mask: sitk.Image | None = None, settings: N4Sett
     if mask is None:
         mask = sitk.OtsuThreshold(f, 0, 1, 200)
     mask = sitk.Cast(mask, sitk.sitkUInt8)
-    shrink = [max(1, min(int(round(settings.working_spacing_mm / sp)), sz // 16))
-              for sp, sz in zip(f.GetSpacing(), f.GetSize())]
+    shrink = [
+        max(1, min(int(round(settings.working_spacing_mm / sp)), sz // 16))
+        for sp, sz in zip(f.GetSpacing(), f.GetSize())
+    ]
     small = sitk.Shrink(f, shrink)
     small_mask = sitk.Shrink(mask, shrink)
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
@@ -107,7 +112,7 @@ class RegistrationCheck:
 
 
 @dataclass
-class RegistrationResult:
+class RigidRegistration:
     transform: sitk.Transform  # maps fixed physical points to moving physical points
     rotation_deg: float
     translation_mm: float
@@ -143,13 +148,14 @@ def _mi(fixed, moving, transform, fixed_mask=None) -> float:
     return float(reg.MetricEvaluate(fixed, moving))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
-
-
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Image | None = None,
-                   check: RegistrationCheck = RegistrationCheck(), seed: int = 1) -> RegistrationResult:
+def register_rigid(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    fixed_mask: sitk.Image | None = None,
+    check: RegistrationCheck = RegistrationCheck(),
+    seed: int = 1,
+) -> RigidRegistration:
     """Rigid (6 degrees of freedom) registration by Mattes mutual information.
 
     Multi-resolution (shrink 4, 2, 1... capped at 2 mm working resolution), starting from the
@@ -161,8 +167,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     t0 = time.perf_counter()
     f = sitk.Cast(fixed, sitk.sitkFloat32)
     m = sitk.Cast(moving, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    init = sitk.CenteredTransformInitializer(
+        f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
     init.SetTranslation((0.0, 0.0, 0.0))  # both series share the frame of reference
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(32)
@@ -171,8 +178,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     if fixed_mask is not None:
         reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+    )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([4, 2])
     reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
@@ -185,8 +193,11 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     fmask = sitk.Shrink(fixed_mask, shrink) if fixed_mask is not None else None
     before = _mi(fs, ms, init, fmask)
     after = _mi(fs, ms, tx, fmask)
-    euler = sitk.Euler3DTransform(sitk.CompositeTransform(tx).GetNthTransform(0)) \
-        if tx.GetName() == "CompositeTransform" else sitk.Euler3DTransform(tx)
+    euler = (
+        sitk.Euler3DTransform(sitk.CompositeTransform(tx).GetNthTransform(0))
+        if tx.GetName() == "CompositeTransform"
+        else sitk.Euler3DTransform(tx)
+    )
     kept_scanner = False
     if after > before:  # Mattes MI is negative: the optimiser ended worse than where it began
         # Series of one study share the scanner's frame: its geometry is the other candidate.
@@ -197,30 +208,36 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, fixed_mask: sitk.Im
     trans = float(np.linalg.norm(euler.GetTranslation()))
     # overlap of the two head masks after registration (on the fixed grid)
     fm = sitk.GetArrayFromImage(sitk.OtsuThreshold(fs, 0, 1, 200)).astype(bool)
-    mm = sitk.GetArrayFromImage(sitk.Resample(sitk.OtsuThreshold(ms, 0, 1, 200), fs, euler,
-                                              sitk.sitkNearestNeighbor, 0)).astype(bool)
+    mm = sitk.GetArrayFromImage(
+        sitk.Resample(sitk.OtsuThreshold(ms, 0, 1, 200), fs, euler, sitk.sitkNearestNeighbor, 0)
+    ).astype(bool)
     ones = sitk.Image(ms.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(ms)
     inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, euler, sitk.sitkNearestNeighbor, 0)).astype(bool)
-    dice = _dice(fm & inside, mm & inside)
+    overlap = dice(fm & inside, mm & inside)
     reasons = []
     if rot > check.max_rotation_deg:
         reasons.append(f"rotation {rot:.1f} deg exceeds {check.max_rotation_deg:.0f} deg")
     if trans > check.max_translation_mm:
         reasons.append(f"translation {trans:.1f} mm exceeds {check.max_translation_mm:.0f} mm")
-    if dice < check.min_mask_dice:
-        reasons.append(f"head overlap after registration is {dice:.2f} (< {check.min_mask_dice:.2f})")
+    if overlap < check.min_mask_dice:
+        reasons.append(f"head overlap after registration is {overlap:.2f} (< {check.min_mask_dice:.2f})")
     ok = not reasons
-    reason = "; ".join(reasons) or ("passed (scanner geometry kept: the optimiser did not improve on it)"
-                                    if kept_scanner else "passed")
-    return RegistrationResult(euler, rot, trans, before, after, dice, ok, reason, time.perf_counter() - t0)
+    reason = "; ".join(reasons) or (
+        "passed (scanner geometry kept: the optimiser did not improve on it)" if kept_scanner else "passed"
+    )
+    return RigidRegistration(euler, rot, trans, before, after, overlap, ok, reason, time.perf_counter() - t0)
 
 
-def resample_to(img: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
-                interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+def resample_to(
+    img: sitk.Image,
+    reference: sitk.Image,
+    transform: sitk.Transform | None = None,
+    interpolator=sitk.sitkLinear,
+    default: float = 0.0,
+) -> sitk.Image:
     """``img`` on ``reference``'s grid (through ``transform``: reference points -> img points)."""
-    return sitk.Resample(img, reference, transform or sitk.Transform(), interpolator, default,
-                         img.GetPixelID())
+    return sitk.Resample(img, reference, transform or sitk.Transform(), interpolator, default, img.GetPixelID())
 
 
 def resample_spacing(img: sitk.Image, spacing_mm, interpolator=sitk.sitkLinear) -> sitk.Image:
@@ -230,5 +247,14 @@ def resample_spacing(img: sitk.Image, spacing_mm, interpolator=sitk.sitkLinear) 
     d = np.array(img.GetDirection()).reshape(3, 3)
     shift = d @ ((np.array(spacing_mm, float) - np.array(img.GetSpacing())) / 2)
     origin = tuple(np.array(img.GetOrigin()) + shift)
-    return sitk.Resample(img, size, sitk.Transform(), interpolator, origin, tuple(float(s) for s in spacing_mm),
-                         img.GetDirection(), 0.0, img.GetPixelID())
+    return sitk.Resample(
+        img,
+        size,
+        sitk.Transform(),
+        interpolator,
+        origin,
+        tuple(float(s) for s in spacing_mm),
+        img.GetDirection(),
+        0.0,
+        img.GetPixelID(),
+    )

@@ -7,7 +7,7 @@ clear :class:`ProtocolError` for everything malformed.
 
 Message layout (little endian): ``uint16 id`` then a payload:
 CONFIG_FILE 1024 bytes NUL padded; CONFIG_TEXT/HEADER/TEXT ``uint32 length`` + bytes;
-IMAGE header + ``uint64`` meta length + meta + data; ACQUISITION header + data + trajectory;
+IMAGE header + ``uint64`` meta length + meta + data; ACQUISITION header + trajectory + data;
 WAVEFORM header + uint32 data; NDARRAY dtype/version/ndim + dims + data; CLOSE nothing.
 """
 
@@ -19,6 +19,7 @@ import io
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ismrmrd
@@ -82,14 +83,13 @@ class SocketReader:
         while got < n:
             try:
                 k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
-            except socket.timeout as e:
-                raise ProtocolError(
-                    f"timed out waiting for data ({got} of {n} bytes of a message received)"
-                ) from e
+            except TimeoutError as e:
+                raise ProtocolError(f"timed out waiting for data ({got} of {n} bytes of a message received)") from e
             if k == 0:
                 raise StreamClosed(
                     f"connection closed after {got} of {n} bytes of a message (truncated stream)"
-                    if got or n else "connection closed"
+                    if got or n
+                    else "connection closed"
                 )
             got += k
         self.total += n
@@ -131,10 +131,17 @@ class MessageReader:
     def _sized_text(self, what: str) -> tuple[str, int]:
         (n,) = struct.unpack("<I", self.r.read(4))
         if n > self.limits.max_text:
-            raise ProtocolError(
-                f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused"
-            )
+            raise ProtocolError(f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused")
         return _text(self.r.read(n)), n
+
+    def until_close(self) -> Iterator[Message]:
+        """The messages up to CLOSE (not included); :class:`StreamClosed` when the stream ends
+        without one."""
+        while True:
+            msg = self.next()
+            if msg.id == MessageId.CLOSE:
+                return
+            yield msg
 
     def next(self) -> Message:
         try:
@@ -201,12 +208,11 @@ class MessageReader:
         nbytes = n * c * 8 + n * t * 4
         if nbytes > self.limits.max_acquisition or c > 1024:
             raise ProtocolError(
-                f"acquisition {h.scan_counter} declares {n} samples x {c} channels "
-                f"({nbytes} bytes); refused"
+                f"acquisition {h.scan_counter} declares {n} samples x {c} channels ({nbytes} bytes); refused"
             )
         self._check_stream(nbytes, "acquisition")
-        data = np.frombuffer(self.r.read(n * c * 8), dtype=np.complex64).reshape(c, n)
         traj = np.frombuffer(self.r.read(n * t * 4), dtype=np.float32).reshape(n, t)
+        data = np.frombuffer(self.r.read(n * c * 8), dtype=np.complex64).reshape(c, n)
         acq = ismrmrd.Acquisition(head=hb, data=data, trajectory=traj)
         return Message(MessageId.ACQUISITION, acq, nbytes)
 

@@ -34,9 +34,25 @@ ANOMALY_SPAN = 3.0
 
 RUO = "RESEARCH USE ONLY - not for diagnosis"
 
-_ASCII = {"\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2265": ">=", "\u2264": "<=", "\u00b5": "u",
-          "\u03bc": "u", "\u00b3": "3", "\u00b2": "2", "\u00d7": "x", "\u00b1": "+/-", "\u2026": "...",
-          "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00b0": " deg"}
+_ASCII = {
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u2265": ">=",
+    "\u2264": "<=",
+    "\u00b5": "u",
+    "\u03bc": "u",
+    "\u00b3": "3",
+    "\u00b2": "2",
+    "\u00d7": "x",
+    "\u00b1": "+/-",
+    "\u2026": "...",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u00b0": " deg",
+}
 
 
 def ascii_text(s) -> str:
@@ -46,7 +62,7 @@ def ascii_text(s) -> str:
     return "".join(c if c.isprintable() else " " for c in s)
 
 
-def font(size: int):
+def font(size: float):
     """Pillow's scalable built-in font at ``size`` pixels (bitmap font on old Pillow)."""
     size = max(6, int(round(size)))
     try:
@@ -80,7 +96,7 @@ def grey_window(data: np.ndarray, head: np.ndarray | None = None) -> tuple[float
     return lo, hi
 
 
-def _ramp(t: np.ndarray) -> np.ndarray:
+def _ramp(t: np.ndarray | np.floating) -> np.ndarray:
     """Colours (..., 3) float for t in [0, 1] along :data:`ANOMALY_RAMP`."""
     stops = np.asarray(ANOMALY_RAMP, dtype=np.float32)
     x = np.clip(t, 0, 1) * (len(stops) - 1)
@@ -147,26 +163,42 @@ def _legend_patch(legend: Legend, ny: int, nx: int, spacing_xy) -> np.ndarray | 
         y0 = pad + n * line_h
         top, bot = y0 + (line_h - sw) // 2, y0 + (line_h - sw) // 2 + sw - 1
         if kind == "lesion":
-            d.rectangle((pad, top, pad + sw - 1, bot), fill=LESION_FILL + (255,),
-                        outline=LESION_OUTLINE + (255,), width=max(1, size // 8))
+            d.rectangle(
+                (pad, top, pad + sw - 1, bot),
+                fill=LESION_FILL + (255,),
+                outline=LESION_OUTLINE + (255,),
+                width=max(1, size // 8),
+            )
         elif kind == "anomaly":
             for c in range(sw):
                 col = tuple(int(v) for v in _ramp(np.float32(c / max(sw - 1, 1))))
                 d.line((pad + c, top, pad + c, bot), fill=col + (255,))
-        d.text((pad * 2 + sw, y0 + (line_h - size) // 2 - size // 8), ascii_text(text), font=f,
-               fill=(255, 255, 255, 255) if kind != "note" else (255, 170, 170, 255))
+        d.text(
+            (pad * 2 + sw, y0 + (line_h - size) // 2 - size // 8),
+            ascii_text(text),
+            font=f,
+            fill=(255, 255, 255, 255) if kind != "note" else (255, 170, 170, 255),
+        )
     if abs(aspect - 1.0) > 0.05:
-        img = img.resize((w, max(1, int(round(h / aspect)))), Image.BILINEAR)
+        img = img.resize((w, max(1, int(round(h / aspect)))), Image.Resampling.BILINEAR)
     arr = np.asarray(img)
     if arr.shape[1] > 0.75 * nx or arr.shape[0] > 0.45 * ny:
         return None
     return arr
 
 
-def overlay_volume(anatomy: np.ndarray, lesion: np.ndarray | None = None, anomaly: np.ndarray | None = None,
-                   *, anomaly_threshold: float = ANOMALY_THRESHOLD, anomaly_max: float | None = None,
-                   head: np.ndarray | None = None, spacing_xy=(1.0, 1.0), legend: Legend | None = None,
-                   window: tuple[float, float] | None = None) -> np.ndarray:
+def overlay_volume(
+    anatomy: np.ndarray,
+    lesion: np.ndarray | None = None,
+    anomaly: np.ndarray | None = None,
+    *,
+    anomaly_threshold: float = ANOMALY_THRESHOLD,
+    anomaly_max: float | None = None,
+    head: np.ndarray | None = None,
+    spacing_xy=(1.0, 1.0),
+    legend: Legend | None = None,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
     """``(nz, ny, nx, 3)`` uint8: anatomy in grey, anomaly above its threshold as a translucent
     blue-cyan map, lesions as translucent red with a yellow outline, a legend in the top-left
     corner of every slice.
@@ -183,25 +215,35 @@ def overlay_volume(anatomy: np.ndarray, lesion: np.ndarray | None = None, anomal
     """
     a = np.asarray(anatomy)
     lo, hi = window or grey_window(a, head)
-    top = anomaly_max if anomaly_max is not None and anomaly_max > anomaly_threshold \
-        else anomaly_threshold + ANOMALY_SPAN
+    top = (
+        anomaly_max if anomaly_max is not None and anomaly_max > anomaly_threshold else anomaly_threshold + ANOMALY_SPAN
+    )
     width = 1 if min(a.shape[1:]) < 384 else 2
     out = np.empty(a.shape + (3,), np.uint8)
     for z0 in range(0, a.shape[0], _CHUNK):  # slabs: bounded memory on large volumes
         sl = slice(z0, z0 + _CHUNK)
-        out[sl] = _colour(a[sl], None if lesion is None else lesion[sl], None if anomaly is None else anomaly[sl],
-                          lo, hi, anomaly_threshold, top, width)
+        out[sl] = _colour(
+            a[sl],
+            None if lesion is None else lesion[sl],
+            None if anomaly is None else anomaly[sl],
+            lo,
+            hi,
+            anomaly_threshold,
+            top,
+            width,
+        )
     if legend is None:
         legend = Legend(
             lesion=None if lesion is None else ("Lesion" if np.any(lesion) else "Lesion (none found)"),
-            anomaly=None if anomaly is None else f"Anomaly >= {anomaly_threshold:g}")
+            anomaly=None if anomaly is None else f"Anomaly >= {anomaly_threshold:g}",
+        )
     patch = legend_patch(legend, a.shape[1], a.shape[2], spacing_xy)
     if patch is not None:
         ph, pw = patch.shape[:2]
         m = max(1, min(a.shape[1:]) // 64)
-        region = out[:, m:m + ph, m:m + pw].astype(np.float32)
+        region = out[:, m : m + ph, m : m + pw].astype(np.float32)
         alpha = patch[..., 3:4].astype(np.float32) / 255.0
-        out[:, m:m + ph, m:m + pw] = np.rint(region * (1 - alpha) + patch[..., :3] * alpha).astype(np.uint8)
+        out[:, m : m + ph, m : m + pw] = np.rint(region * (1 - alpha) + patch[..., :3] * alpha).astype(np.uint8)
     return out
 
 
@@ -226,15 +268,24 @@ def _colour(a, lesion, anomaly, lo, hi, threshold, top, width) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def key_slice(lesion: np.ndarray | None, anomaly: np.ndarray | None = None, threshold: float = ANOMALY_THRESHOLD,
-              nz: int | None = None) -> int:
+def key_slice(
+    lesion: np.ndarray | None,
+    anomaly: np.ndarray | None = None,
+    threshold: float = ANOMALY_THRESHOLD,
+    nz: int | None = None,
+) -> int:
     """The slice that shows most: largest lesion area, else most anomaly, else the middle."""
-    for m in ((np.asarray(lesion) > 0) if lesion is not None else None,
-              (np.nan_to_num(anomaly) >= threshold) if anomaly is not None else None):
+    for m in (
+        (np.asarray(lesion) > 0) if lesion is not None else None,
+        (np.nan_to_num(anomaly) >= threshold) if anomaly is not None else None,
+    ):
         if m is not None and m.any():
             return int(np.argmax(m.reshape(m.shape[0], -1).sum(axis=1)))
-    n = nz if nz is not None else (lesion.shape[0] if lesion is not None else
-                                   anomaly.shape[0] if anomaly is not None else 1)
+    n = (
+        nz
+        if nz is not None
+        else (lesion.shape[0] if lesion is not None else anomaly.shape[0] if anomaly is not None else 1)
+    )
     return n // 2
 
 
@@ -247,8 +298,8 @@ class PageContent:
 
     title: str = ""
     subtitle: str = ""
-    sections: list = None  # [(heading, [line, ...]), ...]; a line may be (text, colour)
-    warnings: list = None  # [str, ...]
+    sections: list | None = None  # [(heading, [line, ...]), ...]; a line may be (text, colour)
+    warnings: list | None = None  # [str, ...]
     footer: str = ""
     image: np.ndarray | None = None  # (h, w, 3) uint8 key-slice picture
     image_caption: str = ""
@@ -299,8 +350,14 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
     bh = int(48 * s)
     d.rectangle((0, y, size, y + bh), fill=BANNER)
     tw = f_banner.getlength(RUO)
-    d.text(((size - tw) / 2, y + (bh - 30 * s) / 2 - 3 * s), RUO, font=f_banner, fill=(255, 255, 255),
-           stroke_width=max(1, int(s)), stroke_fill=(255, 255, 255))
+    d.text(
+        ((size - tw) / 2, y + (bh - 30 * s) / 2 - 3 * s),
+        RUO,
+        font=f_banner,
+        fill=(255, 255, 255),
+        stroke_width=max(1, int(s)),
+        stroke_fill=(255, 255, 255),
+    )
     y += bh + int(16 * s)
     top_y = y
 
@@ -313,7 +370,7 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
         disp_h = h0 * (content.image_aspect if content.image_aspect > 0 else 1.0)
         scale = box / max(w0, disp_h)
         pw, ph = max(1, int(round(w0 * scale))), max(1, int(round(disp_h * scale)))
-        pic = pic.resize((pw, ph), Image.BILINEAR)
+        pic = pic.resize((pw, ph), Image.Resampling.BILINEAR)
         px = size - margin - pw
         img.paste(pic, (px, top_y))
         d.rectangle((px - 1, top_y - 1, px + pw, top_y + ph), outline=GREY)
@@ -371,14 +428,18 @@ def report_page(content: PageContent, size: int = 1024) -> np.ndarray:
                 if room < 1:
                     break
                 parts = parts[:room]
-                parts[-1] = parts[-1][:max(0, len(parts[-1]) - 3)] + "..."
+                parts[-1] = parts[-1][: max(0, len(parts[-1]) - 3)] + "..."
             for part in parts:
                 d.text((margin + int(12 * s), y), part, font=f_body, fill=WARN)
                 y += line_h
             shown += 1
         if shown < len(warnings):
-            d.text((margin + int(12 * s), y), f"... and {len(warnings) - shown} more warning(s): see the "
-                   "text report", font=f_body, fill=WARN)
+            d.text(
+                (margin + int(12 * s), y),
+                f"... and {len(warnings) - shown} more warning(s): see the text report",
+                font=f_body,
+                fill=WARN,
+            )
     d.line((margin, size - footer_h + int(8 * s), size - margin, size - footer_h + int(8 * s)), fill=GREY)
     for n, ln in enumerate(_wrap(content.footer, f_small, size - 2 * margin)[:2]):
         d.text((margin, size - footer_h + int(14 * s) + n * int(19 * s)), ln, font=f_small, fill=GREY)

@@ -26,14 +26,15 @@ from datetime import datetime
 from pathlib import Path
 
 from . import APP_NAME
-from .geometry import GeometryError, assemble_series, group_series
+from .assembly import assemble_study
 from .kspace import reconstruct
-from .mrdfile import StreamFileWriter, header_info, parse_header
+from .mrdfile import StreamFileWriter, parse_header
 from .outputs import derived_images, original_images, report_text
-from .params import coerce, parse_parameter_text
+from .params import Params, coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
+from .pipeline import warm_up as warm_up_pipeline
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
-from .study import Study, detect_contrast
+from .study import Study
 from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,15 @@ class Incoming:
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer, settings: ServerSettings, gate: threading.Semaphore,
-                 stats: collections.deque | None = None, cache: StudyCache | None = None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer,
+        settings: ServerSettings,
+        gate: threading.Semaphore,
+        stats: collections.deque | None = None,
+        cache: StudyCache | None = None,
+    ):
         self.id = next(_ids)
         self.phases_s: dict[str, float] = {}
         self.stats = stats
@@ -89,7 +97,8 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
         self.writer = MessageWriter(sock)
         self.saver: StreamFileWriter | None = None
-        self.pending_dicom = None  # (study, params) to write as DICOM once the scanner has its answer
+        #: (study, params) to write as DICOM once the scanner has its answer
+        self.pending_dicom: tuple[Study, Params] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def info(self, msg, *args):
@@ -109,12 +118,9 @@ class Connection:
         self.sock.settimeout(self.settings.idle_timeout_s)
         reader = MessageReader(SocketReader(self.sock), self.settings.limits)
         try:
-            while True:
-                msg = reader.next()
-                if msg.id == MessageId.CLOSE:
-                    inc.closed_cleanly = True
-                    break
+            for msg in reader.until_close():
                 self._take(msg, inc)
+            inc.closed_cleanly = True
         except StreamClosed as e:
             if not (inc.empty and inc.config is None and inc.header_xml is None and "without a CLOSE" in str(e)):
                 inc.error = str(e)
@@ -136,8 +142,7 @@ class Connection:
             try:
                 inc.header = parse_header(msg.value)
             except ValueError as e:
-                self.tell("WARNING", f"{e}; continuing without it (contrast detection and raw "
-                                     "reconstruction need it)")
+                self.tell("WARNING", f"{e}; continuing without it (contrast detection and raw reconstruction need it)")
             if self.saver:
                 self.saver.header(msg.value)
         elif mid == MessageId.TEXT:
@@ -169,8 +174,9 @@ class Connection:
         for w in params.warnings:
             self.tell("WARNING", w)
         name, warn = resolve_pipeline_name(inc.config)
-        if warn and (inc.raw_params or {}).get("config") is not None:
-            ui_name, ui_warn = resolve_pipeline_name(str(inc.raw_params["config"]))
+        ui_config = (inc.raw_params or {}).get("config")
+        if warn and ui_config is not None:
+            ui_name, ui_warn = resolve_pipeline_name(str(ui_config))
             if ui_warn is None:  # the UI's own choice names a known pipeline
                 name, warn = ui_name, None
         if warn:
@@ -180,8 +186,11 @@ class Connection:
         if inc.acquisitions:
             try:
                 with self.phase("reconstruct"):
-                    images += reconstruct(inc.acquisitions, inc.header,
-                                          series_index=1 + max([int(i.image_series_index) for i in images] or [0]))
+                    images += reconstruct(
+                        inc.acquisitions,
+                        inc.header,
+                        series_index=1 + max([int(i.image_series_index) for i in images] or [0]),
+                    )
             except Exception as e:
                 self.tell("ERROR", f"raw data could not be reconstructed: {e}")
 
@@ -190,17 +199,20 @@ class Connection:
                 for img in original_images(images):
                     self.writer.image(img)
         if inc.error:
-            self.tell("ERROR", f"the stream from the scanner ended early: {inc.error}. "
-                               f"{len(images)} image(s) received were "
-                               f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
-                               "; no analysis was run")
+            self.tell(
+                "ERROR",
+                f"the stream from the scanner ended early: {inc.error}. "
+                f"{len(images)} image(s) received were "
+                f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
+                "; no analysis was run",
+            )
             return
         if not images:
             self.tell("WARNING", "no images or raw data arrived; nothing to process")
             return
 
         with self.phase("assemble"):
-            study = self.build_study(images, inc.header, params)
+            study = assemble_study(params, images=images, header=inc.header, cache=self.cache, tell=self.note)
         if not study.inputs:
             return
 
@@ -224,11 +236,12 @@ class Connection:
 
     def write_dicom(self):
         """What was sent, as DICOM under ``dicom_dir`` (after CLOSE: the scanner does not wait)."""
+        assert self.pending_dicom is not None
         study, params = self.pending_dicom
         self.pending_dicom = None
         from .dicom_export import export_study
 
-        folder = Path(self.settings.dicom_dir) / f"{datetime.now():%Y%m%d_%H%M%S}_{self.id}"
+        folder = Path(self.settings.dicom_dir or ".") / f"{datetime.now():%Y%m%d_%H%M%S}_{self.id}"
         try:
             with self.phase("dicom"):
                 res = export_study(study, folder, send_params=params)
@@ -236,31 +249,12 @@ class Connection:
         except Exception:  # noqa: BLE001 - the scanner already has its images
             self.log.exception("[conn %d] DICOM export to %s failed", self.id, folder)
 
-    def build_study(self, images, header, params) -> Study:
-        """Assemble each image series into a volume and file it under its contrast."""
-        study = Study(inputs={}, params=params, cache=self.cache)
-        desc = ""
-        if header is not None and header.measurementInformation is not None:
-            desc = header.measurementInformation.protocolName or ""
-        for sidx, series in group_series(images).items():
-            try:
-                vol = assemble_series(series, description=desc or f"series{sidx}")
-            except GeometryError as e:
-                self.tell("ERROR", f"series {sidx} skipped: {e}")
-                continue
-            contrast, why = detect_contrast(header, params["contrast"], desc)
-            if contrast is None:
-                contrast = "t1"
-                study.warnings.append(f"series {sidx}: contrast not recognised ({why}); treated as T1-weighted. "
-                                      "Set 'Input contrast' in the UI if this is wrong")
-            if contrast in study.inputs:
-                self.tell("WARNING", f"series {sidx} is a second {contrast} series in this connection; ignored")
-                continue
-            if header is not None:
-                vol.info = header_info(header)
-            self.info("series %d: %s (%s), grid %s", sidx, contrast, why, vol.grid.shape)
-            study.inputs[contrast] = vol
-        return study
+    def note(self, level: str, text: str):
+        """A message about the study: logged ("INFO") or also told to the scanner."""
+        if level == "INFO":
+            self.info(text)
+        else:
+            self.tell(level, text)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -287,9 +281,13 @@ class Connection:
             if inc.empty and not inc.error:
                 self.info("no data (liveness probe or empty study); closing")
             else:
-                self.info("received %d image(s), %d readout(s), %d waveform(s)%s",
-                          len(inc.images), len(inc.acquisitions), inc.waveforms,
-                          f"; stopped early: {inc.error}" if inc.error else "")
+                self.info(
+                    "received %d image(s), %d readout(s), %d waveform(s)%s",
+                    len(inc.images),
+                    len(inc.acquisitions),
+                    inc.waveforms,
+                    f"; stopped early: {inc.error}" if inc.error else "",
+                )
                 if inc.error and inc.empty:
                     self.tell("ERROR", f"the stream from the scanner could not be read: {inc.error}")
                 else:
@@ -315,8 +313,12 @@ class Connection:
                 pass
             self.sock.close()
             self.phases_s["total"] = time.perf_counter() - t0
-            self.info("closed after %.2f s, %d image(s) sent; phases (s): %s", self.phases_s["total"],
-                      self.writer.sent_images, {k: round(v, 3) for k, v in self.phases_s.items()})
+            self.info(
+                "closed after %.2f s, %d image(s) sent; phases (s): %s",
+                self.phases_s["total"],
+                self.writer.sent_images,
+                {k: round(v, 3) for k, v in self.phases_s.items()},
+            )
             if self.stats is not None:
                 self.stats.append(dict(self.phases_s))
 
@@ -340,28 +342,16 @@ class MrdServer(socketserver.ThreadingTCPServer):
         return self.server_address[1]
 
     def warm_up(self) -> threading.Thread:
-        """Load the default networks in the background, so that the first study does not pay
-        for it; connections are accepted meanwhile."""
+        """Let every stage of the default pipeline load its networks in the background, so that
+        the first study does not pay for it; connections are accepted meanwhile."""
 
         def load():
             t0 = time.perf_counter()
-            try:
-                import numpy as np
-
-                from .brain_extraction import get_extractor
-
-                sess = get_extractor().session(0)
-                # one small inference: ONNX Runtime's first run in a process carries set-up costs
-                sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 64, 64, 64), np.float32)})
-                from .anomaly import get_model
-                from .stages.lesion import MODEL_FOLDERS, get_segmenter
-
-                for inputs in MODEL_FOLDERS:
-                    get_segmenter(inputs).sessions
-                get_model().session
+            problems = warm_up_pipeline()
+            if problems:  # reported again, with context, when a study needs them
+                log.warning("could not load all networks at start-up: %s", "; ".join(problems))
+            else:
                 log.info("networks loaded in %.1f s", time.perf_counter() - t0)
-            except Exception as e:  # reported again, with context, when a study needs them
-                log.warning("could not load all networks at start-up: %s", e)
 
         t = threading.Thread(target=load, name="warm-up", daemon=True)
         t.start()
@@ -374,6 +364,14 @@ class MrdServer(socketserver.ThreadingTCPServer):
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    server: MrdServer
+
     def handle(self):
-        Connection(self.request, self.client_address, self.server.settings, self.server.gate,
-                   self.server.stats, self.server.cache).handle()
+        Connection(
+            self.request,
+            self.client_address,
+            self.server.settings,
+            self.server.gate,
+            self.server.stats,
+            self.server.cache,
+        ).handle()

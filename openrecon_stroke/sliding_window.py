@@ -55,9 +55,19 @@ def activate(raw: np.ndarray, activation: str, channel: int) -> np.ndarray:
     raise ValueError(f"unknown output activation {activation!r}")
 
 
-def predict(sessions, image: np.ndarray, patch: tuple[int, int, int], *, overlap: float = 0.5,
-            activation: str = "softmax", channel: int = 1, mirror_axes: tuple[int, ...] = (),
-            sigma_scale: float = 0.125, input_name: str | None = None, progress=None) -> np.ndarray:
+def predict(
+    sessions,
+    image: np.ndarray,
+    patch: tuple[int, int, int],
+    *,
+    overlap: float = 0.5,
+    activation: str = "softmax",
+    channel: int = 1,
+    mirror_axes: tuple[int, ...] = (),
+    sigma_scale: float = 0.125,
+    input_name: str | None = None,
+    progress=None,
+) -> np.ndarray:
     """Mean over ``sessions`` (model folds) and mirrorings of the Gaussian-weighted patch
     predictions: a probability map ``(z, y, x)`` in [0, 1] (float32).
 
@@ -73,7 +83,7 @@ def predict(sessions, image: np.ndarray, patch: tuple[int, int, int], *, overlap
     g = gaussian_importance(tuple(patch), sigma_scale)
     starts = list(product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
     flips = [()] + [ax for r in range(1, len(mirror_axes) + 1) for ax in combinations(mirror_axes, r)]
-    for (z, y, xx) in starts:
+    for z, y, xx in starts:
         sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
         tile = x[(slice(None),) + sl][None]
         prob = np.zeros(patch, np.float32)

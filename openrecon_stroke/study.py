@@ -1,15 +1,19 @@
 """What the pipeline works on: the input volumes of a study, keyed by contrast, and what the
-stages derive from them."""
+stages derive from them: series that go back to the scanner (:class:`DerivedSeries`) and typed
+results that later stages read (:class:`StudyResult`; the concrete ones are in
+:mod:`openrecon_stroke.stages.results`)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
 from .geometry import GeometryError, Volume
 from .params import Params, defaults
+from .study_cache import StudyCache
 
 CONTRASTS = ("t1", "flair")
 
@@ -52,6 +56,45 @@ class DerivedSeries:
             raise ValueError(f"derived series name {self.name!r} must be lower-case letters, digits, _")
 
 
+class ContractError(RuntimeError):
+    """A stage read or wrote a result its declaration does not name (a programming error)."""
+
+
+class StudyResult:
+    """Base of the typed results stages hand to later stages (not sent to the scanner).
+
+    A subclass is a dataclass; one instance per type lives in :attr:`Study.results`.
+    ``label`` names the result in the "skipped: it needs ..." sentence; :meth:`findings` is
+    what it adds to the report (``report.json``, the scanner's text report).
+    """
+
+    label: ClassVar[str] = "result"
+
+    def findings(self) -> dict:
+        return {}
+
+
+R = TypeVar("R", bound=StudyResult)
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """One kind of returned series: its name, kind, scanner name suffix, the UI switch that sends
+    it and, for maps, its display window (see :class:`DerivedSeries`)."""
+
+    name: str
+    kind: str
+    description: str
+    send_param: str | None = None
+    window: tuple[float, float] | None = None
+
+    def on(self, reference: str, data: np.ndarray, comment: str = "") -> DerivedSeries:
+        """This series on the grid of input ``reference``."""
+        return DerivedSeries(
+            self.name, reference, data, self.kind, self.description, self.window, comment, self.send_param
+        )
+
+
 @dataclass
 class Study:
     """Inputs, parameters and accumulated results of one run of a pipeline."""
@@ -59,15 +102,41 @@ class Study:
     inputs: dict[str, Volume]
     params: Params = field(default_factory=defaults)
     derived: list[DerivedSeries] = field(default_factory=list)
+    #: the report's data (JSON-ready, in the order stages added it)
     findings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     stage_status: dict[str, str] = field(default_factory=dict)
-    #: intermediate results stages hand to later stages (not sent to the scanner), e.g.
-    #: bias-corrected images and brain masks as SimpleITK images, the inter-series transform
-    shared: dict = field(default_factory=dict)
+    #: typed results of earlier stages, one per type (read with :meth:`result`)
+    results: dict[type, StudyResult] = field(default_factory=dict)
+    #: result type -> name of the stage of the running pipeline that declares writing it
+    producers: dict[type, str] = field(default_factory=dict)
     #: on-disk cache of earlier series of the same study (server: other connections), or None
-    cache: object = None
+    cache: StudyCache | None = None
+    #: while a pipeline runs a stage: the result types that stage declares reading
+    reading: frozenset[type] | None = field(default=None, repr=False)
+
+    def result(self, kind: type[R]) -> R | None:
+        """The earlier stages' result of type ``kind``, or None. Inside a pipeline a stage may
+        only ask for types it declares in ``reads`` or ``optional``."""
+        if self.reading is not None and kind not in self.reading:
+            raise ContractError(f"a stage read {kind.__name__} without declaring it in reads/optional")
+        got = self.results.get(kind)
+        return got if isinstance(got, kind) else None
+
+    def need(self, kind: type[R]) -> R:
+        """Like :meth:`result` for a type the stage declares in ``reads`` (the pipeline checked
+        that it exists)."""
+        got = self.result(kind)
+        if got is None:
+            raise ContractError(f"{kind.__name__} is missing although the stage reads it")
+        return got
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Which model produced what (findings ``models``: role -> name and version)."""
+        m = self.findings.get("models")
+        return dict(m) if isinstance(m, dict) else {}
 
     def add(self, series: DerivedSeries):
         ref = self.inputs.get(series.reference)
@@ -77,12 +146,11 @@ class Study:
         if series.kind == "page":
             d = series.data
             if d.ndim != 4 or d.shape[0] != 1 or d.shape[3] != 3 or min(d.shape[1:3]) < 1:
-                raise GeometryError(f"derived series {series.name} (page) has shape {d.shape}, "
-                                    "expected (1, height, width, 3)")
+                raise GeometryError(
+                    f"derived series {series.name} (page) has shape {d.shape}, expected (1, height, width, 3)"
+                )
         elif tuple(series.data.shape) != want:
-            raise GeometryError(
-                f"derived series {series.name} has shape {series.data.shape}, input grid is {want}"
-            )
+            raise GeometryError(f"derived series {series.name} has shape {series.data.shape}, input grid is {want}")
         self.derived.append(series)
 
     def get(self, name: str, reference: str) -> DerivedSeries | None:

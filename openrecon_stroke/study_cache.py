@@ -57,8 +57,7 @@ class StudyCache:
                 if not name.isidentifier():
                     raise ValueError(f"bad image name {name!r}")
                 sitk.WriteImage(img, str(tmp / f"{name}.mha"), useCompression=True)
-            (tmp / "meta.json").write_text(json.dumps({"created": time.time(), "images": sorted(images),
-                                                       "meta": meta}))
+            (tmp / "meta.json").write_text(json.dumps({"created": time.time(), "images": sorted(images), "meta": meta}))
             with self._lock:
                 if final.exists():
                     shutil.rmtree(final, ignore_errors=True)

@@ -94,17 +94,21 @@ def template_dir() -> Path:
         folder = Path(env)
         if not _has_all(folder):
             missing = [f for f in TEMPLATE_FILES.values() if not (folder / f).is_file()]
-            raise TemplateNotFound(f"{ENV_VAR}={env} lacks {', '.join(missing)}: export the template "
-                                   f"there with `python -m openrecon_stroke.templates export {env}` "
-                                   f"(needs nilearn), or unset {ENV_VAR}")
+            raise TemplateNotFound(
+                f"{ENV_VAR}={env} lacks {', '.join(missing)}: export the template "
+                f"there with `python -m openrecon_stroke.templates export {env}` "
+                f"(needs nilearn), or unset {ENV_VAR}"
+            )
         return folder
-    folder = _nilearn_data_dir()
-    if folder is not None and _has_all(folder):
-        return folder
-    why = "nilearn is not installed" if folder is None else f"{folder} lacks the ICBM152 2009a files"
-    raise TemplateNotFound(f"the MNI152 template was not found ({why}): install nilearn "
-                           f"(pip install 'openrecon-stroke[simulator]') or set {ENV_VAR} to a folder "
-                           "made by `python -m openrecon_stroke.templates export DIR`")
+    data = _nilearn_data_dir()
+    if data is not None and _has_all(data):
+        return data
+    why = "nilearn is not installed" if data is None else f"{data} lacks the ICBM152 2009a files"
+    raise TemplateNotFound(
+        f"the MNI152 template was not found ({why}): install nilearn "
+        f"(pip install 'openrecon-stroke[simulator]') or set {ENV_VAR} to a folder "
+        "made by `python -m openrecon_stroke.templates export DIR`"
+    )
 
 
 def template_path(kind: str) -> Path:
@@ -153,8 +157,10 @@ def export_templates(dest: str | Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m openrecon_stroke.templates",
-                                 description="The MNI152 template files: where they are, or export them to a folder.")
+    ap = argparse.ArgumentParser(
+        prog="python -m openrecon_stroke.templates",
+        description="The MNI152 template files: where they are, or export them to a folder.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("where", help="print the folder in use and each file with its SHA-256")
     e = sub.add_parser("export", help="copy the files and their licence notice into DIR (docker/build.sh runs this)")

@@ -16,7 +16,8 @@ import numpy as np
 
 from openrecon_stroke import mrdfile
 from openrecon_stroke.geometry import Volume
-from openrecon_stroke.inputs import header_xml_for, load_volume
+from openrecon_stroke.inputs import load_volume
+from openrecon_stroke.mrdfile import header_xml_for
 
 _AXES = (("L", "R"), ("P", "A"), ("S", "I"))
 

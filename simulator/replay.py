@@ -69,17 +69,14 @@ def send_stream(host: str, port: int, messages, *, timeout_s: float = 600.0, pro
     def receive():
         reader = MessageReader(SocketReader(sock))
         try:
-            while True:
-                msg = reader.next()
-                if msg.id == MessageId.CLOSE:
-                    res.closed_cleanly = True
-                    return
+            for msg in reader.until_close():
                 if msg.id == MessageId.IMAGE:
                     res.images.append(msg.value)
                 elif msg.id == MessageId.TEXT:
                     res.texts.append(msg.value)
                     for line in msg.value.splitlines():
                         log.info("server: %s", line)
+            res.closed_cleanly = True
         except (ProtocolError, OSError) as e:
             res.error = str(e)
 
@@ -216,9 +213,10 @@ def run(args) -> int:
     for p in written:
         print(p)
     if args.dicom and res.images:
-        from openrecon_stroke.dicom_export import export_mrd_images
+        from openrecon_stroke.dicom_export import export_study
+        from openrecon_stroke.outputs import study_from_mrd
 
-        exp = export_mrd_images(res.images, args.dicom, header_xml=stream.header_xml, sent=stream.images)
+        exp = export_study(study_from_mrd(res.images, stream.header_xml, stream.images), args.dicom)
         for name, files in exp.series.items():
             print(f"  DICOM {name}: {len(files)} file(s)")
         for w in exp.warnings:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from openrecon_stroke.server import MrdServer, ServerSettings
+from simulator.anatomy import rotation_deg as rotation  # rz @ ry @ rx, angles in degrees
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -24,14 +25,6 @@ def server():
     yield srv
     srv.shutdown()
     srv.server_close()
-
-
-def rotation(ax_deg: float, ay_deg: float, az_deg: float) -> np.ndarray:
-    a, b, c = np.deg2rad([ax_deg, ay_deg, az_deg])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 #: (read_dir, phase_dir) in LPS for each named orientation; slice_dir = read x phase.

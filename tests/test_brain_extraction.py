@@ -17,6 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from openrecon_stroke import brain_extraction as be
+from openrecon_stroke.metrics import dice
+from openrecon_stroke.runtime import model_folder
 
 from conftest import rotation
 
@@ -25,7 +27,7 @@ SHARED = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "
 CHRIS = SHARED / "real_mri" / "chris_t1.nii.gz"
 
 needs_models = pytest.mark.skipif(
-    not (be.model_dir() / "card.json").is_file(), reason="HD-BET ONNX models not built (models/hdbet/export_onnx.py)"
+    not (model_folder("hdbet") / "card.json").is_file(), reason="HD-BET ONNX models not built (models/hdbet/export_onnx.py)"
 )
 needs_chris = pytest.mark.skipif(not CHRIS.is_file(), reason=f"shared test data absent: {CHRIS}")
 needs_torch_ref = pytest.mark.skipif(
@@ -144,7 +146,7 @@ def test_chris_mask_plausible(chris, ours_fast):
 @needs_chris
 @needs_torch_ref
 def test_chris_matches_pytorch_hd_bet(ours_fast, reference_fast):
-    d = be.dice(ours_fast, reference_fast)
+    d = dice(ours_fast, reference_fast)
     assert d >= 0.99, d
 
 
@@ -168,5 +170,5 @@ def test_orientation_invariance(chris, ours_fast, name, direction, spacing):
     mask = be.extract_brain(img)
     assert _same_grid(mask, img)
     back = sitk.Resample(mask, chris, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    d = be.dice(back, ours_fast)
+    d = dice(back, ours_fast)
     assert d >= 0.97, (name, d)

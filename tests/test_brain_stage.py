@@ -8,17 +8,13 @@ import pytest
 import SimpleITK as sitk
 
 from openrecon_stroke.geometry import Grid, Volume, assemble_series, group_series
+from openrecon_stroke.metrics import dice
 from openrecon_stroke.mrdfile import MrdStream, make_header_xml, read, volume_to_images, write
 from openrecon_stroke.server import MrdServer, ServerSettings
 from simulator.__main__ import main as simulator_main
 from simulator.replay import replay_file
 
 pytestmark = pytest.mark.slow
-
-
-def dice(a, b):
-    a, b = a > 0, b > 0
-    return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import SimpleITK as sitk
 
 from openrecon_stroke import mrdfile
 from openrecon_stroke.geometry import Grid, assemble_series, group_series
-from openrecon_stroke.inputs import header_xml_for, load_volume
+from openrecon_stroke.inputs import load_volume
+from openrecon_stroke.mrdfile import header_xml_for
 from simulator import convert
 
 REPO = Path(__file__).resolve().parents[1]

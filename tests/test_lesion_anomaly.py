@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from openrecon_stroke.anomaly import AnomalyCard, anomaly_load, csf_measures
-from openrecon_stroke.model_card import ModelCardError
+from openrecon_stroke.anomaly import anomaly_load, csf_measures
+from openrecon_stroke.model_card import AnomalyCard, ModelCardError
 from openrecon_stroke.offline import process
 from simulator.__main__ import main as simulator_main
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_LESION = all((REPO / "models" / "lesion" / m / "card.json").is_file() for m in ("t1", "flair", "fusion"))
 HAVE_ANOMALY = (REPO / "models" / "anomaly" / "card.json").is_file()
-
-
-def dice(a, b):
-    a, b = a > 0, b > 0
-    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 # ------------------------------------------------------------------------------------------

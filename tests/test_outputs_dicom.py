@@ -20,14 +20,14 @@ import openrecon_stroke.offline as offline_mod
 import openrecon_stroke.server as server_mod
 from openrecon_stroke import render
 from openrecon_stroke.cli import main as cli_main
-from openrecon_stroke.dicom_export import (
-    MR_IMAGE, SECONDARY_CAPTURE, SEGMENTATION, SeriesInfo, export_study, mr_slices,
-)
+from openrecon_stroke.dicom_export import export_study
+from openrecon_stroke.dicom_objects import MR_IMAGE, SECONDARY_CAPTURE, SEGMENTATION, SeriesInfo, mr_slices
 from openrecon_stroke.geometry import Grid, Volume, assemble_series
 from openrecon_stroke.inputs import load_volume
 from openrecon_stroke.mrdfile import MrdStream, make_header_xml, read as read_mrd, volume_to_images, write
 from openrecon_stroke.outputs import derived_images, page_grid
-from openrecon_stroke.pipeline import Pipeline, Stage, StageResult
+from openrecon_stroke.pipeline import Pipeline
+from openrecon_stroke.stages.base import Stage, StageResult
 from openrecon_stroke.stages.report import Overlay, ReportPage
 from openrecon_stroke.study import DerivedSeries, Study
 from simulator.__main__ import main as simulator_main

@@ -92,7 +92,7 @@ def test_wheelhouse_on_a_clean_checkout(fresh_clone, tmp_path):
     with zipfile.ZipFile(project) as z:
         names = z.namelist()
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for module in ("server.py", "templates.py", "pipeline.py", "paths.py"):
+    for module in ("server.py", "templates.py", "pipeline.py", "runtime.py"):
         assert f"openrecon_stroke/{module}" in names
     assert "openrecon-stroke = openrecon_stroke.cli:main" in entry
     assert not [n for n in names if n.endswith((".onnx", ".nii.gz", ".h5"))], "models/data do not go in the wheel"

@@ -13,7 +13,8 @@ import pytest
 from openrecon_stroke import params as P
 from openrecon_stroke import pipeline as pipeline_mod
 from openrecon_stroke.mrdfile import read as read_mrd
-from openrecon_stroke.pipeline import Pipeline, Stage, StageResult, resolve_pipeline_name
+from openrecon_stroke.pipeline import Pipeline, resolve_pipeline_name
+from openrecon_stroke.stages.base import Stage, StageResult
 from openrecon_stroke.protocol import (
     BytesReader, MessageId, MessageReader, SocketReader, encode_close, encode_config_file, encode_image,
     encode_text,

@@ -39,10 +39,10 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from openrecon_stroke.anomaly import AnomalyCard, AnomalyModel  # noqa: E402
+from openrecon_stroke.anomaly import AnomalyModel  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
-from openrecon_stroke.metrics import lesion_table, summarise  # noqa: E402
-from openrecon_stroke.model_card import file_sha256  # noqa: E402
+from openrecon_stroke.metrics import dice, lesion_table, summarise  # noqa: E402
+from openrecon_stroke.model_card import AnomalyCard, file_sha256  # noqa: E402
 
 CAL_MAPS = (13, 14)
 CONTRASTS = ("t1", "flair")
@@ -65,11 +65,6 @@ def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     n1 = truth.sum()
     n0 = len(truth) - n1
     return float((r[truth].sum() - n1 * (n1 + 1) / 2) / max(n1 * n0, 1))
-
-
-def dice(a, b) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 class HistogramBaseline:
@@ -216,7 +211,7 @@ def main(argv=None):
         cases.append((kind, evaluation_case(Path(args.test_cache) / kind,
                                             str(maps / f"training_seg_{15 + k % 6:02d}.nii.gz"), seed=950000 + k,
                                             brain=args.brain, spacing_mm=sp, **kw)))
-    base = {"name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
+    base = {"kind": "anomaly", "name": "anomaly-rectified-flow", "version": "0.1.0", "file": "flow.onnx",
             "sha256": file_sha256(folder / "flow.onnx"), "contrast_flag": {"t1": 0, "flair": 1},
             "spacing_mm": list(sp), "orientation": "RAS", "margin_mm": 8.0, "normalisation": "zscore_brain",
             "steps": steps_list[0], "calibration_brain_mask": cal_brain, "smoothing_mm": 2.0,

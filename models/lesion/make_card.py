@@ -40,6 +40,7 @@ def make_card(folder: Path, version: str = "0.1.0", metrics: dict | None = None,
     inputs = tuple(metas[0]["inputs"])
     sp = float(metas[0]["spacing_mm"])
     card = {
+        "kind": "segmentation",
         "name": NAMES[inputs],
         "version": version,
         "description": ("3D residual-encoder U-Net, one branch per input contrast"

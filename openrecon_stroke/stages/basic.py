@@ -6,8 +6,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..pipeline import SkipStudy, Stage, StageResult
-from ..study import DerivedSeries, Study
+from ..masks import largest_component
+from ..study import Study
+from .base import SkipStudy, Stage, StageResult
+from .results import HEAD_MASK
 
 #: A whole-brain series covers at least this much along every axis (mm) ...
 MIN_EXTENT_MM = 60.0
@@ -46,15 +48,10 @@ class InputCheck(Stage):
 
 
 def foreground_mask(data: np.ndarray) -> np.ndarray:
-    """Largest connected object above an Otsu threshold, holes filled (uint8)."""
+    """Largest 6-connected object above an Otsu threshold, holes filled (uint8)."""
     img = sitk.GetImageFromArray(data.astype(np.float32))
     fg = sitk.GetArrayFromImage(sitk.OtsuThreshold(img, 0, 1)).astype(bool)
-    lab, n = ndimage.label(fg)
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        fg = lab == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(fg).astype(np.uint8)
+    return ndimage.binary_fill_holes(largest_component(fg, connectivity=1)).astype(np.uint8)
 
 
 class HeadMask(Stage):
@@ -66,9 +63,6 @@ class HeadMask(Stage):
         res = StageResult()
         for key, vol in study.inputs.items():
             mask = foreground_mask(vol.data)
-            res.derived.append(DerivedSeries(
-                name="head_mask", reference=key, data=mask, kind="mask",
-                description="HEADMASK", comment="foreground (head) mask, Otsu threshold",
-                send_param="sendmask"))
+            res.derived.append(HEAD_MASK.on(key, mask, "foreground (head) mask, Otsu threshold"))
             res.findings[f"head_volume_ml_{key}"] = round(float(mask.sum()) * vol.grid.voxel_volume_mm3 / 1000, 2)
         return res

@@ -1,15 +1,9 @@
 """Preprocessing stage: HD-BET brain mask, N4 bias correction, T1-w <-> FLAIR registration,
 and the study cache that lets a series fuse with one that arrived on an earlier connection.
 
-What later stages find in ``study.shared`` (SimpleITK images on each series' own input grid):
-
-* ``n4[contrast]``: bias-corrected image (float32);
-* ``brain_mask[contrast]``: uint8 brain mask;
-* ``flair_to_t1``: rigid transform mapping T1-w physical points to FLAIR points (only when the
-  registration passed its check), ``registration``: its summary;
-* ``reference``: the contrast the brain mask was computed on.
-
-Contrasts taken from the cache appear in ``shared`` but not in ``study.inputs``: nothing is
+Writes :class:`~.results.BrainResult` (N4 images and brain masks of every contrast known to the
+study, each on its own input grid) and, with T1-w and FLAIR, :class:`~.results.SeriesRegistration`.
+Contrasts taken from the cache appear in these results but not in ``study.inputs``: nothing is
 sent back on their grids (their connection is over).
 """
 
@@ -21,10 +15,11 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from ..pipeline import SkipStudy, Stage, StageResult
 from ..preprocess import N4Settings, n4_correct, register_rigid
-from ..study import CONTRASTS, DerivedSeries, Study
+from ..study import CONTRASTS, Study
 from ..study_cache import study_key
+from .base import SkipStudy, Stage, StageResult
+from .results import BRAIN_MASK, BrainResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +38,27 @@ def _dilated(mask: sitk.Image, mm: float = 5.0) -> sitk.Image:
 
 class Preprocess(Stage):
     name = "preprocess"
+    writes = (BrainResult, SeriesRegistration)
 
-    def __init__(self, n4: N4Settings = N4Settings()):
-        self.n4 = n4
+    def __init__(self, n4: N4Settings | None = None):
+        self.n4 = n4 or N4Settings()
+
+    def warm_up(self) -> None:
+        from ..brain_extraction import get_extractor
+
+        sess = get_extractor().session(0)
+        # one small inference: ONNX Runtime's first run in a process carries set-up costs
+        sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 64, 64, 64), np.float32)})
 
     def run(self, study: Study) -> StageResult:
-        from ..brain_extraction import extract_brain
+        from ..brain_extraction import extract_brain, get_extractor
 
         res = StageResult()
         timings: dict[str, float] = {}
         images = {k: v.to_sitk() for k, v in study.inputs.items()}
-        shared = study.shared
-        shared.setdefault("n4", {})
-        shared.setdefault("brain_mask", {})
+        n4: dict[str, sitk.Image] = {}
+        brains: dict[str, sitk.Image] = {}
+        earlier: dict[str, str] = {}
 
         # earlier series of this study, from the cache
         key = None
@@ -67,15 +70,16 @@ class Preprocess(Stage):
                     got = study.cache.get(key, c)
                     if got is not None:
                         cached, meta = got
-                        shared["n4"][c] = cached["n4"]
-                        shared["brain_mask"][c] = cached["brain_mask"]
-                        res.findings[f"{c}_from_earlier_series"] = meta.get("description", True)
-                        log.info("using the %s series of this study from the cache (%s)", c,
-                                 meta.get("description", ""))
+                        n4[c] = cached["n4"]
+                        brains[c] = cached["brain_mask"]
+                        earlier[c] = meta.get("description", True)
+                        log.info(
+                            "using the %s series of this study from the cache (%s)", c, meta.get("description", "")
+                        )
 
         # brain mask on the best-suited contrast (T1-w when present, here or from the cache: a
         # cached T1-w mask reaches this FLAIR through the registration below)
-        ref = "t1" if ("t1" in images or "t1" in shared["brain_mask"]) else "flair"
+        ref = "t1" if ("t1" in images or "t1" in brains) else "flair"
         mode = study.params["betmode"]
         if ref in images:
             t0 = time.perf_counter()
@@ -88,61 +92,68 @@ class Preprocess(Stage):
                     f"brain is {BRAIN_ML_RANGE[0]:.0f}-{BRAIN_ML_RANGE[1]:.0f} mL): this does not look "
                     "like a head scan covering the brain, so no stroke analysis was run"
                 )
-            shared["brain_mask"][ref] = mask
-        shared["reference"] = ref
+            brains[ref] = mask
 
         # N4 inside the (dilated) brain mask where known, else the head
         for c, img in images.items():
             t0 = time.perf_counter()
-            m = shared["brain_mask"].get(c)
-            shared["n4"][c], _ = n4_correct(img, _dilated(m) if m is not None else None, self.n4)
+            m = brains.get(c)
+            n4[c], _ = n4_correct(img, _dilated(m) if m is not None else None, self.n4)
             timings[f"n4_{c}"] = time.perf_counter() - t0
 
         # T1-w <-> FLAIR: register, check, carry the mask over
-        if "t1" in shared["n4"] and "flair" in shared["n4"]:
+        if "t1" in n4 and "flair" in n4:
             t0 = time.perf_counter()
-            reg = register_rigid(shared["n4"]["t1"], shared["n4"]["flair"],
-                                 fixed_mask=_dilated(shared["brain_mask"]["t1"], 10.0))
+            reg = register_rigid(n4["t1"], n4["flair"], fixed_mask=_dilated(brains["t1"], 10.0))
             timings["registration"] = time.perf_counter() - t0
-            shared["registration"] = res.findings["registration"] = reg.summary()
+            res.results.append(SeriesRegistration(reg))
             if reg.ok:
-                shared["flair_to_t1"] = reg.transform
-                if "flair" in images and "flair" not in shared["brain_mask"]:
-                    shared["brain_mask"]["flair"] = sitk.Resample(
-                        shared["brain_mask"]["t1"], images["flair"], reg.transform.GetInverse(),
-                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+                if "flair" in images and "flair" not in brains:
+                    brains["flair"] = sitk.Resample(
+                        brains["t1"],
+                        images["flair"],
+                        reg.transform.GetInverse(),
+                        sitk.sitkNearestNeighbor,
+                        0,
+                        sitk.sitkUInt8,
+                    )
             else:
                 res.warnings.append(
                     f"T1-w/FLAIR registration failed its check ({reg.reason}); the two series are "
                     "analysed separately, not fused"
                 )
         for c in images:
-            if c not in shared["brain_mask"]:  # FLAIR with a failed registration, or no T1-w
+            if c not in brains:  # FLAIR with a failed registration, or no T1-w
                 t0 = time.perf_counter()
-                shared["brain_mask"][c] = extract_brain(images[c], folds=mode)
+                brains[c] = extract_brain(images[c], folds=mode)
                 timings[f"brain_extraction_{c}"] = time.perf_counter() - t0
 
-        for c, vol in study.inputs.items():
-            mask = shared["brain_mask"][c]
-            arr = sitk.GetArrayFromImage(mask).astype(np.uint8)
-            res.derived.append(DerivedSeries(
-                name="brain_mask", reference=c, data=arr, kind="mask", description="BRAINMASK",
-                comment=f"HD-BET brain mask ({mode})", send_param="sendbrainmask"))
-            res.findings[f"brain_volume_ml_{c}"] = round(_ml(mask), 1)
-        res.findings["brain_extraction_mode"] = mode
-        from ..brain_extraction import get_extractor
-
-        models = dict(study.findings.get("models", {}))
-        models["brain_extraction"] = f"{get_extractor().card.get('name', 'HD-BET')} (ONNX, {mode})"
-        res.findings["models"] = models
-        res.findings["preprocess_timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+        volumes = {}
+        for c in study.inputs:
+            arr = sitk.GetArrayFromImage(brains[c]).astype(np.uint8)
+            res.derived.append(BRAIN_MASK.on(c, arr, f"HD-BET brain mask ({mode})"))
+            volumes[c] = round(_ml(brains[c]), 1)
+        res.results.append(
+            BrainResult(
+                reference=ref,
+                n4=n4,
+                brain_mask=brains,
+                mode=mode,
+                model=f"{get_extractor().card.name} (ONNX, {mode})",
+                volume_ml=volumes,
+                from_earlier_series=earlier,
+                timings_s=timings,
+            )
+        )
 
         if study.cache is not None and key:
             for c in images:
-                study.cache.put(key, c, {"n4": shared["n4"][c], "brain_mask": shared["brain_mask"][c]},
-                                {"description": study.inputs[c].description})
+                study.cache.put(
+                    key, c, {"n4": n4[c], "brain_mask": brains[c]}, {"description": study.inputs[c].description}
+                )
         elif study.cache is not None and len(images) == 1:
-            res.warnings.append("the series carries no study identity (frame of reference / study UID); "
-                                "it cannot be fused with a series sent on another connection")
+            res.warnings.append(
+                "the series carries no study identity (frame of reference / study UID); "
+                "it cannot be fused with a series sent on another connection"
+            )
         return res
-

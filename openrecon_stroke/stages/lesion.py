@@ -16,78 +16,88 @@ region, described on the reference series (T1-w when present).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..lesion import LesionSegmenter, describe, postprocess
-from ..model_card import FolderCache, ModelCard
-from ..pipeline import Stage, StageResult
-from ..study import DerivedSeries, Study
+from ..lesion import Lesion, LesionSegmenter, describe, postprocess
+from ..model_card import ModelCard
+from ..runtime import ModelCache, model_folder
+from ..study import Study
+from .base import Stage, StageResult
+from .results import LESION_MASK, BrainResult, LesionResult, SeriesRegistration
 
 log = logging.getLogger(__name__)
 
 MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
 
-_segmenters: FolderCache[LesionSegmenter] = FolderCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
-
-
-def lesion_dir() -> Path:
-    """Folder with one sub-folder per lesion model (card.json + ONNX): ``OPENRECON_LESION_DIR``,
-    else ``models_dir()/lesion``."""
-    from ..paths import models_dir
-
-    return Path(os.environ.get("OPENRECON_LESION_DIR") or models_dir() / "lesion")
+_segmenters: ModelCache[Path, LesionSegmenter] = ModelCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
 
 
 def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
-    """The (process-wide, loaded once) segmenter for a contrast combination."""
-    folder = lesion_dir() / MODEL_FOLDERS[inputs]
+    """The (process-wide, loaded once) segmenter for a contrast combination, from its
+    sub-folder of the lesion models folder (:func:`openrecon_stroke.runtime.model_folder`)."""
+    folder = model_folder("lesion") / MODEL_FOLDERS[inputs]
     if not (folder / "card.json").is_file():
         raise FileNotFoundError(
             f"no lesion model for {'+'.join(inputs)} at {folder} (the image was built without "
-            "models/lesion; rebuild it, or train with models/lesion/train_all.sh)")
+            "models/lesion; rebuild it, or train with models/lesion/train_all.sh)"
+        )
     return _segmenters.get(folder)
 
 
 class LesionSegmentation(Stage):
     name = "lesion"
-    needs = ("brain_mask",)
+    reads = (BrainResult,)
+    optional = (SeriesRegistration,)
+    writes = (LesionResult,)
+
+    def warm_up(self) -> None:
+        for inputs in MODEL_FOLDERS:
+            get_segmenter(inputs).load()
 
     def run(self, study: Study) -> StageResult:
+        brain = study.need(BrainResult)
+        reg = study.result(SeriesRegistration)
         res = StageResult()
-        sh = study.shared
-        n4, brains = sh["n4"], sh["brain_mask"]
+        n4, brains = brain.n4, brain.brain_mask
+        flair_to_t1 = reg.flair_to_t1 if reg is not None else None
         thr = float(study.params["lesionthreshold"])
         min_mm3 = float(study.params["minlesion"])
 
-        # which model(s): (contrasts it reads, images, brain mask on the first, transforms)
-        runs = []
-        if "t1" in n4 and "flair" in n4 and "flair_to_t1" in sh:
-            runs.append((("t1", "flair"), {"flair": sh["flair_to_t1"]}))
+        # which model(s): (contrasts it reads, transforms to its other contrasts)
+        runs: list[tuple[tuple[str, ...], dict[str, sitk.Transform]]] = []
+        if "t1" in n4 and "flair" in n4 and flair_to_t1 is not None:
+            runs.append((("t1", "flair"), {"flair": flair_to_t1}))
         else:
             for c in ("t1", "flair"):
                 if c in study.inputs:
                     runs.append(((c,), {}))
             if "t1" in n4 and "flair" in n4:
-                res.warnings.append("lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
-                                    "registration failed): expect lower sensitivity for small lesions")
+                res.warnings.append(
+                    "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
+                    "registration failed): expect lower sensitivity for small lesions"
+                )
             elif "flair" not in n4:
-                res.warnings.append("FLAIR missing: lesions were segmented on T1-w alone, which misses "
-                                    "more small lesions; add the FLAIR series for the fused model")
+                res.warnings.append(
+                    "FLAIR missing: lesions were segmented on T1-w alone, which misses "
+                    "more small lesions; add the FLAIR series for the fused model"
+                )
             elif "t1" not in n4:
                 res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
 
-        lesions_out, used = None, []
+        lesions_out: list[Lesion] | None = None
+        used = []
         for inputs, to_contrast in runs:
             seg = get_segmenter(inputs)
             card = seg.card
             used.append(f"{card.name} {card.version} ({len(card.files)} folds)")
             if card.status == "experimental":
-                res.warnings.append(f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
-                                    "do not interpret its masks clinically")
+                res.warnings.append(
+                    f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
+                    "do not interpret its masks clinically"
+                )
             ref = inputs[0]
             prob = seg.probability({c: n4[c] for c in inputs}, brains[ref], to_contrast)
             # onto every input series this model speaks for
@@ -99,30 +109,24 @@ class LesionSegmentation(Stage):
                 if c != ref:
                     tx = to_contrast[c].GetInverse()
                 p = seg.on_grid(prob, img, tx)
-                brain = sitk.GetArrayViewFromImage(brains[c]) > 0
-                p = np.where(brain, p, 0.0)
+                inside = sitk.GetArrayViewFromImage(brains[c]) > 0
+                p = np.where(inside, p, 0.0)
                 vol = study.inputs[c]
                 mask = postprocess(p, vol.grid.voxel_volume_mm3, thr, min_mm3)
-                res.derived.append(DerivedSeries(
-                    name="lesion_mask", reference=c, data=mask.astype(np.uint8), kind="mask",
-                    description="LESION", send_param="sendlesion",
-                    comment=f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"))
+                comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
+                res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
                 if lesions_out is None or c == "t1":
-                    lesions_out = self._describe(mask, img, brain, c)
-        lesions = lesions_out or []
-        res.findings["lesions"] = lesions
-        res.findings["lesion_count"] = len(lesions)
-        res.findings["lesion_volume_ml"] = round(float(sum(les["volume_ml"] for les in lesions)), 3)
-        res.findings["lesion_model"] = "; ".join(used)
-        models = dict(study.findings.get("models", {}))
-        models["lesion"] = "; ".join(used)
-        res.findings["models"] = models
+                    lesions_out = self._describe(mask, img, inside, c)
+        res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used)))
         return res
 
     @staticmethod
-    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[dict]:
+    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[Lesion]:
         if not mask.any():
             return []
         zyx = np.argwhere(brain).mean(0)[::-1]
         midline = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx))[0]
-        return [dict(les.as_dict(), series=contrast) for les in describe(mask, img, midline, brain)]
+        out = describe(mask, img, midline, brain)
+        for les in out:
+            les.series = contrast
+        return out

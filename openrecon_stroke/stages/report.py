@@ -6,13 +6,12 @@
 * :class:`ReportPage`: one 1024 x 1024 RGB page (UI ``sendreport``): research-use-only banner,
   lesions, anomaly load, models, every earlier stage's status and time, warnings.
 
-What they read from earlier stages (by name, per input key ``c``):
-``lesion_mask`` (mask), ``anomaly_map`` (map, its ``window``), ``brain_mask``; findings
-``lesions``, ``lesion_count``, ``lesion_volume_ml``, ``anomaly`` (dict; an optional
-``threshold`` sets where the overlay starts colouring), ``models``, ``registration``,
-``brain_volume_ml_<c>``, ``preprocess_timings_s``. Anything missing is simply not shown; a
-failed or skipped stage shows as a warning on the page. Neither stage ever fails the study
-because of odd findings.
+What they read from earlier stages: derived series ``lesion_mask`` (mask) and ``anomaly_map``
+(map, its ``window``) per input key; the typed results :class:`~.results.LesionResult`,
+:class:`~.results.AnomalyResult` (an optional ``threshold`` sets where the overlay starts
+colouring), :class:`~.results.BrainResult`, :class:`~.results.SeriesRegistration`, all optional;
+the ``models`` finding. Anything missing is simply not shown; a failed or skipped stage shows
+as a warning on the page.
 """
 
 from __future__ import annotations
@@ -21,11 +20,19 @@ import logging
 import math
 from datetime import datetime
 
-
-from .. import APP_NAME, __version__
-from .. import render
-from ..pipeline import Stage, StageResult
-from ..study import DerivedSeries, Study
+from .. import APP_NAME, __version__, render
+from ..study import DerivedSeries, Study, StudyResult
+from .base import Stage, StageResult
+from .results import (
+    ANOMALY_MAP,
+    LESION_MASK,
+    OVERLAY,
+    REPORT_PAGE,
+    AnomalyResult,
+    BrainResult,
+    LesionResult,
+    SeriesRegistration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +45,12 @@ _LABELS = {"t1": "T1-w", "flair": "FLAIR"}
 def anomaly_display(study: Study, series: DerivedSeries | None) -> tuple[float, float | None]:
     """(threshold, top) for colouring an anomaly map.
 
-    Threshold: the stage's ``anomaly["threshold"]`` finding if it gave one, else the centre of
-    the map's display window (a window is centred on the decision value, e.g. (1, 2) for a
-    score whose threshold is 1), else :data:`render.ANOMALY_THRESHOLD`. Top (full colour): the
-    upper end of the window when above the threshold."""
-    thr = None
-    a = study.findings.get("anomaly")
-    if isinstance(a, dict) and a.get("threshold") is not None:
-        try:
-            thr = float(a["threshold"])
-        except (TypeError, ValueError):
-            thr = None
+    Threshold: the anomaly result's ``threshold`` if it gave one, else the centre of the map's
+    display window (a window is centred on the decision value, e.g. (1, 2) for a score whose
+    threshold is 1), else :data:`render.ANOMALY_THRESHOLD`. Top (full colour): the upper end of
+    the window when above the threshold."""
+    a = study.result(AnomalyResult)
+    thr = a.threshold if a is not None else None
     win = series.window if series is not None else None
     if (thr is None or not math.isfinite(thr)) and win is not None and math.isfinite(float(win[0])):
         thr = float(win[0])
@@ -70,29 +72,34 @@ class Overlay(Stage):
     """RGB overlay series per input that has a lesion mask or an anomaly map."""
 
     name = "overlay"
+    optional = (AnomalyResult,)
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()
         if not study.params["sendoverlay"]:
             return res
         for c, vol in study.inputs.items():
-            les = study.get("lesion_mask", c)
-            ano = study.get("anomaly_map", c)
+            les = study.get(LESION_MASK.name, c)
+            ano = study.get(ANOMALY_MAP.name, c)
             if les is None and ano is None:
                 continue
             thr, top = anomaly_display(study, ano)
             rgb = render.overlay_volume(
-                vol.data, None if les is None else les.data, None if ano is None else ano.data,
-                anomaly_threshold=thr, anomaly_max=top, spacing_xy=vol.grid.spacing[:2])
+                vol.data,
+                None if les is None else les.data,
+                None if ano is None else ano.data,
+                anomaly_threshold=thr,
+                anomaly_max=top,
+                spacing_xy=vol.grid.spacing[:2],
+            )
             parts = []
             if les is not None:
                 parts.append("lesion red, outline yellow")
             if ano is not None:
                 parts.append(f"anomaly >= {thr:g} blue to white")
-            res.derived.append(DerivedSeries(
-                name="overlay", reference=c, data=rgb, kind="rgb", description="OVERLAY",
-                comment=f"{APP_NAME} overlay on {_label(c)}: " + "; ".join(parts) + ". Research use only",
-                send_param="sendoverlay"))
+            res.derived.append(
+                OVERLAY.on(c, rgb, f"{APP_NAME} overlay on {_label(c)}: " + "; ".join(parts) + ". Research use only")
+            )
         if not res.derived and study.inputs:
             res.warnings.append("no overlay: no lesion mask and no anomaly map were produced")
         return res
@@ -109,103 +116,94 @@ def _num(v, fmt="{:.1f}") -> str:
     return fmt.format(x) if math.isfinite(x) else "?"
 
 
-def _stage_problem(study: Study, word: str) -> str | None:
-    """'failed' / 'skipped' when a stage whose name contains ``word`` did not finish."""
-    for name, status in study.stage_status.items():
-        if word in name and status in ("failed", "skipped"):
-            return f"{name} {status}"
-    return None
+def _not_available(study: Study, kind: type[StudyResult], what: str) -> list:
+    """The line shown for a result that is missing: why (its stage failed or was skipped), or
+    that no stage of this pipeline produces it."""
+    name = study.producers.get(kind)
+    status = study.stage_status.get(name or "")
+    if status in ("failed", "skipped"):
+        return [(f"not available ({name} {status}: see warnings)", render.WARN)]
+    return [(f"{what} was not run", render.WARN)]
 
 
 def lesion_lines(study: Study) -> list:
-    f = study.findings
-    lines: list = []
-    if "lesion_count" not in f and "lesions" not in f:
-        why = _stage_problem(study, "lesion")
-        return [(f"not available ({why}: see warnings)" if why else "lesion segmentation was not run",
-                 render.WARN)]
-    lesions = [les for les in (f.get("lesions") or []) if isinstance(les, dict)]
-    n = f.get("lesion_count", len(lesions))
-    total = f.get("lesion_volume_ml", sum(float(les.get("volume_ml", 0) or 0) for les in lesions))
+    res = study.result(LesionResult)
+    if res is None:
+        return _not_available(study, LesionResult, "lesion segmentation")
+    n = len(res.lesions)
     if not n:
         return ["no lesion found"]
-    lines.append(f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(total)}")
-    ordered = sorted(lesions, key=lambda les: -float(les.get("volume_ml", 0) or 0))
+    lines: list = [f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(res.volume_ml)}"]
+    ordered = sorted(res.lesions, key=lambda les: -les.reported_volume_ml)
     for les in ordered[:MAX_LESIONS_LISTED]:
-        where = [str(les[k]) for k in ("hemisphere", "region") if les.get(k)]
-        text = f"#{les.get('label', '?')}: {render.fmt_ml(les.get('volume_ml'))}"
+        where = [w for w in (les.hemisphere, les.region) if w]
+        text = f"#{les.label}: {render.fmt_ml(les.reported_volume_ml)}"
         if where:
             text += ", " + " ".join(where)
-        cen = les.get("centroid_lps_mm")
-        if isinstance(cen, (list, tuple)) and len(cen) == 3:
-            text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in cen) + " mm)"
+        text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
         lines.append(text)
     if len(ordered) > MAX_LESIONS_LISTED:
         lines.append(f"... {len(ordered) - MAX_LESIONS_LISTED} smaller lesion(s) in the text report")
     return lines
 
 
-_ANOMALY_KEYS = (("load_ml", "anomaly load"), ("in_lesion_ml", "in lesions"),
-                 ("perilesional_ml", "perilesional"), ("remote_ml", "remote"),
-                 ("ventricle_ml", "ventricles"))
-
-
 def anomaly_lines(study: Study) -> list:
-    a = study.findings.get("anomaly")
-    if not isinstance(a, dict):
-        why = _stage_problem(study, "anomaly")
-        return [(f"not available ({why}: see warnings)" if why else "anomaly detection was not run",
-                 render.WARN)]
-    parts = [f"{label} {render.fmt_ml(a[k])}" for k, label in _ANOMALY_KEYS if k in a]
-    lines = []
-    if parts:
-        lines.append(parts[0])
-        if parts[1:]:
-            lines.append("; ".join(parts[1:]))
-    if "atrophy_index" in a:
-        lines.append(f"atrophy index {_num(a['atrophy_index'], '{:.2f}')}")
-    if a.get("contrasts"):
-        lines.append(f"computed on {str(a['contrasts']).replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
-    return lines or ["(no values)"]
+    a = study.result(AnomalyResult)
+    if a is None:
+        return _not_available(study, AnomalyResult, "anomaly detection")
+    load = a.load
+    parts = [
+        f"{label} {render.fmt_ml(v)}"
+        for v, label in (
+            (load["load_ml"], "anomaly load"),
+            (load["in_lesion_ml"], "in lesions"),
+            (load["perilesional_ml"], "perilesional"),
+            (load["remote_ml"], "remote"),
+        )
+    ]
+    if a.csf is not None:
+        parts.append(f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}")
+    lines = [parts[0], "; ".join(parts[1:])]
+    if a.csf is not None:
+        lines.append(f"atrophy index {_num(a.csf['atrophy_index'], '{:.2f}')}")
+    if a.contrasts:
+        lines.append(f"computed on {a.contrasts.replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
+    return lines
 
 
 def brain_lines(study: Study) -> list:
-    f = study.findings
     lines = []
-    vols = [f"{_label(c)} {render.fmt_ml(f[k])}" for c in study.inputs
-            for k in (f"brain_volume_ml_{c}",) if k in f]
-    if vols:
-        lines.append("brain volume: " + ", ".join(vols)
-                     + (f" (HD-BET {f['brain_extraction_mode']})" if f.get("brain_extraction_mode") else ""))
-    reg = f.get("registration")
-    if isinstance(reg, dict):
-        ok = reg.get("ok")
-        lines.append("T1-w/FLAIR registration: " + ("passed its check" if ok else
-                                                     f"FAILED ({reg.get('reason', 'check not passed')})"
-                                                     if ok is not None else "done"))
+    brain = study.result(BrainResult)
+    if brain is not None:
+        vols = [f"{_label(c)} {render.fmt_ml(brain.volume_ml[c])}" for c in study.inputs if c in brain.volume_ml]
+        if vols:
+            lines.append("brain volume: " + ", ".join(vols) + (f" (HD-BET {brain.mode})" if brain.mode else ""))
+    reg = study.result(SeriesRegistration)
+    if reg is not None:
+        lines.append(
+            "T1-w/FLAIR registration: "
+            + ("passed its check" if reg.ok else f"FAILED ({reg.outcome.reason or 'check not passed'})")
+        )
     return lines
 
 
 def model_lines(study: Study) -> list:
-    m = study.findings.get("models")
-    if isinstance(m, dict) and m:
-        return [f"{k}: {v}" for k, v in m.items()]
-    return []
+    return [f"{k}: {v}" for k, v in study.models.items()]
 
 
 def timing_lines(study: Study) -> list:
     names = list(dict.fromkeys(list(study.timings_s) + list(study.stage_status)))
-    lines = []
+    lines: list = []
     total = 0.0
-    sub = study.findings.get("preprocess_timings_s")
+    brain = study.result(BrainResult)
     for name in names:
         status = study.stage_status.get(name, "")
         t = study.timings_s.get(name)
         if t is not None:
             total += t
         text = f"{name}: {status + ', ' if status else ''}{'-' if t is None else f'{t:.1f} s'}"
-        if name == "preprocess" and isinstance(sub, dict) and sub:
-            text += " (" + ", ".join(f"{k} {_num(v)} s" for k, v in sub.items()) + ")"
+        if brain is not None and brain.timings_s and name == study.producers.get(BrainResult):
+            text += " (" + ", ".join(f"{k} {_num(round(v, 2))} s" for k, v in brain.timings_s.items()) + ")"
         colour = render.WARN if status in ("failed", "skipped") else render.WHITE
         lines.append((text, colour))
     if lines:
@@ -215,7 +213,8 @@ def timing_lines(study: Study) -> list:
 
 def page_warnings(study: Study) -> list[str]:
     w = list(dict.fromkeys(study.warnings))
-    have_flair = "flair" in study.inputs or "flair" in study.shared.get("n4", {})
+    brain = study.result(BrainResult)
+    have_flair = "flair" in study.inputs or (brain is not None and "flair" in brain.n4)
     if study.inputs and not have_flair and not any("flair" in x.lower() for x in w):
         w.append("no FLAIR series in this study: lesions were looked for on T1-w alone")
     return w
@@ -225,8 +224,10 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
     inputs = []
     for c, vol in study.inputs.items():
         g = vol.grid
-        inputs.append(f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
-                      f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm")
+        inputs.append(
+            f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
+            f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm"
+        )
     sections = [("Lesions", lesion_lines(study)), ("Anomaly (pseudo-healthy difference)", anomaly_lines(study))]
     b = brain_lines(study)
     if b:
@@ -238,9 +239,13 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
     content = render.PageContent(
         title=f"{APP_NAME} {__version__}: stroke MRI summary",
         subtitle=f"{datetime.now():%Y-%m-%d %H:%M}   inputs: " + "; ".join(inputs),
-        sections=sections, warnings=page_warnings(study),
-        footer=("Automated research software output, not a medical device. Check every result "
-                f"against the source images. {APP_NAME} {__version__}"))
+        sections=sections,
+        warnings=page_warnings(study),
+        footer=(
+            "Automated research software output, not a medical device. Check every result "
+            f"against the source images. {APP_NAME} {__version__}"
+        ),
+    )
     if key is not None:
         try:
             content.image, content.image_caption, content.image_aspect = _key_picture(study, key)
@@ -251,27 +256,34 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
 
 def _key_picture(study: Study, key: str):
     vol = study.inputs[key]
-    les = study.get("lesion_mask", key)
-    ano = study.get("anomaly_map", key)
+    les = study.get(LESION_MASK.name, key)
+    ano = study.get(ANOMALY_MAP.name, key)
     thr, top = anomaly_display(study, ano)
-    z = render.key_slice(None if les is None else les.data, None if ano is None else ano.data, thr,
-                         nz=vol.grid.shape[0])
-    ov = study.get("overlay", key)
+    z = render.key_slice(
+        None if les is None else les.data, None if ano is None else ano.data, thr, nz=vol.grid.shape[0]
+    )
+    ov = study.get(OVERLAY.name, key)
     if ov is not None:
         pic = ov.data[z]
     else:
         lo_hi = render.grey_window(vol.data)
         sl = slice(z, z + 1)
-        pic = render.overlay_volume(vol.data[sl], None if les is None else les.data[sl],
-                                    None if ano is None else ano.data[sl], anomaly_threshold=thr,
-                                    anomaly_max=top, window=lo_hi, spacing_xy=vol.grid.spacing[:2])[0]
+        pic = render.overlay_volume(
+            vol.data[sl],
+            None if les is None else les.data[sl],
+            None if ano is None else ano.data[sl],
+            anomaly_threshold=thr,
+            anomaly_max=top,
+            window=lo_hi,
+            spacing_xy=vol.grid.spacing[:2],
+        )[0]
     dx, dy = vol.grid.spacing[:2]
     return pic, f"{_label(key)} slice {z + 1} of {vol.grid.shape[0]}", dy / dx
 
 
 def page_reference(study: Study) -> str | None:
     """The input the page belongs to (and shows a slice of): one with a lesion mask, FLAIR first."""
-    keys = sorted(study.inputs, key=lambda c: (study.get("lesion_mask", c) is None, c != "flair"))
+    keys = sorted(study.inputs, key=lambda c: (study.get(LESION_MASK.name, c) is None, c != "flair"))
     return keys[0] if keys else None
 
 
@@ -279,6 +291,7 @@ class ReportPage(Stage):
     """The one-page summary as an RGB image series (UI ``sendreport``)."""
 
     name = "report_page"
+    optional = (AnomalyResult, BrainResult, LesionResult, SeriesRegistration)
 
     def run(self, study: Study) -> StageResult:
         res = StageResult()
@@ -288,8 +301,9 @@ class ReportPage(Stage):
         if key is None:
             return res
         page = render.report_page(page_content(study, key), PAGE_SIZE)
-        res.derived.append(DerivedSeries(
-            name="report", reference=key, data=page[None], kind="page", description="REPORT",
-            comment=f"{APP_NAME} {__version__} summary page. Research use only, not for diagnosis",
-            send_param="sendreport"))
+        res.derived.append(
+            REPORT_PAGE.on(
+                key, page[None], f"{APP_NAME} {__version__} summary page. Research use only, not for diagnosis"
+            )
+        )
         return res

@@ -1,0 +1,134 @@
+"""The typed results stages hand to later stages (the contracts of :mod:`.base`), and the series
+they send back to the scanner (which later stages may read too, e.g. the overlay).
+
+Images are SimpleITK images in LPS millimetres, each on the grid of the input series it belongs
+to (``study.inputs[contrast].grid``) unless a field says otherwise; contrasts are ``"t1"`` and
+``"flair"``. A contrast taken from the study cache (an earlier connection) appears in these
+results but not in ``study.inputs``: nothing is sent back on its grid.
+
+Each result's :meth:`findings` is what it adds to the report, in report order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import SimpleITK as sitk
+
+from ..anomaly import AnomalyLoad, CsfMeasures
+from ..lesion import Lesion
+from ..preprocess import RigidRegistration
+from ..study import SeriesSpec, StudyResult
+
+# --- series sent back (one per input series; UI switch in send_param) -------------------------
+HEAD_MASK = SeriesSpec("head_mask", "mask", "HEADMASK", "sendmask")
+BRAIN_MASK = SeriesSpec("brain_mask", "mask", "BRAINMASK", "sendbrainmask")
+LESION_MASK = SeriesSpec("lesion_mask", "mask", "LESION", "sendlesion")
+#: anomaly score: 1.0 is the threshold fixed on healthy brains, shown with window centre 1, width 2
+ANOMALY_MAP = SeriesSpec("anomaly_map", "map", "ANOMALY", "sendanomaly", window=(1.0, 2.0))
+OVERLAY = SeriesSpec("overlay", "rgb", "OVERLAY", "sendoverlay")
+REPORT_PAGE = SeriesSpec("report", "page", "REPORT", "sendreport")
+
+
+@dataclass
+class BrainResult(StudyResult):
+    """Written by ``preprocess``: bias-corrected images and HD-BET brain masks."""
+
+    label: ClassVar[str] = "brain_mask"
+
+    #: the contrast HD-BET ran on (T1-w when known); other masks come through the registration
+    reference: str
+    #: contrast -> N4 bias-corrected image (float32), every contrast known to the study
+    n4: dict[str, sitk.Image]
+    #: contrast -> brain mask (uint8, 1 = brain), every contrast known to the study
+    brain_mask: dict[str, sitk.Image]
+    #: HD-BET mode ("fast", "accurate") and the model, as shown on the report
+    mode: str
+    model: str
+    #: input contrast -> brain volume (mL, one decimal)
+    volume_ml: dict[str, float] = field(default_factory=dict)
+    #: contrasts taken from the study cache -> their series description
+    from_earlier_series: dict[str, str] = field(default_factory=dict)
+    #: step -> seconds (brain extraction, N4 per contrast, registration)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def findings(self) -> dict:
+        out: dict = {f"{c}_from_earlier_series": d for c, d in self.from_earlier_series.items()}
+        out.update({f"brain_volume_ml_{c}": v for c, v in self.volume_ml.items()})
+        out["brain_extraction_mode"] = self.mode
+        out["models"] = {"brain_extraction": self.model}
+        out["preprocess_timings_s"] = {k: round(v, 2) for k, v in self.timings_s.items()}
+        return out
+
+
+@dataclass
+class SeriesRegistration(StudyResult):
+    """Written by ``preprocess`` when T1-w and FLAIR are both known: the rigid registration of
+    FLAIR to T1-w and its check."""
+
+    label: ClassVar[str] = "registration"
+
+    outcome: RigidRegistration
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
+
+    @property
+    def flair_to_t1(self) -> sitk.Transform | None:
+        """Maps T1-w physical points (LPS mm) to FLAIR points (ITK convention: resample the
+        FLAIR with it to bring it onto the T1-w grid); None when the check failed."""
+        return self.outcome.transform if self.outcome.ok else None
+
+    def findings(self) -> dict:
+        return {"registration": self.outcome.summary()}
+
+
+@dataclass
+class LesionResult(StudyResult):
+    """Written by ``lesion``: the lesions of the reference series (T1-w when present), largest
+    first, and the model(s) that found them."""
+
+    label: ClassVar[str] = "lesions"
+
+    lesions: list[Lesion]
+    model: str
+
+    @property
+    def volume_ml(self) -> float:
+        """Total volume (mL) as reported: the sum of the reported lesion volumes."""
+        return round(float(sum(les.reported_volume_ml for les in self.lesions)), 3)
+
+    def findings(self) -> dict:
+        return {
+            "lesions": [les.as_dict() for les in self.lesions],
+            "lesion_count": len(self.lesions),
+            "lesion_volume_ml": self.volume_ml,
+            "lesion_model": self.model,
+            "models": {"lesion": self.model},
+        }
+
+
+@dataclass
+class AnomalyResult(StudyResult):
+    """Written by ``anomaly``: the anomaly load (mL, on the model's grid) split by where it
+    lies relative to the segmented lesion, and T1-w CSF measures when measurable."""
+
+    label: ClassVar[str] = "anomaly"
+
+    load: AnomalyLoad
+    #: T1-w ventricle volume and atrophy index; None without T1-w or when not measurable
+    csf: CsfMeasures | None
+    #: contrasts scored, e.g. "t1+flair"; Euler steps of the flow; the model
+    contrasts: str
+    steps: int
+    model: str
+    #: score from which the overlay colours (None: the map's display window centre)
+    threshold: float | None = None
+
+    def findings(self) -> dict:
+        a: dict = {**self.load, "contrasts": self.contrasts, "steps": self.steps, **(self.csf or {})}
+        if self.threshold is not None:
+            a["threshold"] = self.threshold
+        return {"anomaly": a, "models": {"anomaly": self.model}}

@@ -1,0 +1,97 @@
+"""One model-card format and one loader for every family (HD-BET, lesion, anomaly), and the
+runtime's folder lookup and caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openrecon_stroke import runtime
+from openrecon_stroke.model_card import (
+    CARD_KINDS, AnomalyCard, BrainExtractionCard, ModelCard, ModelCardError, load_card,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = {"hdbet": BrainExtractionCard, "anomaly": AnomalyCard, "lesion/t1": ModelCard, "lesion/flair": ModelCard,
+           "lesion/fusion": ModelCard}
+
+
+@pytest.mark.parametrize("folder", sorted(SHIPPED))
+def test_shipped_cards_load_with_the_one_loader(folder):
+    path = REPO / "models" / folder
+    if not (path / "card.json").is_file():
+        pytest.skip(f"models/{folder} not built")
+    card = load_card(path)
+    assert type(card) is SHIPPED[folder] and card.kind == json.loads((path / "card.json").read_text())["kind"]
+    assert card.name and card.version and card.files and len(card.files) == len(card.sha256)
+    assert all(f.is_file() and s for f, s in zip(card.files, card.sha256))
+    assert card["name"] == card.name  # the JSON as written stays readable
+    assert SHIPPED[folder].load(path) == card
+
+
+def _copy_card(src: Path, dst: Path, **change) -> dict:
+    d = json.loads((src / "card.json").read_text())
+    d.update(change)
+    d = {k: v for k, v in d.items() if v is not None}
+    (dst / "card.json").write_text(json.dumps(d))
+    return d
+
+
+def test_family_from_kind_or_keys_and_refused_when_wrong(tmp_path):
+    src = REPO / "models" / "anomaly"
+    if not (src / "card.json").is_file():
+        pytest.skip("models/anomaly not built")
+    _copy_card(src, tmp_path, kind=None)  # an older card without "kind": its keys tell
+    assert type(load_card(tmp_path, verify=False)) is AnomalyCard
+    with pytest.raises(ModelCardError, match="of kind 'anomaly', not 'segmentation'"):
+        _copy_card(src, tmp_path)
+        ModelCard.load(tmp_path, verify=False)
+    with pytest.raises(ModelCardError, match="unknown model kind 'dwi'"):
+        _copy_card(src, tmp_path, kind="dwi")
+        load_card(tmp_path, verify=False)
+    assert set(CARD_KINDS) == {"segmentation", "anomaly", "brain_extraction"}
+
+
+def test_brain_extraction_card_is_typed(tmp_path):
+    src = REPO / "models" / "hdbet"
+    if not (src / "card.json").is_file():
+        pytest.skip("models/hdbet not built")
+    card = BrainExtractionCard.load(src, verify=False)
+    assert card.modes["fast"] == (1, False) and card.modes["accurate"] == ("all", True)
+    assert card.crop.enabled and card.pad_divisible_by == 16 and card.spacing_mm == (1.5, 1.5, 1.5)
+    assert card.session_options() == {"low_memory": True, "fold_weights": True}
+    d = _copy_card(src, tmp_path)
+    del d["padding"]
+    (tmp_path / "card.json").write_text(json.dumps(d))
+    with pytest.raises(ModelCardError, match="lacks the required key 'padding'"):
+        load_card(tmp_path, verify=False)
+    _copy_card(src, tmp_path)
+    with pytest.raises(ModelCardError, match="is missing"):  # the model files are not beside this copy
+        load_card(tmp_path)
+
+
+def test_model_folders_and_env_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENRECON_MODELS_DIR", raising=False)
+    monkeypatch.delenv("OPENRECON_LESION_DIR", raising=False)
+    assert runtime.models_dir() == REPO / "models"
+    assert runtime.model_folder("lesion") == REPO / "models" / "lesion"
+    monkeypatch.setenv("OPENRECON_MODELS_DIR", str(tmp_path))
+    assert runtime.model_folder("anomaly") == tmp_path / "anomaly"
+    monkeypatch.setenv("OPENRECON_LESION_DIR", str(tmp_path / "mine"))
+    assert runtime.model_folder("lesion") == tmp_path / "mine"
+    with pytest.raises(KeyError):
+        runtime.model_folder("dwi")
+
+
+def test_model_cache_builds_once_per_key():
+    built = []
+    cache = runtime.ModelCache(lambda key: built.append(key) or object())
+    a, b = cache.get("x"), cache.get("x")
+    assert a is b and built == ["x"]
+    cache.get("y")
+    cache.clear()
+    cache.get("x")
+    assert built == ["x", "y", "x"]
+    assert runtime.physical_cores() >= 1
