@@ -39,6 +39,7 @@ from scipy import ndimage
 from .masks import largest_component
 from .model_card import BrainExtractionCard
 from .runtime import LazySessions, ModelCache, model_folder, study_threads
+from .runtime import physical_cores as physical_cores  # re-exported (tests, older callers)
 
 _INTERPOLATORS = {"bspline3": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 
