@@ -21,7 +21,7 @@ Sessions: :func:`get_extractor` caches one :class:`BrainExtractor` per (model fo
 its card (:class:`~openrecon_stroke.model_card.BrainExtractionCard`, files checked against their
 sha256 on load) drives the runner, and each fold's ONNX Runtime session is created on first use
 (:func:`openrecon_stroke.runtime.ort_session`: graph optimisation ALL, intra-op threads =
-physical cores, no memory arena unless ``OPENRECON_ORT_ARENA=1``).
+physical cores or ``OPENRECON_THREADS``, no memory arena unless ``OPENRECON_ORT_ARENA=1``).
 
 Modes: ``"fast"`` = one fold, no mirroring (the default; HD-BET's ``-mode fast -tta 0``);
 ``"accurate"`` = every shipped fold with mirroring (HD-BET's default); or an explicit fold count.
@@ -38,7 +38,8 @@ from scipy import ndimage
 
 from .masks import largest_component
 from .model_card import BrainExtractionCard
-from .runtime import LazySessions, ModelCache, model_folder, physical_cores
+from .runtime import LazySessions, ModelCache, model_folder, study_threads
+from .runtime import physical_cores as physical_cores  # re-exported (tests, older callers)
 
 _INTERPOLATORS = {"bspline3": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 
@@ -53,7 +54,7 @@ class BrainExtractor:
                 f"no HD-BET model card at {self.dir / 'card.json'} (run models/hdbet/export_onnx.py)"
             )
         self.card = BrainExtractionCard.load(self.dir)
-        self.threads = threads or physical_cores()
+        self.threads = threads or study_threads()
         self._sessions = LazySessions(self.card.files, threads=self.threads, **self.card.session_options())
         self.spacing = np.asarray(self.card.spacing_mm, dtype=np.float64)
         self.direction = np.asarray(self.card.direction_lps, dtype=np.float64).reshape(3, 3)
@@ -229,7 +230,7 @@ def extract_brain(
         folds: ``"fast"`` (one fold, no mirroring; default), ``"accurate"`` (all shipped folds
             with mirroring along all axes), or a number of folds.
         tta: mirroring test-time augmentation; ``None`` = the mode's default.
-        threads: ONNX Runtime intra-op threads (default: physical cores).
+        threads: ONNX Runtime intra-op threads (default: :func:`~openrecon_stroke.runtime.study_threads`).
         models: folder holding ``card.json`` (default ``models/hdbet`` or ``OPENRECON_HDBET_DIR``).
     """
     ex = get_extractor(str(models) if models is not None else None, threads)

@@ -1,4 +1,5 @@
-"""``openrecon-stroke serve`` (the MRD server) and ``openrecon-stroke process`` (offline run)."""
+"""``openrecon-stroke serve`` (the MRD server), ``process`` (offline run on files) and ``batch``
+(a BIDS cohort on Dask, :mod:`openrecon_stroke.batch`)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="also write every output as DICOM (SEG, secondary capture, MR) under OUT/dicom/<series>/",
     )
-    from . import manifest
+    from . import batch, manifest
+
+    batch.add_arguments(
+        sub.add_parser(
+            "batch",
+            help="run a BIDS cohort (BIDS App: BIDS_DIR OUTPUT_DIR participant) on Dask",
+            description="Process every subject/session of a BIDS dataset into BIDS derivatives, on this "
+            "machine's cores, an existing Dask cluster or SLURM. Resumable: finished subjects are "
+            "skipped. Exit status 1 when a subject failed (see OUTPUT_DIR/failures.tsv).",
+        )
+    )
 
     manifest.add_arguments(sub.add_parser("manifest", help="print, write (--out) or --check the OpenRecon manifest"))
     args = p.parse_args(argv)
@@ -97,6 +108,8 @@ def main(argv=None) -> int:
             return _serve(args)
         if args.command == "manifest":
             return manifest.run(args)
+        if args.command == "batch":
+            return batch.run(args)
         return _process(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

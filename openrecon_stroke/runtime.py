@@ -7,7 +7,8 @@ One place for what every network (HD-BET, lesion, anomaly, imported nnU-Net mode
   package; each family may be pointed elsewhere by its own variable (``OPENRECON_HDBET_DIR``,
   ``OPENRECON_LESION_DIR``, ``OPENRECON_ANOMALY_DIR``), read at call time so tests may set them;
 * :func:`ort_session`: CPU sessions with all graph optimisations, intra-op threads = physical
-  cores (what a 2-core scanner host gives us), one inter-op thread;
+  cores (what a 2-core scanner host gives us; ``OPENRECON_THREADS`` caps it, see
+  :func:`study_threads`), one inter-op thread;
 * :class:`LazySessions`, :class:`ModelCache`: sessions created on first use and one loaded model
   per folder, shared by every thread of the server.
 
@@ -67,13 +68,27 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+#: Environment variable capping the threads one study uses (ONNX Runtime intra-op threads).
+THREADS_ENV = "OPENRECON_THREADS"
+
+
+def study_threads() -> int:
+    """Threads one study may use: ``OPENRECON_THREADS`` when set (the cohort batch sets it on each
+    worker so that several workers on one machine do not oversubscribe its cores), else
+    :func:`physical_cores`. A value that is not a whole number >= 1 is ignored."""
+    v = os.environ.get(THREADS_ENV, "").strip()
+    if v.isdigit() and int(v) >= 1:
+        return int(v)
+    return physical_cores()
+
+
 def ort_session(
     path: str | Path, *, threads: int | None = None, low_memory: bool = False, fold_weights: bool = False
 ) -> Any:
     """An ONNX Runtime CPU session for one model file.
 
     Args:
-        threads: intra-op threads (default: :func:`physical_cores`).
+        threads: intra-op threads (default: :func:`study_threads`).
         low_memory: no per-session memory arena, so that large activations (~1.5 GB for HD-BET
             on a head) go back to the OS after each run instead of staying reserved by every
             session; ``OPENRECON_ORT_ARENA=1`` keeps the arena.
@@ -85,7 +100,7 @@ def ort_session(
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or physical_cores()
+    so.intra_op_num_threads = threads or study_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if low_memory:

@@ -10,7 +10,8 @@ Which model runs (each an ensemble of folds, voxel-wise mean probability):
 The probability is mapped back onto every input series' own grid, thresholded (UI
 ``lesionthreshold``, default 0.2) and cleaned of components under ``minlesion`` mm³ (default 10).
 Findings: per-lesion volume (mL), centroid (LPS, mm), hemisphere and cortical/subcortical
-region, described on the reference series (T1-w when present).
+region, described on the reference series (T1-w when present). The probability itself stays in
+:class:`~.results.LesionResult` (``probability``) for offline writers.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class LesionSegmentation(Stage):
 
         lesions_out: list[Lesion] | None = None
         used = []
+        probability: dict[str, np.ndarray] = {}
         for inputs, to_contrast in runs:
             seg = get_segmenter(inputs)
             card = seg.card
@@ -111,13 +113,14 @@ class LesionSegmentation(Stage):
                 p = seg.on_grid(prob, img, tx)
                 inside = sitk.GetArrayViewFromImage(brains[c]) > 0
                 p = np.where(inside, p, 0.0)
+                probability[c] = p.astype(np.float32)
                 vol = study.inputs[c]
                 mask = postprocess(p, vol.grid.voxel_volume_mm3, thr, min_mm3)
                 comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
                 res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
                 if lesions_out is None or c == "t1":
                     lesions_out = self._describe(mask, img, inside, c)
-        res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used)))
+        res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used), probability=probability))
         return res
 
     @staticmethod

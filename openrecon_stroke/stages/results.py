@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..anomaly import AnomalyLoad, CsfMeasures
@@ -94,6 +95,10 @@ class LesionResult(StudyResult):
 
     lesions: list[Lesion]
     model: str
+    #: input contrast -> lesion probability (float32, ensemble mean 0-1, 0 outside the brain) on
+    #: that input's grid, before threshold; not sent to the scanner (offline writers keep it: the
+    #: cohort batch's ``label-L_probseg``)
+    probability: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def volume_ml(self) -> float:
