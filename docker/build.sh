@@ -205,11 +205,12 @@ log "wheelhouse: runtime dependencies for CPython $PY_TARGET linux/amd64"
     --python-version "$PY_TARGET" --implementation cp --abi "$ABI" --abi abi3 --abi none "${PLATFORMS[@]}" \
     --dest "$WHEELS" "$WHEEL" 2> >(grep -v "is ignored" >&2)
 # not for the scanner: PyTorch/CUDA (training extra), Dask/pybids (batch extra), nilearn (the
-# template ships as files), browser tooling. A runtime dependency that pulls one in fails here.
-FORBIDDEN='^(torch|nvidia|triton|dask|distributed|pybids|nilearn|nibabel|pandas|scikit_learn|matplotlib|playwright|selenium|pyppeteer)-'
+# template ships as files), Gadgetron's package and its FFT (gadgetron extra), browser tooling.
+# A runtime dependency that pulls one in fails here.
+FORBIDDEN='^(torch|nvidia|triton|dask|distributed|pybids|nilearn|nibabel|pandas|scikit_learn|matplotlib|gadgetron|pyfftw|multimethod|playwright|selenium|pyppeteer)-'
 if ls "$WHEELS" | grep -Eiq "$FORBIDDEN"; then
     echo "error: wheels that must not be in the scanner image: $(ls "$WHEELS" | grep -Ei "$FORBIDDEN" | tr '\n' ' ')" \
-         "- keep them in an extra (train, batch, simulator), not in [project] dependencies" >&2
+         "- keep them in an extra (train, batch, simulator, gadgetron), not in [project] dependencies" >&2
     exit 1
 fi
 log "wheelhouse: $WHEELS ($(ls "$WHEELS" | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1))"

@@ -1,5 +1,6 @@
-"""``openrecon-stroke serve`` (the MRD server), ``process`` (offline run on files) and ``batch``
-(a BIDS cohort on Dask, :mod:`openrecon_stroke.batch`)."""
+"""``openrecon-stroke serve`` (the MRD server), ``gadget`` (the same for a Gadgetron chain),
+``process`` (offline run on files) and ``batch`` (a BIDS cohort on Dask,
+:mod:`openrecon_stroke.batch`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from . import APP_NAME, __version__
@@ -27,9 +27,16 @@ def _serve(args) -> int:
     )
     if settings.save_dir:
         settings.save_dir.mkdir(parents=True, exist_ok=True)
-    server = MrdServer((args.host, args.port), settings)
-    logging.getLogger(APP_NAME).info("%s %s listening on %s:%d", APP_NAME, __version__, args.host, server.port)
-    print(f"{APP_NAME} {__version__} listening on {args.host}:{server.port}", flush=True)
+    if args.command == "gadget":
+        from .gadgetron_gadget import listen
+
+        server = listen(args.host, args.port, settings)
+        what = "Gadgetron external gadget (passive: <connect port=...>)"
+    else:
+        server = MrdServer((args.host, args.port), settings)
+        what = "MRD server"
+    logging.getLogger(APP_NAME).info("%s %s %s listening on %s:%d", APP_NAME, __version__, what, args.host, server.port)
+    print(f"{APP_NAME} {__version__} {what} listening on {args.host}:{server.port}", flush=True)
     server.warm_up()
     try:
         server.serve_forever()
@@ -55,20 +62,17 @@ def _process(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=APP_NAME, description="Inline stroke MRI analysis for OpenRecon (MRD server).")
-    p.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = p.add_subparsers(dest="command")
-    s = sub.add_parser("serve", help="run the MRD server (what the scanner talks to)")
+def _server_arguments(s: argparse.ArgumentParser, port: int) -> None:
+    from .server import DEFAULT_CACHE_DIR
+
     s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--port", type=int, default=9002)
+    s.add_argument("--port", type=int, default=port, help=f"TCP port (default {port}; 0 picks a free one)")
     s.add_argument("--save-data", metavar="DIR", help="save every incoming stream as an ISMRMRD file in DIR")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds of silence before a connection is dropped")
     s.add_argument("--max-parallel", type=int, default=2, help="studies processed at the same time")
     s.add_argument(
         "--cache-dir",
-        default=str(Path(tempfile.gettempdir()) / "openrecon-stroke-cache"),
+        default=str(DEFAULT_CACHE_DIR),
         help="where a preprocessed series waits (2 h) for the other contrast of its study",
     )
     s.add_argument("--no-cache", action="store_true", help="do not fuse series sent on separate connections")
@@ -76,6 +80,23 @@ def main(argv=None) -> int:
     s.add_argument(
         "--dicom-dir", metavar="DIR", help="also write what is sent back as DICOM in DIR (one folder per study)"
     )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog=APP_NAME, description="Inline stroke MRI analysis for OpenRecon (MRD server).")
+    p.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="run the MRD server (what the scanner talks to)")
+    _server_arguments(s, port=9002)
+    g = sub.add_parser(
+        "gadget",
+        help="run the pipeline for a Gadgetron chain (passive mode: the <external> node's <connect port=...>)",
+        description='Listens for Gadgetron\'s external node (<connect port="P"/>); for active mode '
+        '(<execute name="openrecon_stroke.gadgetron_gadget" target="gadget" type="python"/>) '
+        "install the [gadgetron] extra instead. See docs/gadgetron/.",
+    )
+    _server_arguments(g, port=18000)
     q = sub.add_parser("process", help="run the same pipeline offline on files")
     q.add_argument("--t1", help="T1-weighted input: NIfTI, DICOM folder or ISMRMRD file")
     q.add_argument("--flair", help="FLAIR input: NIfTI, DICOM folder or ISMRMRD file")
@@ -104,7 +125,7 @@ def main(argv=None) -> int:
     if args.command is None:
         args = p.parse_args(["serve"] + (argv or sys.argv[1:]))
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "gadget"):
             return _serve(args)
         if args.command == "manifest":
             return manifest.run(args)

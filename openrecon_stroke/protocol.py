@@ -63,7 +63,7 @@ class Limits:
 
 @dataclass
 class Message:
-    id: MessageId
+    id: int  # a MessageId, or the id of another wire's own kind (see MessageReader.other)
     value: object = None  # str, ismrmrd.Image, ismrmrd.Acquisition, header XML (str) or None
     nbytes: int = 0
 
@@ -152,9 +152,7 @@ class MessageReader:
         try:
             mid = MessageId(mid)
         except ValueError:
-            raise ProtocolError(
-                f"unknown message id {mid}: not an MRD v1 stream, or the stream is out of step"
-            ) from None
+            return self.other(mid)
         if mid == MessageId.CLOSE:
             return Message(mid)
         if mid == MessageId.CONFIG_FILE:
@@ -169,6 +167,11 @@ class MessageReader:
         if mid == MessageId.WAVEFORM:
             return self._waveform()
         return self._ndarray()
+
+    def other(self, mid: int) -> Message:
+        """A message whose id MRD v1 does not define (a reader for another wire decodes its own
+        kinds here, e.g. Gadgetron's image arrays)."""
+        raise ProtocolError(f"unknown message id {mid}: not an MRD v1 stream, or the stream is out of step")
 
     def _image(self) -> Message:
         hb = self.r.read(ctypes.sizeof(ismrmrd.ImageHeader))

@@ -9,6 +9,11 @@ Data path of one connection (read top to bottom):
 
 Errors never escape a connection: each becomes an MRD TEXT message and a log line, the
 originals received so far still go back, and the server keeps serving.
+
+Only the wire is MRD-specific: :meth:`Connection.make_reader` (decoding) and
+:meth:`Connection.make_reply` (a :class:`Reply`: how images and sentences go back). The
+Gadgetron gadget (:mod:`openrecon_stroke.gadgetron_gadget`) is a :class:`Connection` with its
+own reader and reply, and everything after the wire is this module's.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import itertools
 import logging
 import socket
 import socketserver
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from . import APP_NAME
 from .assembly import assemble_study
@@ -39,6 +46,9 @@ from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+
+#: where ``serve`` and ``gadget`` keep preprocessed series for the other contrast of a study
+DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "openrecon-stroke-cache"
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,11 @@ class Incoming:
     header_xml: str | None = None
     header: object = None
     raw_params: dict | None = None
+    #: images to analyse (ismrmrd.Image)
     images: list = field(default_factory=list)
+    #: what goes back unchanged, in arrival order (the images themselves, or the wire's own
+    #: containers they came in, e.g. Gadgetron image arrays)
+    originals: list = field(default_factory=list)
     acquisitions: list = field(default_factory=list)
     texts: list = field(default_factory=list)
     waveforms: int = 0
@@ -76,7 +90,39 @@ class Incoming:
         return not self.images and not self.acquisitions
 
 
+class Reply(Protocol):
+    """How one connection answers: the wire's half of :meth:`Connection.respond`."""
+
+    sent_images: int
+
+    def original(self, item) -> None:
+        """An item of :attr:`Incoming.originals`, returned unchanged."""
+
+    def image(self, img) -> None:
+        """A derived image (ismrmrd.Image)."""
+
+    def text(self, text: str) -> None:
+        """A sentence for the user (a warning, an error, the text report)."""
+
+    def close(self) -> None:
+        """The end of the answer."""
+
+
+class MrdReply(MessageWriter):
+    """The MRD answer: originals and derived images as IMAGE messages, sentences as TEXT."""
+
+    def original(self, item) -> None:
+        self.image(item)
+
+
 class Connection:
+    """One connection: decode (:meth:`receive`), process and answer (:meth:`respond`)."""
+
+    #: close the socket when done (False where another owner closes it)
+    owns_socket = True
+    #: who sends the stream, in messages
+    peer_name = "scanner"
+
     def __init__(
         self,
         sock: socket.socket,
@@ -95,10 +141,17 @@ class Connection:
         self.settings = settings
         self.gate = gate
         self.log = logging.LoggerAdapter(log, {"conn": self.id})
-        self.writer = MessageWriter(sock)
+        self.writer: Reply = self.make_reply()
         self.saver: StreamFileWriter | None = None
         #: (study, params) to write as DICOM once the scanner has its answer
         self.pending_dicom: tuple[Study, Params] | None = None
+
+    # -- the wire ------------------------------------------------------------------------------
+    def make_reader(self) -> MessageReader:
+        return MessageReader(SocketReader(self.sock), self.settings.limits)
+
+    def make_reply(self) -> Reply:
+        return MrdReply(self.sock)
 
     # -- helpers ---------------------------------------------------------------------------
     def info(self, msg, *args):
@@ -116,7 +169,7 @@ class Connection:
     def receive(self) -> Incoming:
         inc = Incoming()
         self.sock.settimeout(self.settings.idle_timeout_s)
-        reader = MessageReader(SocketReader(self.sock), self.settings.limits)
+        reader = self.make_reader()
         try:
             for msg in reader.until_close():
                 self._take(msg, inc)
@@ -159,6 +212,7 @@ class Connection:
                 inc.texts.append(msg.value)
         elif mid == MessageId.IMAGE:
             inc.images.append(msg.value)
+            inc.originals.append(msg.value)
             if self.saver:
                 self.saver.image(msg.value)
         elif mid == MessageId.ACQUISITION:
@@ -183,25 +237,28 @@ class Connection:
             self.tell("WARNING", warn)
 
         images = list(inc.images)
+        originals = list(inc.originals)
         if inc.acquisitions:
             try:
                 with self.phase("reconstruct"):
-                    images += reconstruct(
+                    recon = reconstruct(
                         inc.acquisitions,
                         inc.header,
                         series_index=1 + max([int(i.image_series_index) for i in images] or [0]),
                     )
+                images += recon
+                originals += recon
             except Exception as e:
                 self.tell("ERROR", f"raw data could not be reconstructed: {e}")
 
         if params["sendoriginal"]:
             with self.phase("send_originals"):
-                for img in original_images(images):
-                    self.writer.image(img)
+                for item in original_images(originals):
+                    self.writer.original(item)
         if inc.error:
             self.tell(
                 "ERROR",
-                f"the stream from the scanner ended early: {inc.error}. "
+                f"the stream from the {self.peer_name} ended early: {inc.error}. "
                 f"{len(images)} image(s) received were "
                 f"{'returned unchanged' if params['sendoriginal'] else 'not returned (Send original images is off)'}"
                 "; no analysis was run",
@@ -289,14 +346,14 @@ class Connection:
                     f"; stopped early: {inc.error}" if inc.error else "",
                 )
                 if inc.error and inc.empty:
-                    self.tell("ERROR", f"the stream from the scanner could not be read: {inc.error}")
+                    self.tell("ERROR", f"the stream from the {self.peer_name} could not be read: {inc.error}")
                 else:
                     self.respond(inc)
             self.writer.close()
             if self.pending_dicom is not None:
                 self.write_dicom()
         except OSError as e:
-            self.log.warning("[conn %d] the scanner went away while we were answering (%s)", self.id, e)
+            self.log.warning("[conn %d] the %s went away while we were answering (%s)", self.id, self.peer_name, e)
         except Exception as e:  # never let one connection take the server down
             self.log.exception("[conn %d] internal error", self.id)
             try:
@@ -307,11 +364,12 @@ class Connection:
         finally:
             if self.saver:
                 self.saver.close()
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
+            if self.owns_socket:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self.sock.close()
             self.phases_s["total"] = time.perf_counter() - t0
             self.info(
                 "closed after %.2f s, %d image(s) sent; phases (s): %s",
@@ -324,13 +382,15 @@ class Connection:
 
 
 class MrdServer(socketserver.ThreadingTCPServer):
-    """``MrdServer((host, port), settings).serve_forever()``; port 0 picks a free port."""
+    """``MrdServer((host, port), settings).serve_forever()``; port 0 picks a free port.
+    ``connection`` is the :class:`Connection` class each accepted socket gets (its wire)."""
 
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, address, settings: ServerSettings = ServerSettings()):
+    def __init__(self, address, settings: ServerSettings = ServerSettings(), connection: type[Connection] = Connection):
         self.settings = settings
+        self.connection = connection
         self.gate = threading.Semaphore(settings.max_parallel)
         #: phase timings (s) of the most recent connections, newest last (for benchmarks)
         self.stats: collections.deque = collections.deque(maxlen=64)
@@ -367,7 +427,7 @@ class _Handler(socketserver.BaseRequestHandler):
     server: MrdServer
 
     def handle(self):
-        Connection(
+        self.server.connection(
             self.request,
             self.client_address,
             self.server.settings,
