@@ -1,6 +1,7 @@
 """``openrecon-stroke serve`` (the MRD server), ``gadget`` (the same for a Gadgetron chain),
-``process`` (offline run on files) and ``batch`` (a BIDS cohort on Dask,
-:mod:`openrecon_stroke.batch`)."""
+``process`` (offline run on files), ``batch`` (a BIDS cohort on Dask,
+:mod:`openrecon_stroke.batch`), ``predict`` (one model alone) and ``import-nnunet`` (a team's
+nnU-Net v2 model, :mod:`openrecon_stroke.nnunet_import`)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,88 @@ def _process(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .predict import predict_files
+
+    predict_files(args.model, args.input, args.out, mirroring=not args.no_mirroring)
+    return 0
+
+
+def _import_nnunet(args) -> int:
+    from .nnunet_import import import_nnunet
+
+    yes_no = {"yes": True, "no": False, None: None}
+    import_nnunet(
+        args.results,
+        args.out,
+        folds=args.folds,
+        checkpoint=args.checkpoint,
+        contrasts=args.contrasts,
+        orientation=args.orientation,
+        skull_stripped=yes_no[args.skull_stripped],
+        name=args.name,
+        version=args.version,
+        lesion_label=args.lesion_label,
+        fp16=args.fp16_weights,
+        configuration=args.configuration,
+        trust=args.trust_checkpoint,
+    )
+    return 0
+
+
+def _add_model_commands(sub) -> None:
+    r = sub.add_parser("predict", help="run one model card's model alone on image files (like nnUNetv2_predict)")
+    r.add_argument("--model", required=True, help="model folder (card.json + ONNX files)")
+    r.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="CH",
+        help="one image per model input, in the card's order: NIfTI, DICOM folder or ISMRMRD file",
+    )
+    r.add_argument("--out", required=True, help="output folder (<case>_prob.nii.gz, <case>_label.nii.gz)")
+    r.add_argument("--no-mirroring", action="store_true", help="no mirroring test-time augmentation (faster)")
+    n = sub.add_parser(
+        "import-nnunet",
+        help="turn an nnU-Net v2 trained-model folder into ONNX + a model card (needs the optional nnunet extra)",
+    )
+    n.add_argument("results", help="nnU-Net result folder: .../DatasetXXX_Name/Trainer__Plans__3d_fullres")
+    n.add_argument("--out", required=True, help="model folder to write (card.json, foldK.onnx)")
+    n.add_argument("--folds", nargs="+", help="folds to export (default: every fold_K with the checkpoint)")
+    n.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
+    n.add_argument("--configuration", help="nnU-Net configuration (default: from the folder name, e.g. 3d_fullres)")
+    n.add_argument(
+        "--contrasts",
+        nargs="+",
+        choices=["t1", "flair"],
+        help="contrast of each channel (default: from dataset.json channel_names)",
+    )
+    n.add_argument(
+        "--orientation",
+        help="voxel axes the training images had (e.g. RAS for MNI-registered NIfTI; default: as nnU-Net's "
+        "image reader leaves them)",
+    )
+    n.add_argument(
+        "--skull-stripped",
+        choices=["yes", "no"],
+        help="trained on brain-extracted images (default: guessed from use_mask_for_norm)",
+    )
+    n.add_argument("--lesion-label", help="which label is the lesion (needed with several foreground labels)")
+    n.add_argument("--name", help="model name for reports (default: the dataset name)")
+    n.add_argument("--version", help="model version for reports (default: checkpoint name and date)")
+    n.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="let PyTorch unpickle anything in the checkpoints (only for files you trust; by default they are "
+        "read as data)",
+    )
+    n.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store weights in half precision (half the files; arithmetic stays float32)",
+    )
+
+
 def _server_arguments(s: argparse.ArgumentParser, port: int) -> None:
     from .server import DEFAULT_CACHE_DIR
 
@@ -120,6 +203,7 @@ def main(argv=None) -> int:
     )
 
     manifest.add_arguments(sub.add_parser("manifest", help="print, write (--out) or --check the OpenRecon manifest"))
+    _add_model_commands(sub)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
@@ -131,6 +215,10 @@ def main(argv=None) -> int:
             return manifest.run(args)
         if args.command == "batch":
             return batch.run(args)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "import-nnunet":
+            return _import_nnunet(args)
         return _process(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

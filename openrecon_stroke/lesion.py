@@ -1,7 +1,8 @@
 """Lesion segmentation runner, driven entirely by a :class:`~openrecon_stroke.model_card.ModelCard`:
 resample the inputs onto the network grid, normalise, predict patch-wise (folds averaged,
 optional mirroring), map the probability back onto each input grid, threshold, drop small
-components, and describe each lesion.
+components, and describe each lesion. A card with an nnU-Net v2 ``preprocessing`` section runs
+nnU-Net's own inference instead (:mod:`openrecon_stroke.nnunet`), on the reference series' grid.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from . import nnunet
 from .model_card import ModelCard
 from .runtime import LazySessions
 from .sliding_window import predict
@@ -193,6 +195,8 @@ class LesionSegmenter:
         points of the first input to each other contrast (registration), identity if absent.
         """
         card = self.card
+        if card.preprocessing is not None:
+            return self._nnunet_probability(images, brain, to_contrast or {}, mirror)
         ref_key = card.inputs[0]
         grid = network_grid(card, images[ref_key], brain)
         mask = None
@@ -229,6 +233,36 @@ class LesionSegmenter:
             prob = np.where(mask, prob, 0.0)
         out = sitk.GetImageFromArray(prob.astype(np.float32))
         out.CopyInformation(grid)
+        return out
+
+    def _nnunet_probability(
+        self,
+        images: dict[str, sitk.Image],
+        brain: sitk.Image | None,
+        to_contrast: dict[str, sitk.Transform],
+        mirror: bool,
+    ) -> sitk.Image:
+        """nnU-Net's inference on the grid of the reference contrast (the one without a transform):
+        the other contrasts are resampled onto it (linear, through their transform), and zeroed
+        outside ``brain`` when the card says the model was trained on brain-extracted images."""
+        card, pre = self.card, self.card.preprocessing
+        assert pre is not None
+        ref_key = next(c for c in card.inputs if c not in to_contrast)
+        ref = images[ref_key]
+        mask = sitk.GetArrayViewFromImage(brain) > 0 if (brain is not None and pre.skull_stripped) else None
+        chans = []
+        for c in card.inputs:
+            im = images[c]
+            if c != ref_key:
+                tx = to_contrast.get(c) or sitk.Transform()
+                im = sitk.Resample(sitk.Cast(im, sitk.sitkFloat32), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            if mask is not None:
+                im = sitk.GetImageFromArray(np.where(mask, sitk.GetArrayFromImage(im), 0).astype(np.float32))
+                im.CopyInformation(ref)
+            chans.append(im)
+        probs = nnunet.predict_images(self.sessions, chans, pre, mirror=mirror)
+        out = sitk.GetImageFromArray(np.ascontiguousarray(probs[card.channel], dtype=np.float32))
+        out.CopyInformation(ref)
         return out
 
     def on_grid(self, prob: sitk.Image, image: sitk.Image, transform: sitk.Transform | None = None) -> np.ndarray:

@@ -27,7 +27,11 @@ divisible by ``size_divisor``; a volume (the brain box) of at most ``max_window_
 rounded up is then predicted in one window of its own size instead of sliding ``patch_size``
 windows over it, for a network whose output does not depend on the window, e.g. batch norm
 with running statistics); ``overlap`` (0-0.9, default 0.5), ``mirror_axes`` (default none),
-``margin_mm``.
+``margin_mm``; optional ``preprocessing``: a section that replaces the runner's own grid and
+normalisation by another scheme's exact inference. The one scheme is ``"nnunet_v2"``
+(:class:`openrecon_stroke.nnunet.NnUNetPreprocessing`, written by ``openrecon-stroke
+import-nnunet``); with it ``normalisation`` is ``"nnunet_v2"`` and ``spacing_mm``,
+``orientation`` and ``margin_mm`` are informative only.
 
 **anomaly** (:class:`AnomalyCard`): see its fields.
 
@@ -48,6 +52,9 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+
+from .nnunet import SCHEME as NNUNET_SCHEME
+from .nnunet import NnUNetPreprocessing
 
 C = TypeVar("C", bound="Card")
 
@@ -138,6 +145,8 @@ class ModelCard(Card):
     margin_mm: float = 8.0
     size_divisor: int = 0
     max_window_voxels: int = 0
+    #: another scheme's exact preprocessing and inference (nnU-Net v2), or None: the runner's own
+    preprocessing: NnUNetPreprocessing | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,7 +158,20 @@ class ModelCard(Card):
             raise ModelCardError(f"{self.path}: patch_size must be three sizes >= 8")
         if self.activation not in ACTIVATIONS:
             raise ModelCardError(f"{self.path}: output activation must be one of {ACTIVATIONS}")
-        if self.normalisation not in NORMALISATIONS:
+        if self.preprocessing is not None:
+            if self.normalisation != NNUNET_SCHEME:
+                raise ModelCardError(
+                    f"{self.path}: with a {NNUNET_SCHEME} preprocessing section, "
+                    f"normalisation must be {NNUNET_SCHEME!r}"
+                )
+            if len(self.inputs) != self.preprocessing.n_channels:
+                raise ModelCardError(
+                    f"{self.path}: {len(self.inputs)} inputs but {self.preprocessing.n_channels} "
+                    "normalisation entries in the preprocessing section"
+                )
+            if not 0 <= self.channel < len(self.preprocessing.labels):
+                raise ModelCardError(f"{self.path}: output channel {self.channel} is not one of the labels")
+        elif self.normalisation not in NORMALISATIONS:
             raise ModelCardError(f"{self.path}: normalisation must be one of {NORMALISATIONS}")
         if not 0 < self.threshold < 1:
             raise ModelCardError(f"{self.path}: threshold must be in (0, 1)")
@@ -159,17 +181,23 @@ class ModelCard(Card):
             raise ModelCardError(f"{self.path}: mirror_axes are spatial axes 0, 1, 2")
         if self.size_divisor < 0 or self.max_window_voxels < 0 or (self.max_window_voxels and not self.size_divisor):
             raise ModelCardError(f"{self.path}: max_window_voxels needs a size_divisor (both >= 1)")
-        if len(self.orientation) != 3:
+        if self.preprocessing is None and len(self.orientation) != 3:
             raise ModelCardError(f"{self.path}: orientation must be a 3-letter code such as RAS")
 
     @classmethod
     def parse(cls, common, d):
         out = d["output"]
+        pre = None
+        if d.get("preprocessing") is not None:
+            try:
+                pre = NnUNetPreprocessing.from_dict(d["preprocessing"])
+            except (TypeError, ValueError) as e:
+                raise ModelCardError(f"{common['path']}: preprocessing section: {e}") from None
         return cls(
             **common,
             inputs=tuple(d["inputs"]),
             spacing_mm=_floats3(d["spacing_mm"]),
-            orientation=str(d.get("orientation", "RAS")),
+            orientation=str(d.get("orientation", pre.orientation if pre else "RAS")),
             normalisation=str(d["normalisation"]),
             patch_size=_ints3(d["patch_size"]),
             activation=str(out["activation"]),
@@ -181,6 +209,7 @@ class ModelCard(Card):
             margin_mm=float(d.get("margin_mm", 8.0)),
             size_divisor=int(d.get("size_divisor", 0)),
             max_window_voxels=int(d.get("max_window_voxels", 0)),
+            preprocessing=pre,
         )
 
     def window_for(self, shape_zyx) -> tuple[int, int, int]:

@@ -139,9 +139,18 @@ PARAMETERS: tuple[Parameter, ...] = (
         "Lesion threshold",
         "double",
         0.2,
-        "Lesion probability (ensemble mean) at or above which a voxel is lesion.",
+        "Lesion probability (ensemble mean) at or above which a voxel is lesion. Left at 0.2, "
+        "a site model uses its own (an imported nnU-Net model: 0.5, its arg-max).",
         minimum=0.05,
         maximum=0.95,
+    ),
+    Parameter(
+        "lesionmodel",
+        "Lesion model",
+        "string",
+        "",
+        "Folder name of a site lesion model (e.g. an imported nnU-Net model) in the lesion "
+        "models folder; empty: OPENRECON_LESION_MODEL if set, else the shipped models.",
     ),
     Parameter(
         "minlesion",

@@ -29,13 +29,50 @@ def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 0.125)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start indices along one axis: step = patch x (1 - overlap), first and last window flush
-    with the borders (nnU-Net style)."""
+    """Start indices along one axis, nnU-Net's rule: at most ``patch x (1 - overlap)`` apart,
+    as few as that allows, evenly spread, the first and last window flush with the borders."""
     if size <= patch:
         return [0]
-    step = max(1, int(patch * (1 - overlap)))
-    n = int(np.ceil((size - patch) / step)) + 1
-    return [int(round(v)) for v in np.linspace(0, size - patch, n)]
+    n = int(np.ceil((size - patch) / (patch * (1 - overlap)))) + 1
+    step = (size - patch) / (n - 1)
+    return [int(np.round(step * i)) for i in range(n)]
+
+
+def windows(shape, patch, overlap: float) -> list[tuple[slice, ...]]:
+    """Every window position over a ``(z, y, x)`` volume at least as large as ``patch``."""
+    return [
+        tuple(slice(a, a + p) for a, p in zip(start, patch))
+        for start in product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch)))
+    ]
+
+
+def pad_to_patch(image: np.ndarray, patch) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``(C, z, y, x)`` zero-padded up to ``patch`` where smaller (centred, the odd voxel after),
+    and the slices that remove the padding again."""
+    spatial = image.shape[1:]
+    pad = [(0, 0)] + [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(spatial, patch)]
+    x = np.pad(image, pad) if any(a or b for a, b in pad[1:]) else image
+    return x, tuple(slice(a, a + s) for (a, _), s in zip(pad[1:], spatial))
+
+
+def mirrorings(mirror_axes) -> list[tuple[int, ...]]:
+    """No flip first, then every combination of ``mirror_axes`` (spatial axes 0-2), by size."""
+    return [()] + [ax for r in range(1, len(mirror_axes) + 1) for ax in combinations(mirror_axes, r)]
+
+
+def mirrored_mean(sess, tile: np.ndarray, flips, name: str, transform=None) -> np.ndarray:
+    """Mean over ``flips`` of the (``transform``-ed) network output for a ``(1, C, z, y, x)``
+    tile, each flipped back: ``(K, z, y, x)`` float32, summed in ``flips`` order."""
+    total: np.ndarray | None = None
+    for f in flips:
+        axes = tuple(a + 2 for a in f)
+        t = np.ascontiguousarray(np.flip(tile, axes)) if f else tile
+        out = sess.run(None, {name: t.astype(np.float32, copy=False)})[0][0]
+        out = transform(out) if transform is not None else out
+        out = np.flip(out, tuple(a - 3 for a in f)) if f else out  # spatial axes are the last three
+        total = out.astype(np.float32) if total is None else total + out
+    assert total is not None, "no mirroring given (the identity, (), must be among them)"
+    return total / len(flips)
 
 
 def _softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -74,33 +111,20 @@ def predict(
     ``image`` is ``(C, z, y, x)`` float32; it is zero-padded (centred) up to the patch size
     where smaller, and the padding is removed from the result.
     """
-    c, *spatial = image.shape
-    pad = [(0, 0)] + [((max(p - s, 0)) // 2, max(p - s, 0) - (max(p - s, 0)) // 2) for s, p in zip(spatial, patch)]
-    x = np.pad(image, pad) if any(a or b for a, b in pad[1:]) else image
+    x, crop = pad_to_patch(image, patch)
     shape = x.shape[1:]
     acc = np.zeros(shape, np.float32)
     weight = np.zeros(shape, np.float32)
     g = gaussian_importance(tuple(patch), sigma_scale)
-    starts = list(product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
-    flips = [()] + [ax for r in range(1, len(mirror_axes) + 1) for ax in combinations(mirror_axes, r)]
-    for z, y, xx in starts:
-        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
+    flips = mirrorings(mirror_axes)
+    for sl in windows(shape, patch, overlap):
         tile = x[(slice(None),) + sl][None]
         prob = np.zeros(patch, np.float32)
-        n = 0
         for sess in sessions:
             name = input_name or sess.get_inputs()[0].name
-            for f in flips:
-                axes = tuple(a + 2 for a in f)
-                t = np.ascontiguousarray(np.flip(tile, axes)) if f else tile
-                out = sess.run(None, {name: t.astype(np.float32)})[0][0]
-                p = activate(out, activation, channel)
-                prob += np.flip(p, tuple(a for a in f)) if f else p
-                n += 1
-        acc[sl] += g * (prob / n)
+            prob += mirrored_mean(sess, tile, flips, name, lambda out: activate(out, activation, channel))
+        acc[sl] += g * (prob / len(sessions))
         weight[sl] += g
         if progress is not None:
             progress()
-    out = acc / weight
-    crop = tuple(slice(a, a + s) for (a, _), s in zip(pad[1:], spatial))
-    return out[crop]
+    return (acc / weight)[crop]

@@ -5,10 +5,18 @@ Which model runs (each an ensemble of folds, voxel-wise mean probability):
 * T1-w and FLAIR both known (same connection or the study cache) and registered: the late-fusion
   model, on the T1-w frame, FLAIR brought in through the checked rigid transform;
 * one contrast only, or a registration that failed its check: the single-contrast model of each
-  series present, each on its own frame (with a warning saying what was lost).
+  series present, each on its own frame (with a warning saying what was lost);
+* a site model instead, when the site points at one (UI ``lesionmodel``: a folder name in the
+  lesion models folder; else the environment variable ``OPENRECON_LESION_MODEL``: a folder name
+  there or a path), e.g. a team's nnU-Net v2 model brought in by ``openrecon-stroke
+  import-nnunet``. Its card says which contrasts it reads and whether it expects brain-extracted
+  images; it runs on our preprocessed (bias-corrected, registered) series, without mirroring.
+  When its contrasts are not all there (or T1-w/FLAIR registration failed), the shipped models
+  run instead, with a warning.
 
 The probability is mapped back onto every input series' own grid, thresholded (UI
-``lesionthreshold``, default 0.2) and cleaned of components under ``minlesion`` mm³ (default 10).
+``lesionthreshold``, default 0.2; at the default a site model's card threshold applies, 0.5 for
+an nnU-Net model, its arg-max) and cleaned of components under ``minlesion`` mm³ (default 10).
 Findings: per-lesion volume (mL), centroid (LPS, mm), hemisphere and cortical/subcortical
 region, described on the reference series (T1-w when present). The probability itself stays in
 :class:`~.results.LesionResult` (``probability``) for offline writers.
@@ -17,13 +25,15 @@ region, described on the reference series (T1-w when present). The probability i
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..lesion import Lesion, LesionSegmenter, describe, postprocess
-from ..model_card import ModelCard
+from ..model_card import ModelCard, ModelCardError
+from ..params import BY_ID
 from ..runtime import ModelCache, model_folder
 from ..study import Study
 from .base import Stage, StageResult
@@ -48,6 +58,33 @@ def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
     return _segmenters.get(folder)
 
 
+def segmenter_at(folder: Path) -> LesionSegmenter:
+    """The (process-wide, loaded once) segmenter of a model folder."""
+    return _segmenters.get(folder)
+
+
+def site_model_folder(ui_value: str = "") -> Path | None:
+    """The site's own lesion model folder: the UI ``lesionmodel`` (a folder name in the lesion
+    models folder), else ``OPENRECON_LESION_MODEL`` (a folder name there, or a path), else
+    None. A missing folder raises FileNotFoundError naming where it was looked for."""
+    name = (ui_value or "").strip()
+    if name:
+        if not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith("."):
+            raise FileNotFoundError(f"lesion model name {name!r} is not a plain folder name")
+        folder = model_folder("lesion") / name
+    else:
+        env = os.environ.get("OPENRECON_LESION_MODEL", "").strip()
+        if not env:
+            return None
+        folder = Path(env) if ("/" in env or "\\" in env) else model_folder("lesion") / env
+    if not (folder / "card.json").is_file():
+        raise FileNotFoundError(f"no lesion model card at {folder / 'card.json'}")
+    return folder
+
+
+Run = tuple[LesionSegmenter, tuple[str, ...], dict[str, sitk.Transform]]
+
+
 class LesionSegmentation(Stage):
     name = "lesion"
     reads = (BrainResult,)
@@ -57,6 +94,9 @@ class LesionSegmentation(Stage):
     def warm_up(self) -> None:
         for inputs in MODEL_FOLDERS:
             get_segmenter(inputs).load()
+        site = site_model_folder()  # OPENRECON_LESION_MODEL, if the site set one
+        if site is not None:
+            segmenter_at(site).load()
 
     def run(self, study: Study) -> StageResult:
         brain = study.need(BrainResult)
@@ -64,46 +104,30 @@ class LesionSegmentation(Stage):
         res = StageResult()
         n4, brains = brain.n4, brain.brain_mask
         flair_to_t1 = reg.flair_to_t1 if reg is not None else None
-        thr = float(study.params["lesionthreshold"])
+        thr_ui = float(study.params["lesionthreshold"])
+        thr_default = thr_ui == BY_ID["lesionthreshold"].default
         min_mm3 = float(study.params["minlesion"])
 
-        # which model(s): (contrasts it reads, transforms to its other contrasts)
-        runs: list[tuple[tuple[str, ...], dict[str, sitk.Transform]]] = []
-        if "t1" in n4 and "flair" in n4 and flair_to_t1 is not None:
-            runs.append((("t1", "flair"), {"flair": flair_to_t1}))
-        else:
-            for c in ("t1", "flair"):
-                if c in study.inputs:
-                    runs.append(((c,), {}))
-            if "t1" in n4 and "flair" in n4:
-                res.warnings.append(
-                    "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
-                    "registration failed): expect lower sensitivity for small lesions"
-                )
-            elif "flair" not in n4:
-                res.warnings.append(
-                    "FLAIR missing: lesions were segmented on T1-w alone, which misses "
-                    "more small lesions; add the FLAIR series for the fused model"
-                )
-            elif "t1" not in n4:
-                res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
+        # which model(s): (segmenter, contrasts it reads, transforms to its other contrasts)
+        runs = self._site_run(study, n4, flair_to_t1, res) or self._shipped_runs(study, n4, flair_to_t1, res)
 
         lesions_out: list[Lesion] | None = None
         used = []
         probability: dict[str, np.ndarray] = {}
-        for inputs, to_contrast in runs:
-            seg = get_segmenter(inputs)
+        for seg, inputs, to_contrast in runs:
             card = seg.card
-            used.append(f"{card.name} {card.version} ({len(card.files)} folds)")
+            thr = card.threshold if thr_default else thr_ui
+            kind = ", nnU-Net v2" if card.preprocessing is not None else ""
+            used.append(f"{card.name} {card.version} ({len(card.files)} folds{kind})")
             if card.status == "experimental":
                 res.warnings.append(
                     f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
                     "do not interpret its masks clinically"
                 )
-            ref = inputs[0]
+            ref = next(c for c in inputs if c not in to_contrast)
             prob = seg.probability({c: n4[c] for c in inputs}, brains[ref], to_contrast)
             # onto every input series this model speaks for
-            targets = list(study.inputs) if len(inputs) > 1 else [c for c in inputs if c in study.inputs]
+            targets = [c for c in study.inputs if c in inputs or c in to_contrast]
             for c in targets:
                 img = n4[c]
                 # points of series c -> points of the reference frame
@@ -122,6 +146,60 @@ class LesionSegmentation(Stage):
                     lesions_out = self._describe(mask, img, inside, c)
         res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used), probability=probability))
         return res
+
+    @staticmethod
+    def _shipped_runs(study: Study, n4: dict, flair_to_t1, res: StageResult) -> list[Run]:
+        """The shipped models: fused when both contrasts are registered, else one per series."""
+        if "t1" in n4 and "flair" in n4 and flair_to_t1 is not None:
+            return [(get_segmenter(("t1", "flair")), ("t1", "flair"), {"flair": flair_to_t1})]
+        runs: list[Run] = [(get_segmenter((c,)), (c,), {}) for c in ("t1", "flair") if c in study.inputs]
+        if "t1" in n4 and "flair" in n4:
+            res.warnings.append(
+                "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
+                "registration failed): expect lower sensitivity for small lesions"
+            )
+        elif "flair" not in n4:
+            res.warnings.append(
+                "FLAIR missing: lesions were segmented on T1-w alone, which misses "
+                "more small lesions; add the FLAIR series for the fused model"
+            )
+        elif "t1" not in n4:
+            res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
+        return runs
+
+    @staticmethod
+    def _site_run(study: Study, n4: dict, flair_to_t1, res: StageResult) -> list[Run]:
+        """``[(segmenter, contrasts, transforms)]`` for the site's model, or ``[]`` when there is
+        none or it cannot run on this study (then a warning says why)."""
+        try:
+            folder = site_model_folder(study.params["lesionmodel"])
+            if folder is None:
+                return []
+            seg = segmenter_at(folder)
+        except (FileNotFoundError, ModelCardError) as e:
+            res.warnings.append(f"site lesion model not used ({e}); the shipped models ran instead")
+            return []
+        card = seg.card
+        missing = [c for c in card.inputs if c not in n4]
+        if missing:
+            res.warnings.append(
+                f"site lesion model {card.name} needs {'+'.join(card.inputs)}; "
+                f"{'+'.join(missing)} missing: the shipped models ran instead"
+            )
+            return []
+        to_contrast: dict[str, sitk.Transform] = {}
+        if len(card.inputs) == 1 and flair_to_t1 is not None:  # its mask also goes onto the other series
+            other = "flair" if card.inputs[0] == "t1" else "t1"
+            to_contrast = {other: flair_to_t1 if other == "flair" else flair_to_t1.GetInverse()}
+        elif len(card.inputs) > 1:
+            if flair_to_t1 is None:
+                res.warnings.append(
+                    f"site lesion model {card.name} needs T1-w and FLAIR registered, and the "
+                    "registration failed: the shipped models ran instead"
+                )
+                return []
+            to_contrast = {"flair": flair_to_t1}
+        return [(seg, tuple(card.inputs), to_contrast)]
 
     @staticmethod
     def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[Lesion]:
