@@ -220,7 +220,7 @@ def continue_study(base, stages, **raw):
 
     s = Study(inputs=base.inputs, params=coerce(raw), derived=list(base.derived), findings=dict(base.findings),
               warnings=list(base.warnings), timings_s=dict(base.timings_s), stage_status=dict(base.stage_status),
-              shared=base.shared)
+              results=dict(base.results))
     Pipeline("p", list(stages)).run(s)
     return s
 

@@ -18,6 +18,7 @@ from scipy import ndimage
 from openrecon_stroke import brain_extraction as be
 from openrecon_stroke.mrdfile import make_header_xml
 from openrecon_stroke.params import BY_ID, coerce
+from openrecon_stroke.runtime import model_folder
 from openrecon_stroke.pipeline import Pipeline
 from openrecon_stroke.stages.anomaly import AnomalyDetection
 from openrecon_stroke.stages.brain import Preprocess
@@ -84,7 +85,7 @@ def small_grid_extractor(tmp_path, monkeypatch):
     """The shipped HD-BET card and ONNX files, with the minimum network input lowered to 16^3 so
     that 5 networks x 8 mirrorings run in seconds on a 12^3 test image (the networks are fully
     convolutional). Installed as the process-wide extractor for the test."""
-    real = be.model_dir()
+    real = model_folder("hdbet")
     card = json.loads((real / "card.json").read_text())
     card["padding"]["min_shape"] = [16, 16, 16]
     card["crop_to_head"]["min_shape"] = [16, 16, 16]
@@ -92,9 +93,9 @@ def small_grid_extractor(tmp_path, monkeypatch):
         f["file"] = str(real / f["file"])
     (tmp_path / "card.json").write_text(json.dumps(card))
     monkeypatch.setenv("OPENRECON_HDBET_DIR", str(tmp_path))
-    be.get_extractor.cache_clear()
+    be._extractors.clear()
     yield be.get_extractor(None, None)  # the key extract_brain() uses
-    be.get_extractor.cache_clear()
+    be._extractors.clear()
 
 
 def tiny_head() -> Volume:
@@ -105,19 +106,19 @@ def tiny_head() -> Volume:
     return Volume(data, Grid((n, n, n), (1.5, 1.5, 1.5), np.eye(3), (-9.0, -9.0, -9.0)))
 
 
-@pytest.mark.skipif(not (be.model_dir() / "card.json").is_file(), reason="HD-BET ONNX models not built")
+@pytest.mark.skipif(not (model_folder("hdbet") / "card.json").is_file(), reason="HD-BET ONNX models not built")
 def test_betmode_accurate_runs_every_fold_with_mirroring(small_grid_extractor):
     ex = small_grid_extractor
     assert ex.n_folds == 5
     vol = tiny_head()
     # through the stage: the UI value reaches HD-BET (a 0.4 mL 'head' is then refused as no brain)
     for mode, sessions in (("fast", {0}), ("accurate", set(range(5)))):
-        ex._sessions.clear()
+        ex._sessions._sessions.clear()
         study = Study(inputs={"t1": Volume(vol.data.copy(), vol.grid)}, params=coerce({"betmode": mode}))
         Pipeline("p", [Preprocess()]).run(study)
         assert study.stage_status["preprocess"] == "skipped"
         assert any("does not look like a head scan" in w for w in study.warnings)
-        assert set(ex._sessions) == sessions, mode  # the networks that ran
+        assert set(ex._sessions._sessions) == sessions, mode  # the networks that ran
     # what accurate computes: the mean over every shipped network and all 8 mirrorings
     img = vol.to_sitk()
     data, box, _ = ex.network_input(img)

@@ -220,12 +220,13 @@ def test_a_flair_that_fails_its_registration_is_analysed_alone(served_t1_first, 
 
 
 def test_replay_writes_dicom_of_the_real_returned_series(served_t1_first, tmp_path):
-    """``replay --dicom`` (export_mrd_images): DICOM from the MRD images as they came back."""
-    from openrecon_stroke.dicom_export import export_mrd_images
+    """``replay --dicom``: DICOM from the MRD images as they came back."""
+    from openrecon_stroke.dicom_export import export_study
+    from openrecon_stroke.outputs import study_from_mrd
 
     c = served_t1_first.connections["flair"]
     stream = read_mrd(c.sent)
-    res = export_mrd_images(c.result.images, tmp_path / "dcm", header_xml=stream.header_xml, sent=stream.images)
+    res = export_study(study_from_mrd(c.result.images, stream.header_xml, stream.images), tmp_path / "dcm")
     idx = int(stream.images[0].image_series_index)
     assert set(res.series) == {f"input_series{idx}"} | {f"{s.lower()}_series{idx}" for s in SERIES_ORDER[1:]}
     series = dict(c.series())

@@ -317,8 +317,8 @@ def _zero_fov(images):
     (_other_fov, "slices have different fields of view"),
     (_other_orientation, "slices have different orientations"),
     (_same_position, "1 slice(s) share a position with another slice"),
-    (_irregular_spacing, "irregular slice spacing (6.000 to 9.000 mm)"),
-    (_shifted_slice, "slice centres do not lie on one line"),
+    (_irregular_spacing, "irregular slice spacing (6.000 to 9.000 mm"),
+    (_shifted_slice, "slice positions are shifted in-plane by up to 8.00 mm"),
     (_mixed_3d, "some are 3D"),
     (_zero_fov, "all three values must be positive"),
 ])

