@@ -119,10 +119,11 @@ def format_bytes(n: float) -> str:
     n = float(n)
     if n < 1024:
         return f"{n:.0f} bytes"
-    for unit in ("KiB", "MiB", "GiB"):
+    for unit in ("KiB", "MiB"):
         n /= 1024
-        if n < 1024 or unit == "GiB":
+        if n < 1024:
             return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 def _text(b: bytes) -> str:
@@ -194,8 +195,10 @@ class MessageReader:
         h = ismrmrd.ImageHeader.from_buffer_copy(hb)
         (alen,) = struct.unpack("<Q", self.r.read(8))
         if alen > self.limits.max_text:
-            raise ProtocolError(f"image meta attributes declare {format_bytes(alen)}, above the limit of "
-                                f"{format_bytes(self.limits.max_text)}; refused")
+            raise ProtocolError(
+                f"image meta attributes declare {format_bytes(alen)}, above the limit of "
+                f"{format_bytes(self.limits.max_text)}; refused"
+            )
         attrs = _text(self.r.read(alen))
         try:
             dtype = get_dtype_from_data_type(h.data_type)
@@ -242,8 +245,10 @@ class MessageReader:
         h = WaveformHeader.from_buffer_copy(hb)
         nbytes = int(h.number_of_samples) * int(h.channels) * 4
         if nbytes > self.limits.max_acquisition:
-            raise ProtocolError(f"waveform declares {format_bytes(nbytes)}, above the limit of "
-                                f"{format_bytes(self.limits.max_acquisition)}; refused")
+            raise ProtocolError(
+                f"waveform declares {format_bytes(nbytes)}, above the limit of "
+                f"{format_bytes(self.limits.max_acquisition)}; refused"
+            )
         self._check_stream(nbytes, "waveform")
         self.r.read(nbytes)  # physiological waveforms are not used
         return Message(MessageId.WAVEFORM, None, nbytes)
@@ -259,8 +264,10 @@ class MessageReader:
             raise ProtocolError(f"NDARRAY has unknown data type {dtype_id}") from None
         nbytes = int(np.prod(dims, dtype=np.float64)) * itemsize if dims else 0
         if nbytes > self.limits.max_acquisition:
-            raise ProtocolError(f"NDARRAY declares {format_bytes(nbytes)}, above the limit of "
-                                f"{format_bytes(self.limits.max_acquisition)}; refused")
+            raise ProtocolError(
+                f"NDARRAY declares {format_bytes(nbytes)}, above the limit of "
+                f"{format_bytes(self.limits.max_acquisition)}; refused"
+            )
         self.r.read(nbytes)
         return Message(MessageId.NDARRAY, None, nbytes)
 

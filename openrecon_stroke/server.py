@@ -275,8 +275,11 @@ class Connection:
 
         pipeline = build_pipeline(name)
         if not self.gate.acquire(blocking=False):
-            self.info("waiting for a free pipeline slot: %d stud%s already being processed (serve --max-parallel)",
-                      self.settings.max_parallel, "y is" if self.settings.max_parallel == 1 else "ies are")
+            self.info(
+                "waiting for a free pipeline slot: %d stud%s already being processed (serve --max-parallel)",
+                self.settings.max_parallel,
+                "y is" if self.settings.max_parallel == 1 else "ies are",
+            )
             self.gate.acquire()
         try:
             with self.phase("pipeline"):
