@@ -127,7 +127,7 @@ def test_phantom_head_mask_on_an_oblique_coarse_grid(stroke_phantom):
     assert set(np.unique(sitk.GetArrayViewFromImage(mask))) == {0, 1}
     truth = sitk.ReadImage(str(stroke_phantom / "t1_brain_mask.nii.gz"))
     truth_here = sitk.Resample(truth, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    d = be.dice(mask, truth_here)
+    d = dice(mask, truth_here)
     assert d >= PHANTOM_DICE_FLOOR, d
 
 
