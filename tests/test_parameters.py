@@ -39,6 +39,7 @@ PARAMETER_TESTS = {
     "sendbrainmask": "test_pipeline_server.py::test_send_switches_leave_series_out_on_the_wire_and_in_dicom",
     "sendmask": "test_sendmask_switches_the_head_mask_series",
     "lesionthreshold": "test_lesion_threshold_and_smallest_lesion",
+    "lesionmodel": "test_nnunet.py::test_site_model_folder_from_ui_or_environment",
     "minlesion": "test_lesion_threshold_and_smallest_lesion",
     "anomalysteps": "test_anomaly_steps",
     "sendlesion": "test_pipeline_server.py::test_send_switches_leave_series_out_on_the_wire_and_in_dicom",
