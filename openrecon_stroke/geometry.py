@@ -247,7 +247,7 @@ def _unit(v, what: str) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     n = np.linalg.norm(v)
     if not np.isfinite(n) or abs(n - 1) > 0.01:
-        raise GeometryError(f"{what} {tuple(np.round(v, 4))} is not a unit vector")
+        raise GeometryError(f"{what} {tuple(round(float(x), 4) for x in v)} is not a unit vector")
     return v / n
 
 

@@ -84,7 +84,10 @@ class SocketReader:
             try:
                 k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
             except TimeoutError as e:
-                raise ProtocolError(f"timed out waiting for data ({got} of {n} bytes of a message received)") from e
+                raise ProtocolError(
+                    f"no data for {self.sock.gettimeout():g} s (the idle timeout; {got} of {n} bytes "
+                    "of a message received)"
+                ) from e
             if k == 0:
                 raise StreamClosed(
                     f"connection closed after {got} of {n} bytes of a message (truncated stream)"
@@ -111,6 +114,18 @@ class BytesReader:
         return bytearray(b)
 
 
+def format_bytes(n: float) -> str:
+    """A byte count as people read it: ``512 bytes``, ``14.1 KiB``, ``4.0 MiB``, ``8.0 GiB``."""
+    n = float(n)
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
+
+
 def _text(b: bytes) -> str:
     return bytes(b).rstrip(b"\x00").decode("utf-8", errors="replace")
 
@@ -125,13 +140,15 @@ class MessageReader:
     def _check_stream(self, n: int, what: str):
         if self.r.total + n > self.limits.max_stream:
             raise ProtocolError(
-                f"{what} would take the connection past {self.limits.max_stream / 2**30:.1f} GiB; refused"
+                f"{what} would take the connection past {format_bytes(self.limits.max_stream)}; refused"
             )
 
     def _sized_text(self, what: str) -> tuple[str, int]:
         (n,) = struct.unpack("<I", self.r.read(4))
         if n > self.limits.max_text:
-            raise ProtocolError(f"{what} declares {n} bytes, above the limit of {self.limits.max_text} bytes; refused")
+            raise ProtocolError(
+                f"{what} declares {format_bytes(n)}, above the limit of {format_bytes(self.limits.max_text)}; refused"
+            )
         return _text(self.r.read(n)), n
 
     def until_close(self) -> Iterator[Message]:
@@ -178,7 +195,10 @@ class MessageReader:
         h = ismrmrd.ImageHeader.from_buffer_copy(hb)
         (alen,) = struct.unpack("<Q", self.r.read(8))
         if alen > self.limits.max_text:
-            raise ProtocolError(f"image meta attributes declare {alen} bytes; refused")
+            raise ProtocolError(
+                f"image meta attributes declare {format_bytes(alen)}, above the limit of "
+                f"{format_bytes(self.limits.max_text)}; refused"
+            )
         attrs = _text(self.r.read(alen))
         try:
             dtype = get_dtype_from_data_type(h.data_type)
@@ -193,8 +213,8 @@ class MessageReader:
         nbytes = int(np.prod(dims)) * dtype.itemsize
         if nbytes > self.limits.max_image:
             raise ProtocolError(
-                f"image {h.image_index} declares {nbytes / 2**30:.2f} GiB of pixel data, above "
-                f"the limit of {self.limits.max_image / 2**30:.2f} GiB; refused"
+                f"image {h.image_index} declares {format_bytes(nbytes)} of pixel data, above "
+                f"the limit of {format_bytes(self.limits.max_image)}; refused"
             )
         self._check_stream(nbytes, "image")
         data = np.frombuffer(self.r.read(nbytes), dtype=dtype).reshape(dims)
@@ -211,7 +231,8 @@ class MessageReader:
         nbytes = n * c * 8 + n * t * 4
         if nbytes > self.limits.max_acquisition or c > 1024:
             raise ProtocolError(
-                f"acquisition {h.scan_counter} declares {n} samples x {c} channels ({nbytes} bytes); refused"
+                f"acquisition {h.scan_counter} declares {n} samples x {c} channels "
+                f"({format_bytes(nbytes)}; limits: {format_bytes(self.limits.max_acquisition)}, 1024 channels); refused"
             )
         self._check_stream(nbytes, "acquisition")
         traj = np.frombuffer(self.r.read(n * t * 4), dtype=np.float32).reshape(n, t)
@@ -224,7 +245,10 @@ class MessageReader:
         h = WaveformHeader.from_buffer_copy(hb)
         nbytes = int(h.number_of_samples) * int(h.channels) * 4
         if nbytes > self.limits.max_acquisition:
-            raise ProtocolError(f"waveform declares {nbytes} bytes; refused")
+            raise ProtocolError(
+                f"waveform declares {format_bytes(nbytes)}, above the limit of "
+                f"{format_bytes(self.limits.max_acquisition)}; refused"
+            )
         self._check_stream(nbytes, "waveform")
         self.r.read(nbytes)  # physiological waveforms are not used
         return Message(MessageId.WAVEFORM, None, nbytes)
@@ -240,7 +264,10 @@ class MessageReader:
             raise ProtocolError(f"NDARRAY has unknown data type {dtype_id}") from None
         nbytes = int(np.prod(dims, dtype=np.float64)) * itemsize if dims else 0
         if nbytes > self.limits.max_acquisition:
-            raise ProtocolError(f"NDARRAY declares {nbytes} bytes; refused")
+            raise ProtocolError(
+                f"NDARRAY declares {format_bytes(nbytes)}, above the limit of "
+                f"{format_bytes(self.limits.max_acquisition)}; refused"
+            )
         self.r.read(nbytes)
         return Message(MessageId.NDARRAY, None, nbytes)
 

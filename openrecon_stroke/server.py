@@ -274,8 +274,18 @@ class Connection:
             return
 
         pipeline = build_pipeline(name)
-        with self.gate, self.phase("pipeline"):
-            pipeline.run(study)
+        if not self.gate.acquire(blocking=False):
+            self.info(
+                "waiting for a free pipeline slot: %d stud%s already being processed (serve --max-parallel)",
+                self.settings.max_parallel,
+                "y is" if self.settings.max_parallel == 1 else "ies are",
+            )
+            self.gate.acquire()
+        try:
+            with self.phase("pipeline"):
+                pipeline.run(study)
+        finally:
+            self.gate.release()
 
         next_index = 1 + max(int(i.image_series_index) for i in images)
         with self.phase("send_derived"):

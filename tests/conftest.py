@@ -108,3 +108,130 @@ def brightest_lps(images):
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO)
+
+
+#: Fixtures that run the full pipeline once per session; the first test to ask for one pays for
+#: it, so its time limit covers the set-up on a slow machine too.
+SESSION_PIPELINE_FIXTURES = {"served_t1_first", "served_flair_first", "t1_preprocessed", "t1_analysed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SESSION_PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(1500))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """What this run did not test, and why (grouped by reason), before pytest's last line."""
+    tr = terminalreporter
+    skipped = tr.stats.get("skipped", [])
+    deselected = tr.stats.get("deselected", [])
+    if not skipped and not deselected:
+        return
+    tr.section("not tested in this run", sep="=", bold=True)
+    by_reason: dict[str, list[str]] = {}
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        by_reason.setdefault(reason, []).append(rep.nodeid.removeprefix("tests/"))
+    for reason, ids in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(ids[:4]) + (f", ... ({len(ids) - 4} more)" if len(ids) > 4 else "")
+        tr.write_line(f"SKIPPED {len(ids)}: {reason}")
+        tr.write_line(f"    {shown}")
+    if deselected:
+        tr.write_line(f"DESELECTED {len(deselected)} (by -k / -m on the command line)")
+
+
+# --- one stroke study through the real server, shared by the full-pipeline tests --------------
+#: Every UI switch that leaves a series out on the scanner.
+SEND_SWITCHES = ("sendoriginal", "sendbrainmask", "sendlesion", "sendanomaly", "sendoverlay")
+
+
+@pytest.fixture(scope="session")
+def stroke_phantom(tmp_path_factory):
+    """The synthetic stroke study (``studies.PHANTOM_ARGS``): t1.h5, flair.h5 and truth masks."""
+    from simulator.__main__ import main as simulator_main
+    from studies import PHANTOM_ARGS
+
+    d = tmp_path_factory.mktemp("stroke_phantom")
+    assert simulator_main(["phantom", "--out", str(d), *PHANTOM_ARGS]) == 0
+    return d
+
+
+@pytest.fixture(scope="session")
+def served_t1_first(stroke_phantom, tmp_path_factory):
+    """As a scanner sends it: T1-w, then the FLAIR (fused with the cached T1-w), then the FLAIR
+    again with every send switch off except the report page."""
+    from studies import serve_connections
+
+    return serve_connections(stroke_phantom, tmp_path_factory.mktemp("served_t1_first"), [
+        ("t1", "t1", {}), ("flair", "flair", {}),
+        ("flair_switches_off", "flair", {k: "false" for k in SEND_SWITCHES})])
+
+
+@pytest.fixture(scope="session")
+def served_flair_first(stroke_phantom, tmp_path_factory):
+    """The other order: FLAIR alone first (FLAIR model), then the T1-w fused with the cached FLAIR."""
+    from studies import serve_connections
+
+    return serve_connections(stroke_phantom, tmp_path_factory.mktemp("served_flair_first"), [
+        ("flair", "flair", {}), ("t1", "t1", {})])
+
+
+@pytest.fixture(scope="session")
+def stroke_phantom_t1_dicom(stroke_phantom):
+    """The phantom's T1-w as a folder of classic DICOM slices (as a scanner exports it)."""
+    import json
+
+    from openrecon_stroke.inputs import load_volume
+    from studies import write_classic_mr
+
+    doc = json.loads((stroke_phantom / "lesions.json").read_text())
+    vol = load_volume(stroke_phantom / "t1.h5")
+    folder = stroke_phantom / "t1_dicom"
+    write_classic_mr(vol, folder, {
+        "PatientName": f"Phantom^Stroke{doc['seed']}", "PatientID": doc["patient_id"],
+        "StudyInstanceUID": doc["study_uid"], "StudyDate": "20260101",
+        "FrameOfReferenceUID": doc["frame_of_reference_uid"], "SeriesDescription": doc["series"]["t1"]["protocol_name"]})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def t1_preprocessed(stroke_phantom_t1_dicom):
+    """The phantom's T1-w, read from its DICOM slices, after the real input check and
+    preprocessing stages (a Study)."""
+    from openrecon_stroke.inputs import load_volume
+    from openrecon_stroke.pipeline import Pipeline
+    from openrecon_stroke.stages.basic import InputCheck
+    from openrecon_stroke.stages.brain import Preprocess
+    from openrecon_stroke.study import Study
+
+    study = Study(inputs={"t1": load_volume(stroke_phantom_t1_dicom)})
+    Pipeline("pre", [InputCheck(), Preprocess()]).run(study)
+    assert study.stage_status == {"input_check": "ok", "preprocess": "ok"}, study.warnings
+    return study
+
+
+def continue_study(base, stages, **raw):
+    """``stages`` on a copy of ``base`` (inputs and preprocessing shared) with UI values ``raw``."""
+    from openrecon_stroke.params import coerce
+    from openrecon_stroke.pipeline import Pipeline
+    from openrecon_stroke.study import Study
+
+    s = Study(inputs=base.inputs, params=coerce(raw), derived=list(base.derived), findings=dict(base.findings),
+              warnings=list(base.warnings), timings_s=dict(base.timings_s), stage_status=dict(base.stage_status),
+              results=dict(base.results))
+    Pipeline("p", list(stages)).run(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def t1_analysed(t1_preprocessed):
+    """... and then the rest of the default pipeline with default parameters."""
+    from openrecon_stroke.stages.anomaly import AnomalyDetection
+    from openrecon_stroke.stages.lesion import LesionSegmentation
+    from openrecon_stroke.stages.report import Overlay, ReportPage
+
+    s = continue_study(t1_preprocessed, [LesionSegmentation(), AnomalyDetection(), Overlay(), ReportPage()])
+    assert all(v == "ok" for v in s.stage_status.values()), s.warnings
+    return s

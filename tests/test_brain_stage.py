@@ -7,21 +7,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from openrecon_stroke.geometry import Grid, Volume, assemble_series, group_series
+from openrecon_stroke.geometry import Grid, Volume
 from openrecon_stroke.metrics import dice
 from openrecon_stroke.mrdfile import MrdStream, make_header_xml, read, volume_to_images, write
 from openrecon_stroke.server import MrdServer, ServerSettings
-from simulator.__main__ import main as simulator_main
 from simulator.replay import replay_file
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    d = tmp_path_factory.mktemp("phantom")
-    assert simulator_main(["phantom", "--out", str(d), "--seed", "5"]) == 0
-    return d
 
 
 @pytest.fixture
@@ -33,35 +25,34 @@ def cached_server(tmp_path):
     srv.server_close()
 
 
-def derived(res, suffix):
-    for sidx, ims in res.series().items():
-        if ims[0].meta.get("SequenceDescriptionAdditional") == suffix:
-            return assemble_series(ims)
-    raise AssertionError(f"no {suffix} series among {list(res.series())}; texts: {res.texts}")
+#: Brain mask Dice floors against the phantom's exact brain mask (seed-11 MNI phantom, measured
+#: 2026-11-29 through the server: T1-w 0.967, FLAIR 0.963 (the T1-w mask carried over by the
+#: registration)), 0.02 below the measurement. (The README's 10 SynthSeg heads: T1-w 0.917 mean,
+#: 0.877 min; the MNI phantom's head is smoother.)
+BRAIN_DICE_FLOOR = {"t1": 0.945, "flair": 0.94}
 
 
-def test_t1_then_flair_on_separate_connections(cached_server, phantom):
-    r1 = replay_file(phantom / "t1.h5", port=cached_server.port, timeout_s=300)
-    assert r1.closed_cleanly
-    m1 = derived(r1, "BRAINMASK")
-    truth1 = sitk.ReadImage(str(phantom / "t1_brain_mask.nii.gz"))
-    assert m1.grid.same_as(Grid.from_sitk(truth1))
-    assert dice(m1.data, sitk.GetArrayFromImage(truth1)) > 0.93
-
-    r2 = replay_file(phantom / "flair.h5", port=cached_server.port, timeout_s=300)
-    report = next(t for t in r2.texts if "report" in t)
+def test_t1_then_flair_on_separate_connections(served_t1_first):
+    t1, flair = served_t1_first.connections["t1"], served_t1_first.connections["flair"]
+    for c in (t1, flair):
+        assert c.result.closed_cleanly and c.result.error is None, c.result.texts
+        m = c.volume("BRAINMASK")
+        truth = sitk.ReadImage(str(served_t1_first.study / f"{c.name}_brain_mask.nii.gz"))
+        assert m.grid.same_as(Grid.from_sitk(truth))
+        d = dice(m.data, sitk.GetArrayFromImage(truth))
+        assert d > BRAIN_DICE_FLOOR[c.name], (c.name, d)
+    report = flair.report
     assert "t1_from_earlier_series" in report
     assert "'ok': True" in report, report  # registration passed its check
     # the FLAIR took the T1-w brain mask through the registration: no second HD-BET run
     timings = next(ln for ln in report.splitlines() if ln.startswith("preprocess_timings_s:"))
     assert "brain_extraction" not in timings, timings
-    m2 = derived(r2, "BRAINMASK")
-    truth2 = sitk.ReadImage(str(phantom / "flair_brain_mask.nii.gz"))
-    assert m2.grid.same_as(Grid.from_sitk(truth2))
-    assert dice(m2.data, sitk.GetArrayFromImage(truth2)) > 0.9
-    # the originals came back first and unchanged
-    sent = read(phantom / "flair.h5").images
-    assert all(np.array_equal(a.data, b.data) for a, b in zip(sent, r2.images[:len(sent)]))
+    assert "registration" in timings and "n4_flair" in timings, timings
+    # the originals came back first and unchanged, every one of them
+    sent = read(flair.sent).images
+    back = flair.series()[0][1]
+    assert len(back) == len(sent)
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(sent, back))
 
 
 def test_non_brain_input_is_refused_with_a_clear_message(cached_server, tmp_path):

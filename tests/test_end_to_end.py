@@ -1,5 +1,6 @@
 """A synthetic study from the phantom, replayed over MRD to the real server, comes back on
-exactly the geometry of the phantom's truth masks."""
+exactly the geometry of the phantom's truth masks (the head-mask pipeline: geometry only, in
+two orientations; the default pipeline end to end is test_pipeline_server.py)."""
 
 from __future__ import annotations
 

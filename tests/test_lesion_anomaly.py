@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from openrecon_stroke.anomaly import anomaly_load, csf_measures
 from openrecon_stroke.model_card import AnomalyCard, ModelCardError
 from openrecon_stroke.offline import process
-from simulator.__main__ import main as simulator_main
+from detection import SHIPPED_ANOMALY, SHIPPED_LESION, check_anomaly, check_lesions
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_LESION = all((REPO / "models" / "lesion" / m / "card.json").is_file() for m in ("t1", "flair", "fusion"))
@@ -68,11 +68,8 @@ def test_anomaly_card_refuses_a_broken_card(tmp_path):
 # the shipped models on a synthetic study
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lesion_study")
-    # a territorial infarct and a cortical lesion, both well above the smallest size bucket
-    assert simulator_main(["phantom", "--out", str(d), "--seed", "11", "--lesions", "2"]) == 0
-    return d
+def study(stroke_phantom):
+    return stroke_phantom  # two subcortical lesions (2.7 and 3.3 mL), shared with the served tests
 
 
 @pytest.mark.slow
@@ -94,6 +91,15 @@ def test_fused_study_gets_lesion_mask_and_anomaly_map_on_each_grid(study, tmp_pa
             a = sitk.GetArrayFromImage(img)
             assert np.isfinite(a).all() and a.min() >= 0
             assert not a[~brain].any(), f"{name} on {c} reaches outside the brain"
+        # the true lesions are found (tests/detection.py; floors measured, see test_detection.py)
+        truth_a = sitk.GetArrayFromImage(truth) > 0
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"lesion_mask_{c}.nii.gz")))
+        check_lesions(truth_a, lesion, float(np.prod(truth.GetSpacing())) / 1000, SHIPPED_LESION,
+                      what=f"process lesion_mask_{c}")
+        amap = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"anomaly_map_{c}.nii.gz")))
+        exact_brain = sitk.GetArrayFromImage(sitk.ReadImage(str(study / f"{c}_brain_mask.nii.gz"))) > 0
+        check_anomaly(truth_a, amap, exact_brain, truth.GetSpacing()[::-1], SHIPPED_ANOMALY,
+                      what=f"process anomaly_map_{c}")
     # findings agree with the mask they describe
     les = f["lesions"]
     assert f["lesion_count"] == len(les)
@@ -112,12 +118,3 @@ def test_fused_study_gets_lesion_mask_and_anomaly_map_on_each_grid(study, tmp_pa
             assert any("is experimental" in w and card["name"] in w for w in report["warnings"])
     if AnomalyCard.load(REPO / "models" / "anomaly").status != "validated":
         assert any("anomaly map is experimental" in w for w in report["warnings"])
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not HAVE_LESION, reason="models/lesion not trained")
-def test_flair_only_study_uses_the_flair_model_and_says_so(study, tmp_path):
-    report = process(flair=str(study / "flair.h5"), out_dir=tmp_path, raw_params={"sendanomaly": "false"})
-    assert "lesion-flair" in report["findings"]["lesion_model"]
-    assert any("T1-w missing" in w for w in report["warnings"])
-    assert (tmp_path / "lesion_mask.nii.gz").is_file()
