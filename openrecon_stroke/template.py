@@ -1,8 +1,7 @@
 """Registration to the symmetric MNI ICBM152 2009a template, the anatomical frame later stages use.
 
-The template (T1-w brain, grey- and white-matter probability maps, 1 mm) ships in the ``nilearn``
-wheel; :func:`template_dir` finds it (``OPENRECON_TEMPLATE_DIR`` overrides; the scanner image
-carries just these files). Its licence is recorded in ``models/lesion/MODEL_CARD.md``.
+The template (T1-w brain, grey- and white-matter probability maps, 1 mm) is found by
+:mod:`openrecon_stroke.templates` (the scanner image carries just these files; licence there).
 
 Conventions: SimpleITK images in LPS millimetres. MNI coordinates are RAS (x towards the patient's
 Right, y Anterior, z Superior): an LPS point (x, y, z) has MNI coordinates (-x, -y, z) in
@@ -35,11 +34,9 @@ Method (contrast-agnostic, so a FLAIR alone registers as well as a T1-w):
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,37 +44,7 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-#: File names of the template in nilearn's data folder (MNI ICBM152 2009a, symmetric, 1 mm).
-TEMPLATE_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
-TEMPLATE_NAME = "MNI ICBM152 2009a symmetric (nilearn)"
-
-
-def template_dir() -> Path:
-    """Folder holding :data:`TEMPLATE_FILES`: ``OPENRECON_TEMPLATE_DIR``, else ``models/template``
-    beside the models (the scanner image), else the data folder of the installed ``nilearn``."""
-    import importlib.util
-
-    candidates = []
-    env = os.environ.get("OPENRECON_TEMPLATE_DIR")
-    if env:
-        candidates.append(Path(env))
-    from .runtime import models_dir
-
-    candidates.append(models_dir() / "template")
-    spec = importlib.util.find_spec("nilearn")
-    if spec is not None and spec.submodule_search_locations:
-        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data")
-    for d in candidates:
-        if all((d / f).is_file() for f in TEMPLATE_FILES.values()):
-            return d
-    raise FileNotFoundError(
-        "the MNI152 template was not found (looked in: " + ", ".join(str(c) for c in candidates)
-        + "); install the 'nilearn' package or set OPENRECON_TEMPLATE_DIR to a folder with "
-        + ", ".join(TEMPLATE_FILES.values()))
+TEMPLATE_NAME = "MNI ICBM152 2009a nonlinear symmetric"
 
 
 @dataclass(frozen=True)
@@ -103,8 +70,10 @@ class Template:
         return self.brain
 
 
-def _read(name: str) -> sitk.Image:
-    img = sitk.ReadImage(str(template_dir() / TEMPLATE_FILES[name]))
+def _read(kind: str) -> sitk.Image:
+    from .templates import template_path
+
+    img = sitk.ReadImage(str(template_path(kind)))
     return sitk.Cast(sitk.DICOMOrient(img, "LPS"), sitk.sitkFloat32)
 
 
@@ -112,8 +81,7 @@ def template_grid(spacing_mm: float) -> sitk.Image:
     """Empty float image on an isotropic ``spacing_mm`` grid over the template's box, with a voxel
     column on the mid-sagittal plane (MNI x = 0), so that flipping the array's x axis mirrors
     the brain about the template's plane of symmetry exactly."""
-    ref = sitk.ReadImage(str(template_dir() / TEMPLATE_FILES["t1"]))
-    ref = sitk.DICOMOrient(ref, "LPS")
+    ref = _read("t1")
     o = np.array(ref.GetOrigin())
     ext = (np.array(ref.GetSize()) - 1) * np.array(ref.GetSpacing())
     half = int(np.floor(abs(o[0]) / spacing_mm + 1e-6))
