@@ -38,6 +38,9 @@ import-nnunet``); with it ``normalisation`` is ``"nnunet_v2"`` and ``spacing_mm`
 **brain_extraction** (:class:`BrainExtractionCard`): HD-BET's grid, padding, crop, modes; see
 ``models/hdbet/MODEL_CARD.md``.
 
+**voxel_classifier** (:class:`VoxelClassifierCard`): a template-space voxel classifier (the
+lesion models); see its fields.
+
 A new family is a :class:`Card` subclass with its ``kind`` and :meth:`Card.parse`, and one entry
 in :data:`CARD_KINDS`. Keys a family does not model (training notes, metrics) stay readable as
 ``card["key"]``. Sessions, threads and folders are :mod:`openrecon_stroke.runtime`'s.
@@ -291,6 +294,56 @@ class AnomalyCard(Card):
         return self.calibration[k]
 
 
+@dataclass(frozen=True, kw_only=True)
+class VoxelClassifierCard(Card):
+    """A voxel classifier in template space (:mod:`openrecon_stroke.lesion_voxel`): ``inputs``
+    (contrasts), ``template`` (``{"name", "spacing_mm"}``: the template grid of
+    :func:`openrecon_stroke.template.template_grid` its features are computed on), ``features``
+    (names in the model's column order, :mod:`openrecon_stroke.voxel_features`), ``normative``
+    (folder of the normative model, relative to the card, when a feature needs one), ``output``
+    (``{"channel": k}``: the lesion column of the ONNX ``probabilities``), ``smoothing_mm`` of
+    the probability map, ``threshold`` and ``min_lesion_mm3``."""
+
+    kind: ClassVar[str] = "voxel_classifier"
+
+    inputs: tuple[str, ...]
+    spacing_mm: float
+    features: tuple[str, ...]
+    channel: int = 1
+    normative: Path | None = None
+    smoothing_mm: float = 0.0
+    threshold: float = 0.2
+    min_lesion_mm3: float = 10.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .voxel_features import check_names
+
+        if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
+            raise ModelCardError(f"{self.path}: inputs must be contrasts among t1, flair; got {self.inputs}")
+        if not 0.5 <= self.spacing_mm <= 4:
+            raise ModelCardError(f"{self.path}: template spacing_mm must be 0.5-4 mm")
+        problem = check_names(self.features, self.inputs, has_normative=self.normative is not None)
+        if problem:
+            raise ModelCardError(f"{self.path}: {problem}")
+        if not 0 < self.threshold < 1:
+            raise ModelCardError(f"{self.path}: threshold must be in (0, 1)")
+
+    @classmethod
+    def parse(cls, common, d):
+        return cls(
+            **common,
+            inputs=tuple(d["inputs"]),
+            spacing_mm=float(d["template"]["spacing_mm"]),
+            features=tuple(str(f) for f in d["features"]),
+            channel=int(d.get("output", {}).get("channel", 1)),
+            normative=(common["path"].parent / d["normative"]) if d.get("normative") else None,
+            smoothing_mm=float(d.get("smoothing_mm", 0.0)),
+            threshold=float(d.get("threshold", 0.2)),
+            min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+        )
+
+
 @dataclass(frozen=True)
 class CropToHead:
     """HD-BET speed-up: run the network on the head's bounding box only (see
@@ -359,7 +412,9 @@ class BrainExtractionCard(Card):
 
 
 #: ``kind`` -> card class (one entry per model family)
-CARD_KINDS: dict[str, type[Card]] = {c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard)}
+CARD_KINDS: dict[str, type[Card]] = {
+    c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard, VoxelClassifierCard)
+}
 
 
 def _floats3(v) -> tuple[float, float, float]:

@@ -4,7 +4,8 @@ The region map (``models/template/regions.nii.gz`` + ``regions.json``, built by
 ``models/template/make_regions.py``) labels the template's brain: lobes (approximate planar
 boundaries), insula, deep white matter, basal ganglia, thalamus, lateral ventricles, cerebellum
 (each left and right) and the brainstem. It is carried once onto a series' own grid through the
-series' template transform; each lesion is named after the region holding most of its voxels.
+series' template transform; each lesion is named after the region holding most of its voxels
+(:func:`openrecon_stroke.lesion.describe`).
 
 Coordinates: native points are LPS millimetres; MNI coordinates are RAS millimetres in template
 space (x towards the patient's right).
@@ -43,12 +44,7 @@ def regions_on(image: sitk.Image, to_template: sitk.Transform) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.Resample(reg, image, to_template, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
 
 
-def locate(lesion: np.ndarray, labels_native: np.ndarray, centroid_lps, to_template: sitk.Transform) -> dict:
-    """``{"mni_mm": [x, y, z], "region": name}`` for one lesion (bool mask on the series' grid),
-    ``region`` the named region holding most of its voxels ("" when it lies outside them all)."""
-    _, names = load_regions()
-    mni = template.lps_to_mni(np.asarray(to_template.TransformPoint(tuple(float(v) for v in centroid_lps))))
-    lab = labels_native[lesion]
-    lab = lab[lab > 0]
-    region = names.get(int(np.bincount(lab).argmax()), "") if lab.size else ""
-    return {"mni_mm": [round(float(v), 1) for v in mni], "region": region}
+def mni_of(point_lps, to_template: sitk.Transform) -> list[float]:
+    """MNI coordinates (RAS mm, 1 decimal) of a native point (LPS mm)."""
+    p = template.lps_to_mni(np.asarray(to_template.TransformPoint(tuple(float(v) for v in point_lps))))
+    return [round(float(v), 1) for v in p]

@@ -62,8 +62,10 @@ class Template:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``(nz, ny, nx)`` float32 views of every map (brain as 0/1)."""
-        return {k: sitk.GetArrayViewFromImage(getattr(self, k)).astype(np.float32)
-                for k in ("t1", "gm", "wm", "csf", "brain")}
+        return {
+            k: sitk.GetArrayViewFromImage(getattr(self, k)).astype(np.float32)
+            for k in ("t1", "gm", "wm", "csf", "brain")
+        }
 
     @property
     def grid(self) -> sitk.Image:
@@ -100,8 +102,9 @@ def load_template(spacing_mm: float = 1.0) -> Template:
     t1 = _read("t1")
     gm, wm = (sitk.Cast(_read(k) / 255.0, sitk.sitkFloat32) for k in ("gm", "wm"))
     brain_a = sitk.GetArrayFromImage(t1) > 0
-    brain_a = ndimage.binary_fill_holes(ndimage.binary_opening(brain_a, iterations=1)
-                                        | (sitk.GetArrayFromImage(gm + wm) > 0.5))
+    brain_a = ndimage.binary_fill_holes(
+        ndimage.binary_opening(brain_a, iterations=1) | (sitk.GetArrayFromImage(gm + wm) > 0.5)
+    )
     brain = sitk.GetImageFromArray(brain_a.astype(np.float32))
     brain.CopyInformation(t1)
     gm_a, wm_a = sitk.GetArrayFromImage(gm), sitk.GetArrayFromImage(wm)
@@ -109,10 +112,18 @@ def load_template(spacing_mm: float = 1.0) -> Template:
     csf.CopyInformation(t1)
     maps = {"t1": t1, "gm": gm, "wm": wm, "csf": csf, "brain": brain}
     ref = template_grid(spacing_mm)
-    sigma = 0.5 * np.sqrt(max(spacing_mm ** 2 - 1.0, 0.0))
-    maps = {k: sitk.Resample(sitk.SmoothingRecursiveGaussian(v, sigma) if sigma > 0 else v, ref,
-                             sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            for k, v in maps.items()}
+    sigma = 0.5 * np.sqrt(max(spacing_mm**2 - 1.0, 0.0))
+    maps = {
+        k: sitk.Resample(
+            sitk.SmoothingRecursiveGaussian(v, sigma) if sigma > 0 else v,
+            ref,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            0.0,
+            sitk.sitkFloat32,
+        )
+        for k, v in maps.items()
+    }
     maps["brain"] = sitk.Cast(maps["brain"] >= 0.5, sitk.sitkUInt8)
     return Template(spacing_mm=float(spacing_mm), **maps)
 
@@ -189,8 +200,11 @@ class TemplateRegistration:
 
     def native_to_mni(self, points_lps) -> np.ndarray:
         """MNI (RAS) millimetres of native LPS points, shape (n, 3)."""
+        if self.to_template is None:
+            raise ValueError(f"no template transform ({self.reason})")
+        tx = self.to_template
         pts = np.atleast_2d(np.asarray(points_lps, dtype=float))
-        out = np.array([self.to_template.TransformPoint(tuple(p)) for p in pts])
+        out = np.array([tx.TransformPoint(tuple(p)) for p in pts])
         return lps_to_mni(out)
 
 
@@ -219,8 +233,9 @@ def _shrink_to(img: sitk.Image, mm: float) -> sitk.Image:
 PITCH_STARTS_DEG = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
 
 
-def affine_register(moving: sitk.Image, moving_mask: sitk.Image, template: Template,
-                    seed: int = 1) -> sitk.AffineTransform:
+def affine_register(
+    moving: sitk.Image, moving_mask: sitk.Image, template: Template, seed: int = 1
+) -> sitk.AffineTransform:
     """Affine transform mapping template points to native points (brain onto template brain).
 
     Mattes mutual information between the masked brain and the template brain: a similarity
@@ -233,9 +248,14 @@ def affine_register(moving: sitk.Image, moving_mask: sitk.Image, template: Templ
     mov = _robust_scale(_masked(moving, moving_mask), moving_mask)
     mov_s = _shrink_to(sitk.SmoothingRecursiveGaussian(mov, 1.0), 2.0)
     mmask_s = _shrink_to(sitk.Cast(moving_mask > 0, sitk.sitkUInt8), 2.0)
-    init = sitk.Similarity3DTransform(sitk.CenteredTransformInitializer(
-        sitk.Cast(template.brain, sitk.sitkFloat32), sitk.Cast(mmask_s, sitk.sitkFloat32), sitk.Similarity3DTransform(),
-        sitk.CenteredTransformInitializerFilter.MOMENTS))
+    init = sitk.Similarity3DTransform(
+        sitk.CenteredTransformInitializer(
+            sitk.Cast(template.brain, sitk.sitkFloat32),
+            sitk.Cast(mmask_s, sitk.sitkFloat32),
+            sitk.Similarity3DTransform(),
+            sitk.CenteredTransformInitializerFilter.MOMENTS,
+        )
+    )
     vol_t = float(sitk.GetArrayViewFromImage(template.brain).sum()) * np.prod(template.brain.GetSpacing())
     vol_m = float(sitk.GetArrayViewFromImage(mmask_s).sum()) * np.prod(mmask_s.GetSpacing())
     init.SetScale(float(np.clip((vol_m / vol_t) ** (1 / 3), 0.7, 1.4)))
@@ -247,8 +267,13 @@ def affine_register(moving: sitk.Image, moving_mask: sitk.Image, template: Templ
         reg.SetMetricSamplingPercentage(0.05, seed=seed)
         reg.SetMetricFixedMask(fixed_mask)
         reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iters,
-                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+        reg.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0,
+            minStep=1e-4,
+            numberOfIterations=iters,
+            relaxationFactor=0.6,
+            gradientMagnitudeTolerance=1e-6,
+        )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel(list(shrink))
         reg.SetSmoothingSigmasPerLevel(list(sigmas))
@@ -270,8 +295,9 @@ def affine_register(moving: sitk.Image, moving_mask: sitk.Image, template: Templ
     return run(aff, (2, 1), (2.0, 1.0), 100)[0]
 
 
-def tissue_means(img_t: np.ndarray, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray,
-                 brain: np.ndarray) -> dict[str, float]:
+def tissue_means(
+    img_t: np.ndarray, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, brain: np.ndarray
+) -> dict[str, float]:
     """Robust grey-matter, white-matter and CSF intensities of an image already in template space:
     the median over the voxels each prior holds with >= 0.9 probability (relaxed to the
     top-probability voxels where too few reach it)."""
@@ -290,23 +316,27 @@ def synthetic_template(means: dict[str, float], gm: np.ndarray, wm: np.ndarray, 
     return (means["gm"] * gm + means["wm"] * wm + means["csf"] * csf).astype(np.float32)
 
 
-def _quality(warped: np.ndarray, wmask: np.ndarray, synth: np.ndarray, tmpl: dict[str, np.ndarray],
-             mm: float) -> dict[str, float]:
+def _quality(
+    warped: np.ndarray, wmask: np.ndarray, synth: np.ndarray, tmpl: dict[str, np.ndarray], mm: float
+) -> dict[str, float]:
     brain_t = tmpl["brain"] > 0
     near = ndimage.binary_dilation(brain_t, iterations=max(1, int(round(4.0 / mm))))
     n = max(int(wmask.sum()), 1)
     sig = 2.0 / mm
     inside = brain_t & wmask
-    return {"inside": float((wmask & near).sum()) / n,
-            "coverage": float(inside.sum()) / max(int(brain_t.sum()), 1),
-            "correlation": _corr(ndimage.gaussian_filter(warped, sig), ndimage.gaussian_filter(synth, sig), inside)}
+    return {
+        "inside": float((wmask & near).sum()) / n,
+        "coverage": float(inside.sum()) / max(int(brain_t.sum()), 1),
+        "correlation": _corr(ndimage.gaussian_filter(warped, sig), ndimage.gaussian_filter(synth, sig), inside),
+    }
 
 
 def _failed(q: dict[str, float], check: TemplateCheck) -> list[str]:
     out = []
     if q["inside"] < check.min_inside:
-        out.append(f"only {q['inside']:.0%} of the brain falls inside the template's brain "
-                   f"(needs {check.min_inside:.0%})")
+        out.append(
+            f"only {q['inside']:.0%} of the brain falls inside the template's brain (needs {check.min_inside:.0%})"
+        )
     if q["correlation"] < check.min_correlation:
         out.append(f"correlation with the template {q['correlation']:.2f} (needs {check.min_correlation:.2f})")
     return out
@@ -314,7 +344,7 @@ def _failed(q: dict[str, float], check: TemplateCheck) -> list[str]:
 
 def _demons(fixed: sitk.Image, moving: sitk.Image, demons: DemonsSettings) -> sitk.Image:
     """Displacement field (template grid) from diffeomorphic demons, coarse to fine."""
-    disp = None
+    disp: sitk.Image | None = None
     for it, sh in zip(demons.iterations, demons.shrink):
         f = sitk.Shrink(fixed, [sh] * 3) if sh > 1 else fixed
         m = sitk.Shrink(moving, [sh] * 3) if sh > 1 else moving
@@ -334,6 +364,7 @@ def _demons(fixed: sitk.Image, moving: sitk.Image, demons: DemonsSettings) -> si
             dem.SetUpdateFieldStandardDeviations(demons.update_smoothing_mm / (sh * demons.working_mm))
         dem.SetMaximumUpdateStepLength(0.5)
         disp = dem.Execute(f, m, init)
+    assert disp is not None, "demons settings have no level"
     return sitk.Resample(disp, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
 
 
@@ -341,14 +372,26 @@ def _inverse(disp: sitk.Image, shrink: int) -> sitk.Image:
     """Inverse of a displacement field, computed on a grid ``shrink`` times coarser (the field
     is smooth) and brought back to the field's grid."""
     coarse = sitk.Shrink(disp, [shrink] * 3) if shrink > 1 else disp
-    inv = sitk.InvertDisplacementField(coarse, maximumNumberOfIterations=20, maxErrorToleranceThreshold=0.1,
-                                       meanErrorToleranceThreshold=0.001, enforceBoundaryCondition=True)
-    return sitk.Resample(inv, disp, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64) if shrink > 1 else inv
+    inv = sitk.InvertDisplacementField(
+        coarse,
+        maximumNumberOfIterations=20,
+        maxErrorToleranceThreshold=0.1,
+        meanErrorToleranceThreshold=0.001,
+        enforceBoundaryCondition=True,
+    )
+    return (
+        sitk.Resample(inv, disp, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64) if shrink > 1 else inv
+    )
 
 
-def register(moving: sitk.Image, moving_mask: sitk.Image, *, deformable: bool = True,
-             check: TemplateCheck = TemplateCheck(), demons: DemonsSettings = DemonsSettings()
-             ) -> TemplateRegistration:
+def register(
+    moving: sitk.Image,
+    moving_mask: sitk.Image,
+    *,
+    deformable: bool = True,
+    check: TemplateCheck = TemplateCheck(),
+    demons: DemonsSettings = DemonsSettings(),
+) -> TemplateRegistration:
     """Register a brain (N4-corrected series and its brain mask, both on the series' grid) to
     the template; see the module docstring. Never raises on a poor fit: the result says
     ``ok=False`` with the reason."""
@@ -361,16 +404,17 @@ def register(moving: sitk.Image, moving_mask: sitk.Image, *, deformable: bool = 
     try:
         aff = affine_register(moving, moving_mask, tmpl)
     except RuntimeError as e:  # the optimiser found nothing to work on
-        return TemplateRegistration("none", None, None, None, None, 1.0, {}, False,
-                                    f"affine registration failed ({e})", {})
+        return TemplateRegistration(
+            "none", None, None, None, None, 1.0, {}, False, f"affine registration failed ({e})", {}
+        )
     timings["affine_s"] = time.perf_counter() - t0
     # the brain (masked) and its mask in template space, through the affine
-    mask_f = sitk.Cast(sitk.Resample(moving_mask, moving, sitk.Transform(), sitk.sitkNearestNeighbor, 0) > 0,
-                       sitk.sitkFloat32)
+    mask_f = sitk.Cast(
+        sitk.Resample(moving_mask, moving, sitk.Transform(), sitk.sitkNearestNeighbor, 0) > 0, sitk.sitkFloat32
+    )
     brain_img = sitk.Cast(moving, sitk.sitkFloat32) * mask_f
     warped = sitk.GetArrayFromImage(sitk.Resample(brain_img, tmpl.grid, aff, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    wmask = sitk.GetArrayFromImage(sitk.Resample(mask_f, tmpl.grid, aff, sitk.sitkLinear, 0.0,
-                                                 sitk.sitkFloat32)) >= 0.5
+    wmask = sitk.GetArrayFromImage(sitk.Resample(mask_f, tmpl.grid, aff, sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
     means = tissue_means(warped, arr["gm"], arr["wm"], arr["csf"], brain_t & wmask)
     synth = synthetic_template(means, arr["gm"], arr["wm"], arr["csf"])
     q_aff = _quality(warped, wmask, synth, arr, mm)
@@ -382,11 +426,22 @@ def register(moving: sitk.Image, moving_mask: sitk.Image, *, deformable: bool = 
         reasons.append(f"affine volume change x{det:.2f} is implausible")
     if reasons:
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        return TemplateRegistration("none", None, None, None, None, det, means, False,
-                                    "template registration failed its check: " + "; ".join(reasons), summary)
+        return TemplateRegistration(
+            "none",
+            None,
+            None,
+            None,
+            None,
+            det,
+            means,
+            False,
+            "template registration failed its check: " + "; ".join(reasons),
+            summary,
+        )
     inv_aff = aff.GetInverse()
-    affine_only = TemplateRegistration("affine", aff, inv_aff, aff, None, det, means, True, "passed (affine only)",
-                                       summary)
+    affine_only = TemplateRegistration(
+        "affine", aff, inv_aff, aff, None, det, means, True, "passed (affine only)", summary
+    )
     if not deformable:
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         return affine_only
@@ -414,24 +469,34 @@ def register(moving: sitk.Image, moving_mask: sitk.Image, *, deformable: bool = 
     inv = _inverse(disp, demons.inverse_shrink)
     timings["inverse_s"] = time.perf_counter() - t2
     fwd_field = sitk.DisplacementFieldTransform(sitk.Image(disp))
-    to_native = sitk.CompositeTransform([aff, fwd_field])                                # template -> native
+    to_native = sitk.CompositeTransform([aff, fwd_field])  # template -> native
     to_template = sitk.CompositeTransform([sitk.DisplacementFieldTransform(inv), inv_aff])  # native -> template
     # check: the brain through the whole transform against the template
-    warped_d = sitk.GetArrayFromImage(sitk.Resample(brain_img, tmpl.grid, to_native, sitk.sitkLinear, 0.0,
-                                                    sitk.sitkFloat32))
-    wmask_d = sitk.GetArrayFromImage(sitk.Resample(mask_f, tmpl.grid, to_native, sitk.sitkLinear, 0.0,
-                                                   sitk.sitkFloat32)) >= 0.5
+    warped_d = sitk.GetArrayFromImage(
+        sitk.Resample(brain_img, tmpl.grid, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    )
+    wmask_d = (
+        sitk.GetArrayFromImage(sitk.Resample(mask_f, tmpl.grid, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        >= 0.5
+    )
     q = _quality(warped_d, wmask_d, synth, arr, mm)
     summary.update({k: round(v, 4) for k, v in q.items()})
-    summary.update({"jacobian_p0.5": round(jlo, 3), "jacobian_p99.5": round(jhi, 3),
-                    "outlier_ml": round(float(outlier.sum()) * mm ** 3 / 1000, 2)})
+    summary.update(
+        {
+            "jacobian_p0.5": round(jlo, 3),
+            "jacobian_p99.5": round(jhi, 3),
+            "outlier_ml": round(float(outlier.sum()) * mm**3 / 1000, 2),
+        }
+    )
     summary.update({k: round(v, 2) for k, v in timings.items()})
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     reasons = _failed(q, check)
     if q["correlation"] < q_aff["correlation"] - 0.02:
         reasons.append(f"correlation {q['correlation']:.3f} below the affine step's {q_aff['correlation']:.3f}")
     if not (check.jacobian_range[0] <= jlo and jhi <= check.jacobian_range[1]):
-        reasons.append(f"Jacobian range {jlo:.2f}-{jhi:.2f} outside {check.jacobian_range[0]}-{check.jacobian_range[1]}")
+        reasons.append(
+            f"Jacobian range {jlo:.2f}-{jhi:.2f} outside {check.jacobian_range[0]}-{check.jacobian_range[1]}"
+        )
     if reasons:
         affine_only.reason = "deformable step failed its check (" + "; ".join(reasons) + "): affine registration used"
         return affine_only
@@ -458,43 +523,63 @@ def _corr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
     return float((x * y).sum() / d) if d > 0 else 0.0
 
 
-def to_template_space(image: sitk.Image, reg: TemplateRegistration, grid: sitk.Image,
-                      interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+def to_template_space(
+    image: sitk.Image, reg: TemplateRegistration, grid: sitk.Image, interpolator=sitk.sitkLinear, default: float = 0.0
+) -> sitk.Image:
     """A native image resampled onto a template-space grid (float32)."""
-    return sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, reg.to_native, interpolator, default,
-                         sitk.sitkFloat32)
+    return sitk.Resample(
+        sitk.Cast(image, sitk.sitkFloat32), grid, reg.to_native, interpolator, default, sitk.sitkFloat32
+    )
 
 
-def to_native_space(image_t: sitk.Image, reg: TemplateRegistration, reference: sitk.Image,
-                    interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+def to_native_space(
+    image_t: sitk.Image,
+    reg: TemplateRegistration,
+    reference: sitk.Image,
+    interpolator=sitk.sitkLinear,
+    default: float = 0.0,
+) -> sitk.Image:
     """A template-space map resampled onto a series' own grid (float32)."""
-    return sitk.Resample(sitk.Cast(image_t, sitk.sitkFloat32), reference, reg.to_template, interpolator, default,
-                         sitk.sitkFloat32)
+    return sitk.Resample(
+        sitk.Cast(image_t, sitk.sitkFloat32), reference, reg.to_template, interpolator, default, sitk.sitkFloat32
+    )
 
 
-def series_transforms(reg: TemplateRegistration, reference: str, contrasts,
-                      flair_to_t1: sitk.Transform | None) -> tuple[dict[str, sitk.Transform], dict[str, sitk.Transform]]:
+def series_transforms(
+    reg: TemplateRegistration, reference: str, contrasts, flair_to_t1: sitk.Transform | None
+) -> tuple[dict[str, sitk.Transform], dict[str, sitk.Transform]]:
     """Per contrast of the study, the composed transforms ``(to_native, to_template)``: template
     points -> that series' points, and back. The reference series has the registration's own;
     the other contrast goes through the T1-w/FLAIR rigid transform (``flair_to_t1``: T1-w points
     -> FLAIR points), composed, never applied one after the other. A contrast without a
     transform (registration between the series failed) is left out."""
+    if reg.to_native is None or reg.to_template is None:
+        raise ValueError(f"the registration has no transform ({reg.reason})")
     to_native = {reference: reg.to_native}
     to_template = {reference: reg.to_template}
     for c in contrasts:
         if c == reference or flair_to_t1 is None:
             continue
-        if reference == "t1":   # template -> T1-w -> FLAIR
+        if reference == "t1":  # template -> T1-w -> FLAIR
             to_native[c] = sitk.CompositeTransform([flair_to_t1, reg.to_native])
             to_template[c] = sitk.CompositeTransform([reg.to_template, flair_to_t1.GetInverse()])
-        else:                   # template -> FLAIR -> T1-w
+        else:  # template -> FLAIR -> T1-w
             to_native[c] = sitk.CompositeTransform([flair_to_t1.GetInverse(), reg.to_native])
             to_template[c] = sitk.CompositeTransform([reg.to_template, flair_to_t1])
     return to_native, to_template
 
 
-def resample_to_template(image: sitk.Image, to_native: sitk.Transform, spacing_mm: float,
-                         interpolator=sitk.sitkLinear) -> np.ndarray:
+def resample_to_template(
+    image: sitk.Image, to_native: sitk.Transform, spacing_mm: float, interpolator=sitk.sitkLinear
+) -> np.ndarray:
     """A series image on the template grid of ``spacing_mm`` (``(nz, ny, nx)`` float32)."""
-    return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), template_grid(spacing_mm),
-                                                to_native, interpolator, 0.0, sitk.sitkFloat32))
+    return sitk.GetArrayFromImage(
+        sitk.Resample(
+            sitk.Cast(image, sitk.sitkFloat32),
+            template_grid(spacing_mm),
+            to_native,
+            interpolator,
+            0.0,
+            sitk.sitkFloat32,
+        )
+    )

@@ -33,8 +33,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-IMAGE_FEATURES = ("int", "int_s2", "int_s5", "z", "z_s2", "z_s4", "expect", "mirror", "mirror_s3",
-                  "zmirror_s2", "lstd3")
+IMAGE_FEATURES = (
+    "int",
+    "int_s2",
+    "int_s5",
+    "z",
+    "z_s2",
+    "z_s4",
+    "expect",
+    "mirror",
+    "mirror_s3",
+    "zmirror_s2",
+    "lstd3",
+)
 PRIOR_FEATURES = ("prior_gm", "prior_wm", "prior_csf", "prior_csf_s4", "prior_depth")
 #: Features that need a normative model.
 NORMATIVE_FEATURES = ("z", "z_s2", "z_s4", "zmirror_s2")
@@ -66,6 +77,17 @@ def mirror(a: np.ndarray) -> np.ndarray:
     return a[:, :, ::-1]
 
 
+def check_names(names, inputs, has_normative: bool) -> str:
+    """Why a feature list cannot be computed for these inputs ("" when it can)."""
+    known = set(PRIOR_FEATURES) | {f"{c}_{f}" for c in inputs for f in IMAGE_FEATURES}
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        return f"unknown features {bad} for inputs {list(inputs)} (known: {sorted(known)})"
+    if not has_normative and any(n.split("_", 1)[1] in NORMATIVE_FEATURES for n in names if not n.startswith("prior_")):
+        return "normative features need a 'normative' model folder"
+    return ""
+
+
 def feature_names(inputs: tuple[str, ...], image_features=IMAGE_FEATURES, prior_features=PRIOR_FEATURES) -> list[str]:
     return [f"{c}_{f}" for c in inputs for f in image_features] + list(prior_features)
 
@@ -74,9 +96,15 @@ def relative_intensity(image: np.ndarray, wm_intensity: float) -> np.ndarray:
     return (image / (wm_intensity if wm_intensity > 0 else 1.0)).astype(np.float32)
 
 
-def compute(names: list[str] | tuple[str, ...], images: dict[str, np.ndarray], brain: np.ndarray,
-            means: dict[str, dict[str, float]], priors: dict[str, np.ndarray], spacing_mm: float,
-            normative: Normative | None = None) -> np.ndarray:
+def compute(
+    names: list[str] | tuple[str, ...],
+    images: dict[str, np.ndarray],
+    brain: np.ndarray,
+    means: dict[str, dict[str, float]],
+    priors: dict[str, np.ndarray],
+    spacing_mm: float,
+    normative: Normative | None = None,
+) -> np.ndarray:
     """Feature matrix ``(n_brain_voxels, len(names))`` float32, rows in ``np.flatnonzero(brain)``
     order.
 
@@ -104,7 +132,7 @@ def compute(names: list[str] | tuple[str, ...], images: dict[str, np.ndarray], b
 
     def one(name: str) -> np.ndarray:
         if name.startswith("prior_"):
-            f = name[len("prior_"):]
+            f = name[len("prior_") :]
             if f in ("gm", "wm", "csf"):
                 return priors[f]
             if f == "csf_s4":

@@ -72,16 +72,18 @@ def head_source(head: str) -> str:
 
 
 def preprocess(volumes: dict[str, Volume]) -> dict:
-    """The pipeline's own preprocessing stage on a study of these volumes; returns its
-    ``shared`` results (``n4``, ``brain_mask``, ``flair_to_t1`` when registered)."""
+    """The pipeline's own preprocessing stage on a study of these volumes: ``n4`` and
+    ``brain_mask`` per contrast, and ``flair_to_t1`` when the series registration passed."""
     from openrecon_stroke.stages.brain import Preprocess
+    from openrecon_stroke.stages.results import BrainResult, SeriesRegistration
     from openrecon_stroke.study import Study
 
-    study = Study(inputs=dict(volumes))
-    res = Preprocess().run(study)
+    res = Preprocess().run(Study(inputs=dict(volumes)))
     for w in res.warnings:
         log.warning("preprocessing: %s", w)
-    return study.shared
+    brain = next(r for r in res.results if isinstance(r, BrainResult))
+    reg = next((r for r in res.results if isinstance(r, SeriesRegistration)), None)
+    return {"n4": brain.n4, "brain_mask": brain.brain_mask, "flair_to_t1": reg.flair_to_t1 if reg else None}
 
 
 def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import expand, model_view  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
-from openrecon_stroke.lesion_voxel import VoxelLesionModel, VoxelModelCard  # noqa: E402
+from openrecon_stroke.lesion_voxel import VoxelLesionModel  # noqa: E402
+from openrecon_stroke.model_card import VoxelClassifierCard  # noqa: E402
 from openrecon_stroke.metrics import lesion_table, summarise  # noqa: E402
 
 log = logging.getLogger("evaluate_voxel")
@@ -54,9 +55,7 @@ def predict_native(model: VoxelLesionModel, arrays: dict, side: dict) -> tuple[n
     v = model_view(arrays, model.card.inputs)
     if v is None or v["transform"] not in side["to_template"]:
         return None
-    prob = model.probability_arrays(v["images"], v["brain"])
-    prob_img = sitk.GetImageFromArray(prob)
-    prob_img.CopyInformation(model.grid())
+    prob_img = model.probability_image(v["images"], v["brain"])
     p = model.on_grid(prob_img, side["native_grids"][v["target"]], side["to_template"][v["transform"]])
     return np.where(arrays[v["native_brain"]] > 0, p, 0.0), v["target"]
 
@@ -78,7 +77,7 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict |
         if folder is None or not (folder / "card.json").exists():
             continue
         if folder not in models:
-            models[folder] = VoxelLesionModel(VoxelModelCard.load(folder))
+            models[folder] = VoxelLesionModel(VoxelClassifierCard.load(folder))
         model = models[folder]
         name, inputs = model.card.name, list(model.card.inputs)
         arrays, side = load_case(cache, head, seed)

@@ -136,11 +136,15 @@ def lesion_lines(study: Study) -> list:
     lines: list = [f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(res.volume_ml)}"]
     ordered = sorted(res.lesions, key=lambda les: -les.reported_volume_ml)
     for les in ordered[:MAX_LESIONS_LISTED]:
-        where = [w for w in (les.hemisphere, les.region) if w]
         text = f"#{les.label}: {render.fmt_ml(les.reported_volume_ml)}"
-        if where:
-            text += ", " + " ".join(where)
-        text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
+        if les.location:
+            text += f", {les.location}" + (f" ({les.region})" if les.region else "")
+            text += " (MNI " + ", ".join(_num(v, "{:.0f}") for v in les.mni_mm or ()) + " mm)"
+        else:
+            where = [w for w in (les.hemisphere, les.region) if w]
+            if where:
+                text += ", " + " ".join(where)
+            text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
         lines.append(text)
     if len(ordered) > MAX_LESIONS_LISTED:
         lines.append(f"... {len(ordered) - MAX_LESIONS_LISTED} smaller lesion(s) in the text report")

@@ -21,6 +21,7 @@ from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
 from ..preprocess import RigidRegistration
 from ..study import SeriesSpec, StudyResult
+from ..template import TemplateRegistration
 
 # --- series sent back (one per input series; UI switch in send_param) -------------------------
 HEAD_MASK = SeriesSpec("head_mask", "mask", "HEADMASK", "sendmask")
@@ -84,6 +85,36 @@ class SeriesRegistration(StudyResult):
 
     def findings(self) -> dict:
         return {"registration": self.outcome.summary()}
+
+
+@dataclass
+class TemplateResult(StudyResult):
+    """Written by ``template``: the study registered to the MNI152 template, and every known
+    contrast resampled once onto the template grid (what the lesion and anomaly stages read).
+
+    Transforms follow ITK's convention: ``to_native[c]`` maps template points (LPS mm) to points
+    of series ``c`` (resample a series with it to bring it into template space); ``to_template[c]``
+    maps series points to template points (resample a template-space map with it to bring it
+    onto the series' grid). Arrays are ``(nz, ny, nx)`` on
+    :func:`openrecon_stroke.template.template_grid` of ``spacing_mm``."""
+
+    label: ClassVar[str] = "template_registration"
+
+    reference: str
+    registration: TemplateRegistration
+    to_native: dict[str, sitk.Transform]
+    to_template: dict[str, sitk.Transform]
+    spacing_mm: float
+    #: contrast -> N4 image on the template grid (float32)
+    images: dict[str, np.ndarray]
+    #: HD-BET brain mask of the reference series on the template grid
+    brain: np.ndarray
+
+    def findings(self) -> dict:
+        reg = self.registration
+        out = {"kind": reg.kind, "reference": self.reference, "check": reg.reason}
+        out.update({k: v for k, v in reg.summary.items() if k != "tissue_means"})
+        return {"template_registration": out}
 
 
 @dataclass
