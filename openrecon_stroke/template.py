@@ -197,6 +197,9 @@ class TemplateRegistration:
     ok: bool
     reason: str
     summary: dict = field(default_factory=dict)
+    #: the deformable step's displacement fields on the working template grid (template -> affine
+    #: space, and its inverse), kept so that the registration can be stored and rebuilt exactly
+    fields: tuple[sitk.Image, sitk.Image] | None = None
 
     def native_to_mni(self, points_lps) -> np.ndarray:
         """MNI (RAS) millimetres of native LPS points, shape (n, 3)."""
@@ -468,9 +471,7 @@ def register(
     t2 = time.perf_counter()
     inv = _inverse(disp, demons.inverse_shrink)
     timings["inverse_s"] = time.perf_counter() - t2
-    fwd_field = sitk.DisplacementFieldTransform(sitk.Image(disp))
-    to_native = sitk.CompositeTransform([aff, fwd_field])  # template -> native
-    to_template = sitk.CompositeTransform([sitk.DisplacementFieldTransform(inv), inv_aff])  # native -> template
+    to_native, to_template = _compose(aff, disp, inv)
     # check: the brain through the whole transform against the template
     warped_d = sitk.GetArrayFromImage(
         sitk.Resample(brain_img, tmpl.grid, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -500,7 +501,63 @@ def register(
     if reasons:
         affine_only.reason = "deformable step failed its check (" + "; ".join(reasons) + "): affine registration used"
         return affine_only
-    return TemplateRegistration("deformable", to_native, to_template, aff, logj, det, means, True, "passed", summary)
+    return TemplateRegistration(
+        "deformable", to_native, to_template, aff, logj, det, means, True, "passed", summary, (disp, inv)
+    )
+
+
+def _compose(aff: sitk.AffineTransform, disp: sitk.Image, inv: sitk.Image) -> tuple[sitk.Transform, sitk.Transform]:
+    """``(to_native, to_template)`` from the affine and the displacement fields (copied: a
+    displacement field transform takes its image over)."""
+    to_native = sitk.CompositeTransform([aff, sitk.DisplacementFieldTransform(sitk.Image(disp))])
+    to_template = sitk.CompositeTransform([sitk.DisplacementFieldTransform(sitk.Image(inv)), aff.GetInverse()])
+    return to_native, to_template
+
+
+def to_cache(reg: TemplateRegistration) -> tuple[dict[str, sitk.Image], dict]:
+    """A passed registration as images and JSON-able meta (:class:`openrecon_stroke.study_cache.StudyCache`)."""
+    if not reg.ok or reg.affine is None:
+        raise ValueError("only a passed registration is stored")
+    aff = sitk.AffineTransform(reg.affine)
+    meta = {
+        "kind": reg.kind,
+        "reason": reg.reason,
+        "summary": reg.summary,
+        "tissue_means": reg.tissue_means,
+        "affine_det": reg.affine_det,
+        "matrix": list(aff.GetMatrix()),
+        "translation": list(aff.GetTranslation()),
+        "center": list(aff.GetCenter()),
+    }
+    images = {}
+    if reg.fields is not None:
+        images = {"forward": reg.fields[0], "inverse": reg.fields[1]}
+        if reg.log_jacobian is not None:
+            images["log_jacobian"] = reg.log_jacobian
+    return images, meta
+
+
+def from_cache(images: dict[str, sitk.Image], meta: dict) -> TemplateRegistration:
+    """The registration :func:`to_cache` stored, rebuilt exactly."""
+    aff = sitk.AffineTransform(3)
+    aff.SetCenter(tuple(meta["center"]))
+    aff.SetMatrix(tuple(meta["matrix"]))
+    aff.SetTranslation(tuple(meta["translation"]))
+    common = dict(
+        affine_det=float(meta["affine_det"]),
+        tissue_means=meta["tissue_means"],
+        ok=True,
+        reason=meta["reason"],
+        summary=meta["summary"],
+    )
+    if meta["kind"] == "deformable":
+        disp = sitk.Cast(images["forward"], sitk.sitkVectorFloat64)
+        inv = sitk.Cast(images["inverse"], sitk.sitkVectorFloat64)
+        to_native, to_template = _compose(aff, disp, inv)
+        return TemplateRegistration(
+            "deformable", to_native, to_template, aff, images.get("log_jacobian"), fields=(disp, inv), **common
+        )
+    return TemplateRegistration("affine", aff, aff.GetInverse(), aff, None, **common)
 
 
 def _like(a: np.ndarray, ref: sitk.Image) -> sitk.Image:

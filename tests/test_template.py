@@ -113,3 +113,19 @@ def test_series_transforms_compose_the_rigid_series_transform():
     np.testing.assert_allclose(to_template["flair"].TransformPoint(to_native["flair"].TransformPoint(p)), p, atol=1e-6)
     none_native, _ = template.series_transforms(reg, "t1", ("t1", "flair"), None)
     assert set(none_native) == {"t1"}  # no series transform: the FLAIR does not reach the template
+
+
+@pytest.mark.slow
+def test_registration_stored_in_the_study_cache_is_rebuilt_exactly(tmp_path):
+    from openrecon_stroke.study_cache import StudyCache
+
+    image, mask, _ = _known_subject("t1", pitch_deg=10.0, scale=1.0)
+    reg = template.register(image, mask)
+    assert reg.kind == "deformable"
+    cache = StudyCache(tmp_path)
+    cache.put("abc", "t1template", *template.to_cache(reg))
+    back = template.from_cache(*cache.get("abc", "t1template"))
+    assert back.kind == reg.kind and back.summary == reg.summary
+    for p in [(0.0, -18.0, 10.0), (30.0, 20.0, 40.0), (-40.0, -60.0, -10.0)]:
+        np.testing.assert_allclose(back.to_native.TransformPoint(p), reg.to_native.TransformPoint(p), atol=1e-4)
+        np.testing.assert_allclose(back.to_template.TransformPoint(p), reg.to_template.TransformPoint(p), atol=1e-4)

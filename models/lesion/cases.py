@@ -257,8 +257,8 @@ def main(argv=None) -> int:
                    help="skip the FLAIR-alone preprocessing (HD-BET and registration on the FLAIR itself)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    jobs = [(h, s, None) for h in expand(args.heads) for s in seeds(args.seeds)]
-    jobs += [(h, s, 0) for h in expand(args.heads) for s in seeds(args.healthy_seeds)]
+    jobs = [(h, s, n) for h in expand(args.heads)
+            for s, n in [(s, None) for s in seeds(args.seeds)] + [(s, 0) for s in seeds(args.healthy_seeds)]]
     t0 = time.perf_counter()
     failed = []
     for i, (h, s, n) in enumerate(jobs, 1):

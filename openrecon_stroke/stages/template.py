@@ -43,7 +43,7 @@ class TemplateRegistrationStage(Stage):
         res = StageResult()
         ref = brain.reference
         t0 = time.perf_counter()
-        reg = template.register(brain.n4[ref], brain.brain_mask[ref])
+        reg = self._registration(study, ref, brain)
         if not reg.ok:
             res.warnings.append(
                 f"registration to the MNI152 template failed ({reg.reason}); the stages that work in "
@@ -76,3 +76,19 @@ class TemplateRegistrationStage(Stage):
             )
         )
         return res
+
+    @staticmethod
+    def _registration(study: Study, ref: str, brain: BrainResult) -> template.TemplateRegistration:
+        """The reference series' registration: from the study cache when that series came from an
+        earlier connection and its registration was stored then, else computed (and stored)."""
+        key = study.cache_key
+        entry = f"{ref}template"
+        if study.cache is not None and key and ref not in study.inputs:
+            got = study.cache.get(key, entry)
+            if got is not None:
+                log.info("template registration of the %s series from the study cache", ref)
+                return template.from_cache(*got)
+        reg = template.register(brain.n4[ref], brain.brain_mask[ref])
+        if study.cache is not None and key and reg.ok and ref in study.inputs:
+            study.cache.put(key, entry, *template.to_cache(reg))
+        return reg
