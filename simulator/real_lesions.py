@@ -34,17 +34,20 @@ def native_labels(image: sitk.Image, brain: sitk.Image, reg, contrast: str) -> t
     hemi = anatomy.load_hemispheres("mni")
     lab = sitk.GetArrayFromImage(sitk.Resample(mni, image, reg.to_template, sitk.sitkNearestNeighbor, 0))
     hem = sitk.GetArrayFromImage(sitk.Resample(hemi, image, reg.to_template, sitk.sitkNearestNeighbor, 0))
-    img = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+    spacing = np.array(image.GetSpacing())[::-1]
+    img = ndi.gaussian_filter(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)), 0.8 / spacing)
     b = sitk.GetArrayFromImage(sitk.Resample(brain, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
     # tissue intensities of this image, then nearest tissue for every cerebral brain voxel
-    ref = {t: np.median(img[b & (lab == t)]) for t in (Tissue.GM, Tissue.WM, Tissue.CSF)
-           if np.any(b & (lab == t))}
+    # (on the lightly smoothed image, then a 3-voxel median of the class, CSF < GM < WM in space)
+    order = (Tissue.CSF, Tissue.GM, Tissue.WM)
+    ref = {t: np.median(img[b & (lab == t)]) for t in order if np.any(b & (lab == t))}
     if len(ref) == 3:
         cerebral = b & np.isin(lab, (Tissue.GM, Tissue.WM, Tissue.CSF, Tissue.EXTRA_CSF))
-        keys = list(ref)
-        vals = np.array([ref[k] for k in keys])
-        near = np.argmin(np.abs(img[cerebral][:, None] - vals[None, :]), axis=1)
-        new = np.array(keys, np.int16)[near]
+        vals = np.array([ref[k] for k in order])
+        cls = np.full(lab.shape, 1, np.int16)
+        cls[cerebral] = np.argmin(np.abs(img[cerebral][:, None] - vals[None, :]), axis=1)
+        cls = ndi.median_filter(cls, size=3)
+        new = np.array(order, np.int16)[cls[cerebral]]
         old = lab[cerebral]
         # CSF that is not next to the ventricles is extra-cerebral CSF
         new = np.where((new == Tissue.CSF) & (old != Tissue.CSF), Tissue.EXTRA_CSF, new)
