@@ -224,18 +224,22 @@ class LesionSegmentation(Stage):
             )
         prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, tmpl.brain)
         described: list[Lesion] | None = None
+        probability: dict[str, np.ndarray] = {}
         for c in study.inputs:
             if c not in tmpl.to_template:
                 continue
             img = brain.n4[c]
             inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
             p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c]), 0.0)
+            probability[c] = p.astype(np.float32)
             mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3)
             comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
             res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
             if described is None or c == "t1":
                 described = self._describe(mask, img, inside, c, tmpl.to_template[c])
-        res.results.append(LesionResult(lesions=described or [], model=f"{card.name} {card.version}"))
+        res.results.append(
+            LesionResult(lesions=described or [], model=f"{card.name} {card.version}", probability=probability)
+        )
         return res
 
     @staticmethod
