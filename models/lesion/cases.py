@@ -102,6 +102,7 @@ def synthetic_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str
         kinds = ["cerebellar"] + [str(k) for k in rng.choice(["lacunar", "cortical", "subcortical", "territorial"],
                                                              size=max(lesions - 1, 0))]
     vols, truth, les = {}, {}, []
+    st: dict = {}
     for c in ("t1", "flair"):
         st = make_study(head_source(head), seed, randomize="realistic", orientation=orient[c], series=(c,),
                         n_lesions=lesions if kinds is None else len(kinds), kinds=kinds)
@@ -109,6 +110,8 @@ def synthetic_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str
         vols[c] = s["volume"]
         truth[c] = s["lesion_mask"].astype(np.uint8)
         les = st["lesions"]
+    lab = sitk.GetArrayViewFromImage(st["labels"])
+    les.append({"ventricle_ml": float((lab == 1).sum()) * float(np.prod(st["labels"].GetSpacing())) / 1000})
     return vols, truth, les
 
 
@@ -158,6 +161,8 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
         arrays[c] = template.resample_to_template(shared["n4"][c], tx, GRID_MM)
     arrays["brain"] = (template.resample_to_template(shared["brain_mask"][ref], to_nat[ref], GRID_MM) >= 0.5
                        ).astype(np.uint8)
+    if reg.log_jacobian is not None:  # the deformation's local volume change (2 mm template grid)
+        arrays["log_jacobian"] = sitk.GetArrayFromImage(reg.log_jacobian).astype(np.float32)
     ref_truth = sitk.GetImageFromArray(truth[ref].astype(np.float32))
     ref_truth.CopyInformation(shared["n4"][ref])
     arrays["lesion"] = template.resample_to_template(ref_truth, to_nat[ref], GRID_MM).astype(np.float16)
@@ -178,9 +183,12 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
             arrays["flair_alone_lesion"] = template.resample_to_template(ftruth, reg_f.to_native, GRID_MM
                                                                          ).astype(np.float16)
             to_tmpl["flair_alone"] = reg_f.to_template
+    extra = [d for d in les if "ventricle_ml" in d]
+    les = [d for d in les if "ventricle_ml" not in d]
     side = {
-        "head": head, "seed": seed, "lesions": les, "reference": ref, "registration": reg.summary,
-        "registration_kind": reg.kind, "to_template": to_tmpl,
+        "head": head, "seed": seed, "lesions": les,
+        "true_ventricle_ml": extra[0]["ventricle_ml"] if extra else None, "reference": ref, "registration": reg.summary,
+        "registration_kind": reg.kind, "to_template": to_tmpl, "affine_det": reg.affine_det,
         "native_grids": {c: _grid_only(shared["n4"][c]) for c in vols},
         "seconds": {"synthesis": round(t1 - t0, 1), "preprocess_register": round(t2 - t1, 1),
                     "flair_alone": round(time.perf_counter() - t2, 1)},
