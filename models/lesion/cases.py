@@ -92,7 +92,9 @@ def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:
     return ref, template.register(shared["n4"][ref], shared["brain_mask"][ref])
 
 
-def synthetic_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Volume], dict[str, np.ndarray], list]:
+def synthetic_study(head: str, seed: int, lesions: int | None
+                    ) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, float]:
+    """Volumes, truth masks and lesions of a synthetic study, and its true lateral-ventricle volume (mL)."""
     from simulator.phantom import make_study
 
     rng = np.random.default_rng([seed, 1501])
@@ -111,8 +113,8 @@ def synthetic_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str
         truth[c] = s["lesion_mask"].astype(np.uint8)
         les = st["lesions"]
     lab = sitk.GetArrayViewFromImage(st["labels"])
-    les.append({"ventricle_ml": float((lab == 1).sum()) * float(np.prod(st["labels"].GetSpacing())) / 1000})
-    return vols, truth, les
+    ventricle_ml = float((lab == 1).sum()) * float(np.prod(st["labels"].GetSpacing())) / 1000
+    return vols, truth, les, ventricle_ml
 
 
 def real_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Volume], dict[str, np.ndarray], list]:
@@ -145,10 +147,11 @@ def real_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Vol
 def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = True) -> tuple[dict, dict]:
     """Arrays (template space and native truth) and the pickled native-side objects of one case."""
     t0 = time.perf_counter()
+    ventricle_ml = None
     if head in REAL_HEADS:
         vols, truth, les = real_study(head, seed, lesions)
     else:
-        vols, truth, les = synthetic_study(head, seed, lesions)
+        vols, truth, les, ventricle_ml = synthetic_study(head, seed, lesions)
     t1 = time.perf_counter()
     shared = preprocess(vols)
     ref, reg = register_study(shared)
@@ -183,11 +186,8 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
             arrays["flair_alone_lesion"] = template.resample_to_template(ftruth, reg_f.to_native, GRID_MM
                                                                          ).astype(np.float16)
             to_tmpl["flair_alone"] = reg_f.to_template
-    extra = [d for d in les if "ventricle_ml" in d]
-    les = [d for d in les if "ventricle_ml" not in d]
     side = {
-        "head": head, "seed": seed, "lesions": les,
-        "true_ventricle_ml": extra[0]["ventricle_ml"] if extra else None, "reference": ref, "registration": reg.summary,
+        "head": head, "seed": seed, "lesions": les, "true_ventricle_ml": ventricle_ml, "reference": ref, "registration": reg.summary,
         "registration_kind": reg.kind, "to_template": to_tmpl, "affine_det": reg.affine_det,
         "native_grids": {c: _grid_only(shared["n4"][c]) for c in vols},
         "seconds": {"synthesis": round(t1 - t0, 1), "preprocess_register": round(t2 - t1, 1),
