@@ -7,7 +7,8 @@ The model card (``card.json``, ``"kind": "voxel_classifier"``,
 * ``template``: ``{"name": ..., "spacing_mm": 1.5}``: the template grid the features are computed on
   (:func:`openrecon_stroke.template.template_grid`);
 * ``features``: feature names in the model's column order (:mod:`openrecon_stroke.voxel_features`);
-* ``normative``: folder of the normative model (relative to the card), when a feature needs it;
+* ``normative``: folder of the normative model (relative to the card, :mod:`openrecon_stroke.normative`),
+  when a feature needs it;
 * ``files``: ``[{"file": "model.onnx", "sha256": ...}]`` (several files are averaged);
 * ``output``: ``{"activation": "probability", "channel": 1}``: which column of the ONNX output
   ``probabilities`` is the lesion class;
@@ -22,9 +23,6 @@ series' own grid (:meth:`VoxelLesionModel.on_grid`).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import SimpleITK as sitk
 
@@ -34,31 +32,6 @@ from .runtime import LazySessions
 
 #: Rows per ONNX Runtime call (bounds memory: rows x features x 4 bytes).
 BLOCK_ROWS = 200_000
-
-
-def load_normative(folder: Path, contrasts, spacing_mm: float) -> voxel_features.Normative:
-    """A normative model folder: ``normative.json`` plus ``<contrast>.npz`` holding ``mean`` and
-    ``std`` (float16) on the template grid of ``spacing_mm``, cropped to ``box`` (z, y, x slices
-    recorded in the json); outside the box the mean is 0 and the std 1."""
-    meta = json.loads((Path(folder) / "normative.json").read_text())
-    if abs(float(meta["spacing_mm"]) - spacing_mm) > 1e-6:
-        raise ModelCardError(
-            f"{folder}: normative model is on a {meta['spacing_mm']} mm grid, the lesion model needs {spacing_mm} mm"
-        )
-    shape = tuple(int(v) for v in meta["shape"])
-    box = tuple(slice(a, b) for a, b in meta["box"])
-    mean, std = {}, {}
-    for c in contrasts:
-        f = Path(folder) / f"{c}.npz"
-        if not f.is_file():
-            raise ModelCardError(f"{folder}: no normative statistics for {c} ({f.name})")
-        with np.load(f) as z:
-            m = np.zeros(shape, np.float32)
-            s = np.ones(shape, np.float32)
-            m[box] = z["mean"].astype(np.float32)
-            s[box] = z["std"].astype(np.float32)
-        mean[c], std[c] = m, s
-    return voxel_features.Normative(mean, std)
 
 
 class VoxelLesionModel:
@@ -72,7 +45,15 @@ class VoxelLesionModel:
     @property
     def normative(self) -> voxel_features.Normative | None:
         if self._normative is None and self.card.normative is not None:
-            self._normative = load_normative(self.card.normative, self.card.inputs, self.card.spacing_mm)
+            from .normative import get_normative
+
+            model = get_normative(self.card.normative)
+            if abs(model.card.spacing_mm - self.card.spacing_mm) > 1e-6:
+                raise ModelCardError(
+                    f"{self.card.path}: its normative model is on a {model.card.spacing_mm} mm "
+                    f"grid, the model needs {self.card.spacing_mm} mm"
+                )
+            self._normative = model.as_features()
         return self._normative
 
     def load(self) -> None:

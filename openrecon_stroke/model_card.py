@@ -41,6 +41,9 @@ import-nnunet``); with it ``normalisation`` is ``"nnunet_v2"`` and ``spacing_mm`
 **voxel_classifier** (:class:`VoxelClassifierCard`): a template-space voxel classifier (the
 lesion models); see its fields.
 
+**normative** (:class:`NormativeCard`): healthy-brain statistics in template space (the anomaly
+map, and features of the lesion models); see its fields.
+
 A new family is a :class:`Card` subclass with its ``kind`` and :meth:`Card.parse`, and one entry
 in :data:`CARD_KINDS`. Keys a family does not model (training notes, metrics) stay readable as
 ``card["key"]``. Sessions, threads and folders are :mod:`openrecon_stroke.runtime`'s.
@@ -344,6 +347,62 @@ class VoxelClassifierCard(Card):
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class NormativeCard(Card):
+    """Healthy-brain statistics in template space (:mod:`openrecon_stroke.normative`):
+    ``contrasts``, the template grid (``spacing_mm``, full ``shape`` (z, y, x) and the ``box``
+    the files hold), the anomaly score's ``smoothing_mm`` and ``calibration`` (contrast
+    combination -> raw score of the 99.9th percentile in held-out healthy brains), the healthy
+    ``ventricle_ml`` range (mean, std) and ``jacobian`` (spacing_mm, shape, box of
+    ``jacobian.npz``) when built."""
+
+    kind: ClassVar[str] = "normative"
+
+    contrasts: tuple[str, ...]
+    spacing_mm: float
+    shape: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...]
+    smoothing_mm: float = 2.0
+    calibration: dict = field(default_factory=dict)
+    ventricle_ml: dict = field(default_factory=dict)
+    jacobian: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.contrasts or any(c not in ("t1", "flair") for c in self.contrasts):
+            raise ModelCardError(f"{self.path}: contrasts must be among t1, flair; got {self.contrasts}")
+        if (
+            len(self.shape) != 3
+            or len(self.box) != 3
+            or any(not 0 <= a < b <= n for (a, b), n in zip(self.box, self.shape))
+        ):
+            raise ModelCardError(f"{self.path}: box must be three [start, stop) ranges inside shape")
+        bad = [k for k in self.calibration if any(c not in self.contrasts for c in k.split("+"))]
+        if bad or any(float(v) <= 0 for v in self.calibration.values()):
+            raise ModelCardError(f"{self.path}: calibration needs positive scores for known contrasts ({bad})")
+
+    @classmethod
+    def parse(cls, common, d):
+        jac = d.get("jacobian")
+        return cls(
+            **common,
+            contrasts=tuple(d["contrasts"]),
+            spacing_mm=float(d["template"]["spacing_mm"]),
+            shape=_ints3(d["shape"]),
+            box=tuple((int(a), int(b)) for a, b in d["box"]),
+            smoothing_mm=float(d.get("smoothing_mm", 2.0)),
+            calibration={str(k): float(v) for k, v in d.get("calibration", {}).items()},
+            ventricle_ml=dict(d.get("ventricle_ml", {})),
+            jacobian=None
+            if jac is None
+            else {
+                "spacing_mm": float(jac["spacing_mm"]),
+                "shape": _ints3(jac["shape"]),
+                "box": tuple((int(a), int(b)) for a, b in jac["box"]),
+            },
+        )
+
+
 @dataclass(frozen=True)
 class CropToHead:
     """HD-BET speed-up: run the network on the head's bounding box only (see
@@ -413,7 +472,7 @@ class BrainExtractionCard(Card):
 
 #: ``kind`` -> card class (one entry per model family)
 CARD_KINDS: dict[str, type[Card]] = {
-    c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard, VoxelClassifierCard)
+    c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard, VoxelClassifierCard, NormativeCard)
 }
 
 

@@ -59,8 +59,15 @@ def native_labels(image: sitk.Image, brain: sitk.Image, reg, contrast: str) -> t
     return out, hout
 
 
-def paint(image: sitk.Image, labels_with_lesions: sitk.Image, lesion_index: sitk.Image, lesions: list[dict],
-          contrast: str, rng: np.random.Generator, bias: sitk.Image | None = None) -> tuple[sitk.Image, list[dict]]:
+def paint(
+    image: sitk.Image,
+    labels_with_lesions: sitk.Image,
+    lesion_index: sitk.Image,
+    lesions: list[dict],
+    contrast: str,
+    rng: np.random.Generator,
+    bias: sitk.Image | None = None,
+) -> tuple[sitk.Image, list[dict]]:
     """``image`` with the lesions of ``labels_with_lesions`` (core/rim labels) painted in.
 
     ``lesion_index`` numbers each lesion's voxels (as :func:`simulator.anatomy.insert_lesions`
@@ -74,8 +81,10 @@ def paint(image: sitk.Image, labels_with_lesions: sitk.Image, lesion_index: sitk
     lab = sitk.GetArrayFromImage(labels_with_lesions)
     idx = sitk.GetArrayFromImage(lesion_index)
     brain = np.isin(lab, anatomy.BRAIN_LABELS)
-    med = {t: float(np.median(flat[lab == t])) if np.any(lab == t) else np.nan
-           for t in (Tissue.WM, Tissue.GM, Tissue.CSF, Tissue.EXTRA_CSF)}
+    med = {
+        t: float(np.median(flat[lab == t])) if np.any(lab == t) else np.nan
+        for t in (Tissue.WM, Tissue.GM, Tissue.CSF, Tissue.EXTRA_CSF)
+    }
     wm = med[Tissue.WM]
     csf = np.nanmin([med[Tissue.CSF], med[Tissue.EXTRA_CSF]])
     target = np.zeros_like(flat)
@@ -109,16 +118,22 @@ def paint(image: sitk.Image, labels_with_lesions: sitk.Image, lesion_index: sitk
     return out, lesions
 
 
-def insert(image: sitk.Image, brain: sitk.Image, reg, contrast: str, rng: np.random.Generator,
-           n_lesions: int | None = None, kinds=None, bias: sitk.Image | None = None
-           ) -> tuple[sitk.Image, sitk.Image, list[dict]]:
+def insert(
+    image: sitk.Image,
+    brain: sitk.Image,
+    reg,
+    contrast: str,
+    rng: np.random.Generator,
+    n_lesions: int | None = None,
+    kinds=None,
+    bias: sitk.Image | None = None,
+) -> tuple[sitk.Image, sitk.Image, list[dict]]:
     """Insert chronic stroke lesions into a real image (see the module docstring).
 
     Returns ``(image_with_lesions, lesion_mask (uint8 0/1 on the image grid), lesions)``.
     """
     labels, hemi = native_labels(image, brain, reg, contrast)
-    labels_l, index, lesions = anatomy.insert_lesions(labels, rng, n_lesions, kinds, hemispheres=hemi,
-                                                      ex_vacuo=False)
+    labels_l, index, lesions = anatomy.insert_lesions(labels, rng, n_lesions, kinds, hemispheres=hemi, ex_vacuo=False)
     out, lesions = paint(image, labels_l, index, lesions, contrast, rng, bias)
     mask = sitk.Cast(index > 0, sitk.sitkUInt8)
     return out, mask, lesions

@@ -92,8 +92,9 @@ def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:
     return ref, template.register(shared["n4"][ref], shared["brain_mask"][ref])
 
 
-def synthetic_study(head: str, seed: int, lesions: int | None
-                    ) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, float]:
+def synthetic_study(
+    head: str, seed: int, lesions: int | None
+) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, float]:
     """Volumes, truth masks and lesions of a synthetic study, and its true lateral-ventricle volume (mL)."""
     from simulator.phantom import make_study
 
@@ -101,13 +102,21 @@ def synthetic_study(head: str, seed: int, lesions: int | None
     orient = {"t1": ORIENT_T1[rng.integers(len(ORIENT_T1))], "flair": ORIENT_FLAIR[rng.integers(len(ORIENT_FLAIR))]}
     kinds = None
     if lesions and rng.random() < 0.15:
-        kinds = ["cerebellar"] + [str(k) for k in rng.choice(["lacunar", "cortical", "subcortical", "territorial"],
-                                                             size=max(lesions - 1, 0))]
+        kinds = ["cerebellar"] + [
+            str(k) for k in rng.choice(["lacunar", "cortical", "subcortical", "territorial"], size=max(lesions - 1, 0))
+        ]
     vols, truth, les = {}, {}, []
     st: dict = {}
     for c in ("t1", "flair"):
-        st = make_study(head_source(head), seed, randomize="realistic", orientation=orient[c], series=(c,),
-                        n_lesions=lesions if kinds is None else len(kinds), kinds=kinds)
+        st = make_study(
+            head_source(head),
+            seed,
+            randomize="realistic",
+            orientation=orient[c],
+            series=(c,),
+            n_lesions=lesions if kinds is None else len(kinds),
+            kinds=kinds,
+        )
         s = st["series"][c]
         vols[c] = s["volume"]
         truth[c] = s["lesion_mask"].astype(np.uint8)
@@ -138,8 +147,16 @@ def real_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Vol
     kinds = None
     if rng.random() < 0.15:
         kinds = ["cerebellar"] + [str(k) for k in rng.choice(["lacunar", "cortical", "subcortical"], size=lesions - 1)]
-    new, mask, les = real_lesions.insert(img, shared["brain_mask"][contrast], reg, contrast, rng,
-                                         n_lesions=lesions if kinds is None else None, kinds=kinds, bias=bias)
+    new, mask, les = real_lesions.insert(
+        img,
+        shared["brain_mask"][contrast],
+        reg,
+        contrast,
+        rng,
+        n_lesions=lesions if kinds is None else None,
+        kinds=kinds,
+        bias=bias,
+    )
     vol = Volume.from_sitk(new, description=vol.description)
     return {contrast: vol}, {contrast: sitk.GetArrayFromImage(mask)}, les
 
@@ -162,8 +179,9 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
     arrays: dict[str, np.ndarray] = {}
     for c, tx in to_nat.items():
         arrays[c] = template.resample_to_template(shared["n4"][c], tx, GRID_MM)
-    arrays["brain"] = (template.resample_to_template(shared["brain_mask"][ref], to_nat[ref], GRID_MM) >= 0.5
-                       ).astype(np.uint8)
+    arrays["brain"] = (template.resample_to_template(shared["brain_mask"][ref], to_nat[ref], GRID_MM) >= 0.5).astype(
+        np.uint8
+    )
     if reg.log_jacobian is not None:  # the deformation's local volume change (2 mm template grid)
         arrays["log_jacobian"] = sitk.GetArrayFromImage(reg.log_jacobian).astype(np.float32)
     ref_truth = sitk.GetImageFromArray(truth[ref].astype(np.float32))
@@ -178,20 +196,32 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
         _, reg_f = register_study(alone)
         if reg_f.ok:
             arrays["flair_alone"] = template.resample_to_template(alone["n4"]["flair"], reg_f.to_native, GRID_MM)
-            arrays["flair_alone_brain"] = (template.resample_to_template(alone["brain_mask"]["flair"], reg_f.to_native,
-                                                                         GRID_MM) >= 0.5).astype(np.uint8)
+            arrays["flair_alone_brain"] = (
+                template.resample_to_template(alone["brain_mask"]["flair"], reg_f.to_native, GRID_MM) >= 0.5
+            ).astype(np.uint8)
             arrays["native_flair_alone_brain"] = sitk.GetArrayFromImage(alone["brain_mask"]["flair"]).astype(np.uint8)
             ftruth = sitk.GetImageFromArray(truth["flair"].astype(np.float32))
             ftruth.CopyInformation(alone["n4"]["flair"])
-            arrays["flair_alone_lesion"] = template.resample_to_template(ftruth, reg_f.to_native, GRID_MM
-                                                                         ).astype(np.float16)
+            arrays["flair_alone_lesion"] = template.resample_to_template(ftruth, reg_f.to_native, GRID_MM).astype(
+                np.float16
+            )
             to_tmpl["flair_alone"] = reg_f.to_template
     side = {
-        "head": head, "seed": seed, "lesions": les, "true_ventricle_ml": ventricle_ml, "reference": ref, "registration": reg.summary,
-        "registration_kind": reg.kind, "to_template": to_tmpl, "affine_det": reg.affine_det,
+        "head": head,
+        "seed": seed,
+        "lesions": les,
+        "true_ventricle_ml": ventricle_ml,
+        "reference": ref,
+        "registration": reg.summary,
+        "registration_kind": reg.kind,
+        "to_template": to_tmpl,
+        "affine_det": reg.affine_det,
         "native_grids": {c: _grid_only(shared["n4"][c]) for c in vols},
-        "seconds": {"synthesis": round(t1 - t0, 1), "preprocess_register": round(t2 - t1, 1),
-                    "flair_alone": round(time.perf_counter() - t2, 1)},
+        "seconds": {
+            "synthesis": round(t1 - t0, 1),
+            "preprocess_register": round(t2 - t1, 1),
+            "flair_alone": round(time.perf_counter() - t2, 1),
+        },
         "true_ml": {c: float(truth[c].sum()) * float(np.prod(vols[c].grid.spacing)) / 1000 for c in vols},
     }
     return arrays, side
@@ -205,6 +235,18 @@ def _grid_only(img: sitk.Image) -> sitk.Image:
 
 def case_path(cache: Path, head: str, seed: int) -> Path:
     return Path(cache) / f"{head}_{seed}.npz"
+
+
+def list_cases(cache: Path, heads) -> list[tuple[str, int]]:
+    """The complete cases of these heads in ``cache``, as (head, seed)."""
+    out = []
+    for p in sorted(Path(cache).glob("*.npz")):
+        if p.name.endswith(".tmp.npz") or not p.with_suffix(".pkl").exists():
+            continue
+        head, _, seed = p.stem.rpartition("_")
+        if head in heads:
+            out.append((head, int(seed)))
+    return out
 
 
 def load_case(cache: Path, head: str, seed: int, side: bool = False):
@@ -261,26 +303,44 @@ def main(argv=None) -> int:
     p.add_argument("--heads", nargs="+", required=True)
     p.add_argument("--seeds", default="0-3", help="seeds of cases with lesions, e.g. 0-3")
     p.add_argument("--healthy-seeds", default="100", help="seeds of healthy cases (no lesion), e.g. 100,101")
-    p.add_argument("--no-flair-alone", action="store_true",
-                   help="skip the FLAIR-alone preprocessing (HD-BET and registration on the FLAIR itself)")
+    p.add_argument(
+        "--no-flair-alone",
+        action="store_true",
+        help="skip the FLAIR-alone preprocessing (HD-BET and registration on the FLAIR itself)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    jobs = [(h, s, n) for h in expand(args.heads)
-            for s, n in [(s, None) for s in seeds(args.seeds)] + [(s, 0) for s in seeds(args.healthy_seeds)]]
+    jobs = [
+        (h, s, n)
+        for h in expand(args.heads)
+        for s, n in [(s, None) for s in seeds(args.seeds)] + [(s, 0) for s in seeds(args.healthy_seeds)]
+    ]
     t0 = time.perf_counter()
     failed = []
     for i, (h, s, n) in enumerate(jobs, 1):
         if case_path(args.cache, h, s).exists():
             continue
         try:
-            ensure_case(args.cache, h, s, n if n == 0 else (None if h not in REAL_HEADS else int(1 + s % 3)),
-                        not args.no_flair_alone)
+            ensure_case(
+                args.cache,
+                h,
+                s,
+                n if n == 0 else (None if h not in REAL_HEADS else int(1 + s % 3)),
+                not args.no_flair_alone,
+            )
         except Exception as e:  # keep going: one bad case must not stop the set
             log.exception("case %s seed %d failed", h, s)
             failed.append(f"{h}_{s}: {e}")
         el = time.perf_counter() - t0
-        log.info("case %d/%d (%s seed %d) done; %.0f s elapsed, ~%.0f s left", i, len(jobs), h, s, el,
-                 el / i * (len(jobs) - i))
+        log.info(
+            "case %d/%d (%s seed %d) done; %.0f s elapsed, ~%.0f s left",
+            i,
+            len(jobs),
+            h,
+            s,
+            el,
+            el / i * (len(jobs) - i),
+        )
     if failed:
         log.error("%d case(s) failed: %s", len(failed), "; ".join(failed))
     return 1 if failed else 0
@@ -297,10 +357,21 @@ def model_view(arrays: dict, inputs: tuple[str, ...]) -> dict | None:
     model on a study that also had a T1-w sees the FLAIR as analysed alone. None when the case
     lacks an input."""
     if inputs == ("flair",) and "flair_alone" in arrays:
-        return {"images": {"flair": arrays["flair_alone"]}, "brain": arrays["flair_alone_brain"] > 0,
-                "lesion": arrays["flair_alone_lesion"], "target": "flair",
-                "native_brain": "native_flair_alone_brain", "transform": "flair_alone"}
+        return {
+            "images": {"flair": arrays["flair_alone"]},
+            "brain": arrays["flair_alone_brain"] > 0,
+            "lesion": arrays["flair_alone_lesion"],
+            "target": "flair",
+            "native_brain": "native_flair_alone_brain",
+            "transform": "flair_alone",
+        }
     if not all(c in arrays for c in inputs):
         return None
-    return {"images": {c: arrays[c] for c in inputs}, "brain": arrays["brain"] > 0, "lesion": arrays["lesion"],
-            "target": inputs[0], "native_brain": f"native_{inputs[0]}_brain", "transform": inputs[0]}
+    return {
+        "images": {c: arrays[c] for c in inputs},
+        "brain": arrays["brain"] > 0,
+        "lesion": arrays["lesion"],
+        "target": inputs[0],
+        "native_brain": f"native_{inputs[0]}_brain",
+        "transform": inputs[0],
+    }

@@ -24,17 +24,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import expand, model_view  # noqa: E402
+
 from openrecon_stroke.lesion import postprocess  # noqa: E402
 from openrecon_stroke.lesion_voxel import VoxelLesionModel  # noqa: E402
-from openrecon_stroke.model_card import VoxelClassifierCard  # noqa: E402
 from openrecon_stroke.metrics import lesion_table, summarise  # noqa: E402
+from openrecon_stroke.model_card import VoxelClassifierCard  # noqa: E402
 
 log = logging.getLogger("evaluate_voxel")
 INPUTS = {"t1": ("t1",), "flair": ("flair",), "fusion": ("t1", "flair")}
@@ -61,8 +61,12 @@ def predict_native(model: VoxelLesionModel, arrays: dict, side: dict) -> tuple[n
 
 
 def case_list(cache: Path, heads) -> list[tuple[str, int]]:
-    return [(h, int(p.stem.rpartition("_")[2])) for h in heads for p in sorted(Path(cache).glob(f"{h}_*.npz"))
-            if not p.name.endswith(".tmp.npz") and p.with_suffix(".pkl").exists()]
+    return [
+        (h, int(p.stem.rpartition("_")[2]))
+        for h in heads
+        for p in sorted(Path(cache).glob(f"{h}_*.npz"))
+        if not p.name.endswith(".tmp.npz") and p.with_suffix(".pkl").exists()
+    ]
 
 
 def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict | None:
@@ -95,10 +99,16 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict |
                 r = lesion_table(truth, pred, spacing_zyx)
                 rows[t].append(r)
                 if t == thresholds[0]:
-                    per_case.append({"case": f"{head}_{seed}", "dice": round(r["dice"], 3),
-                                     "f1": round(r["lesion_f1"], 3), "true_ml": round(r["true_volume_ml"], 2),
-                                     "pred_ml": round(r["pred_volume_ml"], 2),
-                                     "missed_ge_1ml": _missed(truth, pred, vox)})
+                    per_case.append(
+                        {
+                            "case": f"{head}_{seed}",
+                            "dice": round(r["dice"], 3),
+                            "f1": round(r["lesion_f1"], 3),
+                            "true_ml": round(r["true_volume_ml"], 2),
+                            "pred_ml": round(r["pred_volume_ml"], 2),
+                            "missed_ge_1ml": _missed(truth, pred, vox),
+                        }
+                    )
             else:
                 fp = float(pred.sum()) * vox / 1000
                 healthy[t].append(fp)
@@ -136,12 +146,14 @@ def fmt(res: dict) -> str:
     for t, s in res["by_threshold"].items():
         b = s.get("buckets", {})
         bs = "; ".join(f"{k}: recall {v['recall']:.2f} dice {v['dice']:.2f} (n={v['n_true']})" for k, v in b.items())
-        lines.append(f"{res['model']:24s} thr {t}: Dice {s.get('dice', float('nan')):.3f} F1 {s.get('lesion_f1', float('nan')):.3f} "
-                     f"ASD {s.get('asd_mm', float('nan')):.1f} mm, pred {s.get('pred_volume_ml', float('nan')):.1f} / true "
-                     f"{s.get('true_volume_ml', float('nan')):.1f} mL (n={s['n_cases']}); healthy FP mean "
-                     f"{s['healthy_fp_ml_mean'] if s['healthy_fp_ml_mean'] is not None else float('nan'):.2f} max "
-                     f"{s['healthy_fp_ml_max'] if s['healthy_fp_ml_max'] is not None else float('nan'):.2f} mL "
-                     f"(n={s['healthy_cases']}) | {bs}")
+        lines.append(
+            f"{res['model']:24s} thr {t}: Dice {s.get('dice', float('nan')):.3f} F1 {s.get('lesion_f1', float('nan')):.3f} "
+            f"ASD {s.get('asd_mm', float('nan')):.1f} mm, pred {s.get('pred_volume_ml', float('nan')):.1f} / true "
+            f"{s.get('true_volume_ml', float('nan')):.1f} mL (n={s['n_cases']}); healthy FP mean "
+            f"{s['healthy_fp_ml_mean'] if s['healthy_fp_ml_mean'] is not None else float('nan'):.2f} max "
+            f"{s['healthy_fp_ml_max'] if s['healthy_fp_ml_max'] is not None else float('nan'):.2f} mL "
+            f"(n={s['healthy_cases']}) | {bs}"
+        )
     return "\n".join(lines)
 
 
@@ -161,9 +173,9 @@ def main(argv=None) -> int:
     results = {}
     for key in args.inputs:
         if args.loo:
-            res = evaluate(lambda h: args.models / h / key, args.cache, heads, thresholds, key)
+            res = evaluate(lambda h, k=key: args.models / h / k, args.cache, heads, thresholds, key)
         else:
-            res = evaluate(lambda h: args.models / key, args.cache, heads, thresholds, key)
+            res = evaluate(lambda h, k=key: args.models / k, args.cache, heads, thresholds, key)
         if res is None:
             log.warning("%s: no model or no case", key)
             continue

@@ -1,14 +1,15 @@
-"""Train the template-space lesion models: a normative model of healthy tissue, then a LightGBM
-voxel classifier per input (T1-w, FLAIR, T1-w + FLAIR), exported to ONNX with a model card.
+"""Train the template-space lesion models: a LightGBM voxel classifier per input (T1-w, FLAIR,
+T1-w + FLAIR), exported to ONNX with a model card.
 
 Data: cases made by ``models/lesion/cases.py`` (every head through the pipeline's own
-preprocessing and template registration). Training heads and test heads never overlap: by
+preprocessing and template registration); normative z-score features from the normative model
+``--normative`` (``models/normative/build.py``). Training heads and test heads never overlap: by
 default SynthSeg maps 01-14 and the MNI head train, maps 15-20 test; a real head trains only
 the models that are not tested on it (``--exclude``; ``evaluate_voxel.py --loo`` does that
 for each real head in turn).
 
-    .venv/bin/python models/lesion/voxel_train.py --cache CASES --out models/lesion_voxel \\
-        [--exclude chris_t1] [--inputs t1 flair fusion]
+    .venv/bin/python models/lesion/voxel_train.py --cache CASES --normative models/normative \\
+        --out models/lesion [--exclude chris_t1] [--inputs t1 flair fusion]
 
 Needs the ``train`` extra (lightgbm, onnxmltools); the runtime needs only onnxruntime.
 """
@@ -18,18 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cases import model_view  # noqa: E402
+from cases import list_cases, model_view  # noqa: E402
+
 from openrecon_stroke import template, voxel_features  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
 
@@ -43,17 +45,6 @@ INPUTS = {"t1": ("t1",), "flair": ("flair",), "fusion": ("t1", "flair")}
 UNSURE = (0.25, 0.75)
 
 
-def list_cases(cache: Path, heads) -> list[tuple[str, int]]:
-    out = []
-    for p in sorted(Path(cache).glob("*.npz")):
-        if p.name.endswith(".tmp.npz") or not p.with_suffix(".pkl").exists():
-            continue
-        head, _, seed = p.stem.rpartition("_")
-        if head in heads:
-            out.append((head, int(seed)))
-    return out
-
-
 def load(cache: Path, head: str, seed: int) -> dict:
     with np.load(Path(cache) / f"{head}_{seed}.npz") as z:
         return {k: z[k] for k in z.files if not k.startswith("native_")}
@@ -65,69 +56,19 @@ def brain_of(case: dict) -> np.ndarray:
 
 def case_means(case: dict, priors: dict) -> dict[str, dict[str, float]]:
     b = brain_of(case) & (priors["brain"] > 0)
-    return {c: template.tissue_means(case[c], priors["gm"], priors["wm"], priors["csf"], b)
-            for c in ("t1", "flair") if c in case}
-
-
-# --------------------------------------------------------------------------------------------
-# normative model
-# --------------------------------------------------------------------------------------------
-def build_normative(cache: Path, cases, priors: dict, smooth_mm: float = 2.0, min_std: float = 0.04,
-                    exclude_mm: float = 4.0) -> tuple[dict, dict, dict]:
-    """Per contrast, per-voxel mean and standard deviation of white-matter-relative intensity over
-    the given cases' brains, lesion voxels (dilated ``exclude_mm``) left out; smoothed
-    ``smooth_mm`` (normalised inside the voxels with data), the standard deviation floored at
-    ``min_std``. Returns ``(mean, std, count)`` dicts per contrast."""
-    acc = {}
-    for head, seed in cases:
-        case = load(cache, head, seed)
-        means = case_means(case, priors)
-        keep = brain_of(case)
-        les = case["lesion"].astype(np.float32) > 0.1
-        if les.any():
-            keep &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(exclude_mm / GRID_MM))))
-        for c, m in means.items():
-            rel = voxel_features.relative_intensity(case[c], m["wm"])
-            s = acc.setdefault(c, [np.zeros(keep.shape, np.float64) for _ in range(3)])
-            s[0] += keep
-            s[1] += np.where(keep, rel, 0)
-            s[2] += np.where(keep, rel.astype(np.float64) ** 2, 0)
-    mean, std, count = {}, {}, {}
-    sig = smooth_mm / GRID_MM
-    for c, (n, s1, s2) in acc.items():
-        has = n >= 3
-        nf = ndimage.gaussian_filter(n, sig)
-        mu = ndimage.gaussian_filter(s1, sig) / np.maximum(nf, 1e-6)
-        ex2 = ndimage.gaussian_filter(s2, sig) / np.maximum(nf, 1e-6)
-        sd = np.sqrt(np.maximum(ex2 - mu * mu, 0))
-        mean[c] = np.where(has, mu, 0).astype(np.float32)
-        std[c] = np.where(has, np.maximum(sd, min_std), 1.0).astype(np.float32)
-        count[c] = n.astype(np.int32)
-        log.info("normative %s: %d heads, median voxel count %d", c, int(n.max()), int(np.median(n[has])))
-    return mean, std, count
-
-
-def save_normative(out: Path, mean: dict, std: dict, count: dict, heads: list[str]) -> None:
-    """Normative folder: ``normative.json`` + ``<contrast>.npz`` (float16, cropped to the box with data)."""
-    out.mkdir(parents=True, exist_ok=True)
-    anyc = next(iter(count.values()))
-    nz = np.argwhere(sum((v > 0) for v in count.values()))
-    lo, hi = nz.min(0), nz.max(0) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    for c in mean:
-        np.savez_compressed(out / f"{c}.npz", mean=mean[c][box].astype(np.float16), std=std[c][box].astype(np.float16))
-    meta = {"spacing_mm": GRID_MM, "shape": list(anyc.shape), "box": [[s.start, s.stop] for s in box],
-            "template": template.TEMPLATE_NAME, "contrasts": sorted(mean),
-            "heads": {c: int(count[c].max()) for c in count}, "training_heads": heads,
-            "sha256": {c: file_sha256(out / f"{c}.npz") for c in mean}}
-    (out / "normative.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return {
+        c: template.tissue_means(case[c], priors["gm"], priors["wm"], priors["csf"], b)
+        for c in ("t1", "flair")
+        if c in case
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # samples
 # --------------------------------------------------------------------------------------------
-def samples(case: dict, inputs, names, priors, normative, rng, n_neg: int = 30000, n_hard: int = 10000,
-            max_pos: int = 20000):
+def samples(
+    case: dict, inputs, names, priors, normative, rng, n_neg: int = 30000, n_hard: int = 10000, max_pos: int = 20000
+):
     """Rows of one case: lesion voxels (up to ``max_pos``), ``n_neg`` random brain voxels and
     ``n_hard`` brain voxels whose intensity differs most from what the template expects (CSF,
     vessels: where the false positives come from). Weights make the negatives stand for every
@@ -135,7 +76,9 @@ def samples(case: dict, inputs, names, priors, normative, rng, n_neg: int = 3000
     v = model_view(case, inputs)
     brain = v["brain"]
     b = brain & (priors["brain"] > 0)
-    means = {c: template.tissue_means(img, priors["gm"], priors["wm"], priors["csf"], b) for c, img in v["images"].items()}
+    means = {
+        c: template.tissue_means(img, priors["gm"], priors["wm"], priors["csf"], b) for c, img in v["images"].items()
+    }
     x = voxel_features.compute(names, v["images"], brain, means, priors, GRID_MM, normative)
     frac = v["lesion"].astype(np.float32)[brain]
     pos = np.flatnonzero(frac >= UNSURE[1])
@@ -151,7 +94,7 @@ def samples(case: dict, inputs, names, priors, normative, rng, n_neg: int = 3000
     # (they also stand in the random draw: the weights of both keep the total right)
     j = names.index(f"{inputs[0]}_expect")
     score = np.abs(x[neg_all, j])
-    top = neg_all[np.argsort(score)[-min(n_hard * 5, neg_all.size):]]
+    top = neg_all[np.argsort(score)[-min(n_hard * 5, neg_all.size) :]]
     hard = rng.choice(top, min(n_hard, top.size), replace=False)
     idx = np.concatenate([pos, neg, hard])
     y = np.concatenate([np.ones(pos.size), np.zeros(neg.size + hard.size)]).astype(np.float32)
@@ -162,9 +105,19 @@ def samples(case: dict, inputs, names, priors, normative, rng, n_neg: int = 3000
 def train_model(X, y, w, Xv=None, yv=None, wv=None, rounds: int = 400, pos_weight: float = 1.0, seed: int = 0):
     import lightgbm as lgb
 
-    params = dict(objective="binary", learning_rate=0.05, num_leaves=63, min_data_in_leaf=200,
-                  feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1, lambda_l2=1.0,
-                  num_threads=2, verbose=-1, seed=seed)
+    params = dict(
+        objective="binary",
+        learning_rate=0.05,
+        num_leaves=63,
+        min_data_in_leaf=200,
+        feature_fraction=0.8,
+        bagging_fraction=0.8,
+        bagging_freq=1,
+        lambda_l2=1.0,
+        num_threads=2,
+        verbose=-1,
+        seed=seed,
+    )
     wt = w * np.where(y > 0, pos_weight, 1.0)
     dtrain = lgb.Dataset(X, y, weight=wt)
     valid = []
@@ -180,19 +133,24 @@ def export_onnx(booster, n_features: int, path: Path) -> None:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    onx = onnxmltools.convert_lightgbm(booster, initial_types=[("features", FloatTensorType([None, n_features]))],
-                                       zipmap=False, target_opset=15)
+    onx = onnxmltools.convert_lightgbm(
+        booster, initial_types=[("features", FloatTensorType([None, n_features]))], zipmap=False, target_opset=15
+    )
     path.write_bytes(onx.SerializeToString())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="folder for normative/ and one folder per model")
+    ap.add_argument("--out", type=Path, required=True, help="folder for one sub-folder per model (t1, flair, fusion)")
+    ap.add_argument("--normative", type=Path, required=True, help="normative model folder (models/normative/build.py)")
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     ap.add_argument("--exclude", nargs="*", default=[], help="heads left out (held out for a LOO test)")
-    ap.add_argument("--features", default="all", help="'all', or a comma list of image features to keep "
-                                                       "(ablation), e.g. int,int_s2,z")
+    ap.add_argument(
+        "--features",
+        default="all",
+        help="'all', or a comma list of image features to keep (ablation), e.g. int,int_s2,z",
+    )
     ap.add_argument("--no-priors", action="store_true", help="leave out the template prior features (ablation)")
     ap.add_argument("--rounds", type=int, default=400)
     ap.add_argument("--pos-weight", type=float, default=1.0)
@@ -205,11 +163,9 @@ def main(argv=None) -> int:
         log.error("no cases for heads %s in %s; make them with models/lesion/cases.py", heads, args.cache)
         return 2
     priors = template.load_template(GRID_MM).arrays()
-    t0 = time.perf_counter()
-    mean, std, count = build_normative(args.cache, cases, priors)
-    save_normative(args.out / "normative", mean, std, count, sorted({h for h, _ in cases}))
-    normative = voxel_features.Normative(mean, std)
-    log.info("normative model from %d cases in %.0f s", len(cases), time.perf_counter() - t0)
+    from openrecon_stroke.normative import get_normative
+
+    normative = get_normative(args.normative).as_features()
     img_feats = voxel_features.IMAGE_FEATURES if args.features == "all" else tuple(args.features.split(","))
     pri_feats = () if args.no_priors else voxel_features.PRIOR_FEATURES
     rng = np.random.default_rng(args.seed)
@@ -236,23 +192,39 @@ def main(argv=None) -> int:
         export_onnx(booster, len(names), folder / "model.onnx")
         imp = dict(zip(names, booster.feature_importance("gain").round(1).tolist()))
         card = {
-            "kind": "voxel_classifier", "name": f"lesion-voxel-{key}", "version": "0.2.0",
+            "kind": "voxel_classifier",
+            "name": f"lesion-voxel-{key}",
+            "version": "0.2.0",
             "description": "LightGBM voxel classifier on template-space features (normative z-scores, "
-                           "left-right mirror differences, tissue priors); chronic stroke lesion vs not",
-            "inputs": list(inputs), "template": {"name": template.TEMPLATE_NAME, "spacing_mm": GRID_MM},
-            "features": names, "normative": "../normative",
+            "left-right mirror differences, tissue priors); chronic stroke lesion vs not",
+            "inputs": list(inputs),
+            "template": {"name": template.TEMPLATE_NAME, "spacing_mm": GRID_MM},
+            "features": names,
+            "normative": os.path.relpath(args.normative.resolve(), folder.resolve()),
             "output": {"activation": "probability", "channel": 1, "classes": ["background", "lesion"]},
-            "threshold": 0.2, "min_lesion_mm3": 10.0, "smoothing_mm": 0.0,
+            "threshold": 0.2,
+            "min_lesion_mm3": 10.0,
+            "smoothing_mm": 0.0,
             "files": [{"file": "model.onnx", "sha256": file_sha256(folder / "model.onnx")}],
-            "status": "experimental", "status_note": "not yet evaluated",
-            "training": {"heads": sorted({h for h, _ in use}), "excluded": list(args.exclude), "cases": n_cases,
-                         "rows": int(len(Y)), "lesion_rows": int(Y.sum()), "rounds": booster.current_iteration(),
-                         "pos_weight": args.pos_weight, "seconds": round(time.perf_counter() - t1, 1),
-                         "feature_gain": imp,
-                         "command": "models/lesion/voxel_train.py " + " ".join(argv if argv is not None else sys.argv[1:])},
+            "status": "experimental",
+            "status_note": "not yet evaluated",
+            "training": {
+                "heads": sorted({h for h, _ in use}),
+                "excluded": list(args.exclude),
+                "cases": n_cases,
+                "rows": int(len(Y)),
+                "lesion_rows": int(Y.sum()),
+                "rounds": booster.current_iteration(),
+                "pos_weight": args.pos_weight,
+                "seconds": round(time.perf_counter() - t1, 1),
+                "feature_gain": imp,
+                "command": "models/lesion/voxel_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            },
         }
         (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-        log.info("%s: trained %d rounds in %.0f s -> %s", key, booster.current_iteration(), time.perf_counter() - t1, folder)
+        log.info(
+            "%s: trained %d rounds in %.0f s -> %s", key, booster.current_iteration(), time.perf_counter() - t1, folder
+        )
     return 0
 
 

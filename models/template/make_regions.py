@@ -32,13 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from openrecon_stroke import template  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
 
+
 def build() -> tuple[np.ndarray, sitk.Image, dict[int, str]]:
     from simulator import anatomy
     from simulator.anatomy import Tissue
 
     grid = template.load_template(1.0).grid
-    lab = sitk.GetArrayFromImage(sitk.Resample(anatomy.load_head("mni"), grid, sitk.Transform(),
-                                               sitk.sitkNearestNeighbor, 0))
+    lab = sitk.GetArrayFromImage(
+        sitk.Resample(anatomy.load_head("mni"), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    )
     # MNI (RAS) coordinates of every voxel
     zi, yi, xi = np.indices(lab.shape, dtype=np.float32)
     o, sp = np.array(grid.GetOrigin()), np.array(grid.GetSpacing())
@@ -87,10 +89,15 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     f = args.out / "regions.nii.gz"
     sitk.WriteImage(img, str(f), useCompression=True)
-    meta = {"labels": {str(k): v for k, v in names.items()}, "template": template.TEMPLATE_NAME,
-            "file": f.name, "sha256": file_sha256(f), "command": "models/template/make_regions.py",
-            "note": "lobar boundaries are planes in MNI coordinates (approximate); deep structures, "
-                    "ventricles, cerebellum and brainstem from the simulator's MNI head"}
+    meta = {
+        "labels": {str(k): v for k, v in names.items()},
+        "template": template.TEMPLATE_NAME,
+        "file": f.name,
+        "sha256": file_sha256(f),
+        "command": "models/template/make_regions.py",
+        "note": "lobar boundaries are planes in MNI coordinates (approximate); deep structures, "
+        "ventricles, cerebellum and brainstem from the simulator's MNI head",
+    }
     (args.out / "regions.json").write_text(json.dumps(meta, indent=1) + "\n")
     vox = {names[k]: int((arr == k).sum()) for k in names}
     print(json.dumps(vox, indent=1))
