@@ -73,12 +73,15 @@ def accumulate(cache: Path, cases, priors) -> dict[str, list[np.ndarray]]:
     for head, seed in cases:
         arrays = load_case(cache, head, seed)
         rel, brain = relative_images(arrays, priors)
+        les = arrays["lesion"].astype(np.float32) > 0.1
+        if les.any():  # a head with lesions (--with-lesion-cases): its tissue 4 mm away from them
+            brain = brain & ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
         for c, r in rel.items():
             s = acc.setdefault(c, [np.zeros(brain.shape, np.float64) for _ in range(3)])
             s[0] += brain
             s[1] += np.where(brain, r, 0)
             s[2] += np.where(brain, r.astype(np.float64) ** 2, 0)
-        if "log_jacobian" in arrays:
+        if "log_jacobian" in arrays and not les.any():
             lj = arrays["log_jacobian"].astype(np.float64)
             s = acc.setdefault("jacobian", [np.zeros(lj.shape, np.float64) for _ in range(3)])
             s[0] += 1
@@ -131,6 +134,9 @@ def calibrate(cache: Path, cases, priors) -> dict[str, float]:
             arrays = load_case(cache, head, seed)
             rel, brain = relative_images(arrays, priors)
             core = ndimage.binary_erosion(brain, iterations=max(1, int(round(2.0 / GRID_MM))))
+            les = arrays["lesion"].astype(np.float32) > 0.1
+            if les.any():
+                core &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
             for combo, sc in raw_scores(stats, rel, brain).items():
                 pooled.setdefault(combo, []).append(sc[core])
         log.info("calibration fold %d/2 done", k + 1)
@@ -149,10 +155,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--heads", nargs="+", default=list(HEADS))
     ap.add_argument("--exclude", nargs="*", default=[])
+    ap.add_argument("--with-lesion-cases", action="store_true",
+                    help="also use heads with lesions, their tissue 4 mm away from the lesions (intensity only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     heads = [h for h in args.heads if h not in args.exclude]
-    cases = healthy_cases(args.cache, heads)
+    cases = list_cases(args.cache, heads) if args.with_lesion_cases else healthy_cases(args.cache, heads)
     if not cases:
         log.error(
             "no healthy cases of %s in %s (make them with models/lesion/cases.py --healthy-seeds)", heads, args.cache

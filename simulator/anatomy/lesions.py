@@ -338,6 +338,29 @@ def add_abnormality(labels: sitk.Image, rng: np.random.Generator, kind: str,
     return grid.to_sitk(arr), grid.to_sitk(changed)
 
 
+def enlarge_ventricles(labels: sitk.Image, fraction: float) -> tuple[sitk.Image, float, float]:
+    """Both lateral ventricles (``Tissue.CSF``) grown by ``fraction`` of their volume (0.2 =
+    20 % larger) into the white matter and deep grey matter around them, nearest voxels first
+    (a uniform shell, as in ventricular enlargement). Returns ``(labels, volume_before_ml,
+    volume_after_ml)``."""
+    if fraction < 0:
+        raise ValueError("fraction must be >= 0")
+    grid = Grid.from_sitk(labels)
+    arr = sitk.GetArrayFromImage(labels).astype(np.int16)
+    vent = arr == Tissue.CSF
+    vox_ml = grid.voxel_volume_mm3 / 1000.0
+    before = float(vent.sum()) * vox_ml
+    grow = int(round(vent.sum() * fraction))
+    if grow:
+        dist = ndi.distance_transform_edt(~vent, sampling=grid.spacing[::-1])
+        allowed = isin_labels(arr, (Tissue.WM, Tissue.DEEP_GM)) & (dist <= 25.0)
+        cand = np.flatnonzero(allowed)
+        order = cand[np.argsort(dist.ravel()[cand], kind="stable")][:grow]
+        arr.ravel()[order] = Tissue.CSF
+    after = float((arr == Tissue.CSF).sum()) * vox_ml
+    return grid.to_sitk(arr), before, after
+
+
 def _enlarge_ventricle(arr, hemi, side, mm):
     vent = (arr == Tissue.CSF) & (hemi == side)
     pts = np.argwhere(vent)
