@@ -137,3 +137,54 @@ def stats_json(path: Path) -> dict:
 
 def eroded(mask: np.ndarray, mm: float, spacing_mm: float) -> np.ndarray:
     return ndimage.binary_erosion(mask, iterations=max(1, int(round(mm / spacing_mm))))
+
+
+def ventricle_volume(
+    image: np.ndarray,
+    brain: np.ndarray,
+    ventricles: np.ndarray,
+    means: dict[str, float],
+    spacing_zyx,
+    margin_mm: float = 4.0,
+) -> float:
+    """Lateral-ventricle volume (mL) on a series' own grid: the CSF-dark voxels (below the
+    midpoint between the brain's CSF and grey-matter intensities; CSF is the darkest tissue in
+    T1-w and in dark-fluid FLAIR) inside the template's ventricles carried onto this grid
+    (``ventricles``) widened by ``margin_mm``, so that enlarged ventricles are measured whole."""
+    sp = np.asarray(spacing_zyx, float)
+    roi = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= margin_mm if ventricles.any() else ventricles
+    dark = image < 0.5 * (means["csf"] + means["gm"])
+    return float((roi & dark & brain).sum()) * float(np.prod(sp)) / 1000.0
+
+
+def deformation_regions(
+    log_jacobian: np.ndarray,
+    stats: Stats,
+    brain: np.ndarray,
+    spacing_mm: float,
+    z_limit: float = 3.0,
+    min_ml: float = 1.0,
+) -> list[dict]:
+    """Regions where the brain is larger (expansion) or smaller (contraction) than healthy brains
+    at the same template position: clusters of |z| > ``z_limit`` of the deformation's
+    log-Jacobian against the healthy statistics, of at least ``min_ml`` (template mL), largest
+    first: ``{"kind", "volume_ml", "peak_z", "centroid_zyx"}`` (voxel index on the grid)."""
+    z = np.where(brain, stats.z(log_jacobian), 0)
+    vox_ml = spacing_mm**3 / 1000.0
+    out = []
+    for kind, sel in (("expansion", z > z_limit), ("contraction", z < -z_limit)):
+        lab, n = ndimage.label(sel)
+        if not n:
+            continue
+        sizes = np.bincount(lab.ravel())[1:] * vox_ml
+        for i in np.flatnonzero(sizes >= min_ml) + 1:
+            m = lab == i
+            out.append(
+                {
+                    "kind": kind,
+                    "volume_ml": round(float(sizes[i - 1]), 1),
+                    "peak_z": round(float(np.abs(z[m]).max()), 1),
+                    "centroid_zyx": [float(v) for v in np.argwhere(m).mean(0)],
+                }
+            )
+    return sorted(out, key=lambda r: -r["volume_ml"])

@@ -48,3 +48,12 @@ def mni_of(point_lps, to_template: sitk.Transform) -> list[float]:
     """MNI coordinates (RAS mm, 1 decimal) of a native point (LPS mm)."""
     p = template.lps_to_mni(np.asarray(to_template.TransformPoint(tuple(float(v) for v in point_lps))))
     return [round(float(v), 1) for v in p]
+
+
+def name_at(point_lps) -> str:
+    """The named region at a template-space point (LPS mm; "" outside every region)."""
+    img, names = load_regions()
+    idx = img.TransformPhysicalPointToIndex(tuple(float(v) for v in point_lps))
+    if any(not 0 <= i < n for i, n in zip(idx, img.GetSize())):
+        return ""
+    return names.get(int(img[idx]), "")

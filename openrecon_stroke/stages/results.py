@@ -162,9 +162,20 @@ class AnomalyResult(StudyResult):
     model: str
     #: score from which the overlay colours (None: the map's display window centre)
     threshold: float | None = None
+    #: the lateral-ventricle volume against healthy brains (z-score; None: not measured)
+    ventricle_z: float | None = None
+    #: regions larger ("expansion") or smaller ("contraction") than in healthy brains, from the
+    #: deformation to the template: kind, volume_ml (template), peak_z, location, mni_mm
+    deformation: list[dict] = field(default_factory=list)
 
     def findings(self) -> dict:
-        a: dict = {**self.load, "contrasts": self.contrasts, "steps": self.steps, **(self.csf or {})}
+        a: dict = {**self.load, "contrasts": self.contrasts, **(self.csf or {})}
+        if self.steps:
+            a["steps"] = self.steps
         if self.threshold is not None:
             a["threshold"] = self.threshold
+        if self.ventricle_z is not None:
+            a["ventricle_z"] = round(self.ventricle_z, 2)
+        if self.deformation:
+            a["deformation"] = self.deformation
         return {"anomaly": a, "models": {"anomaly": self.model}}
