@@ -120,14 +120,22 @@ class Lesion:
 CORTICAL_MM = 6.0
 
 
-def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float) -> np.ndarray:
-    """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed."""
+def postprocess(
+    prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float, seed: float | None = None
+) -> np.ndarray:
+    """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed;
+    with ``seed``, also the components whose highest probability stays below ``seed`` (hysteresis:
+    a lesion must be certain somewhere, its border may be less so)."""
     mask = prob >= threshold
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return mask
     sizes = np.bincount(lab.ravel()) * voxel_mm3
     keep = sizes >= min_lesion_mm3
+    if seed is not None and seed > threshold:
+        peak = np.zeros(n + 1, prob.dtype)
+        np.maximum.at(peak, lab.ravel(), prob.ravel())
+        keep &= peak >= seed
     keep[0] = False
     return keep[lab]
 

@@ -317,6 +317,8 @@ class VoxelClassifierCard(Card):
     smoothing_mm: float = 0.0
     threshold: float = 0.2
     min_lesion_mm3: float = 10.0
+    #: hysteresis: a lesion's highest probability must reach this (None: no such rule)
+    seed_probability: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -344,6 +346,7 @@ class VoxelClassifierCard(Card):
             smoothing_mm=float(d.get("smoothing_mm", 0.0)),
             threshold=float(d.get("threshold", 0.2)),
             min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+            seed_probability=float(d["seed_probability"]) if d.get("seed_probability") is not None else None,
         )
 
 

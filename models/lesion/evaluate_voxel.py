@@ -69,14 +69,16 @@ def case_list(cache: Path, heads) -> list[tuple[str, int]]:
     ]
 
 
-def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict | None:
+def evaluate(model_for_head, cache: Path, heads, thresholds, key: str, seeds=(None,)) -> dict | None:
     """Score every case of ``heads`` with the model ``model_for_head(head)`` returns (a model
-    folder, or None to skip the head), at each threshold; pooled over the cases."""
-    rows = {t: [] for t in thresholds}
-    healthy = {t: [] for t in thresholds}
+    folder, or None to skip the head), at each threshold and hysteresis seed (None: the card's);
+    pooled over the cases."""
+    settings = [(t, sd) for sd in seeds for t in thresholds]
+    rows: dict = {st: [] for st in settings}
+    healthy: dict = {st: [] for st in settings}
     per_case, name, inputs = [], None, None
     models: dict[Path, VoxelLesionModel] = {}
-    for head, seed in case_list(cache, heads):
+    for head, case_seed in case_list(cache, heads):
         folder = model_for_head(head)
         if folder is None or not (folder / "card.json").exists():
             continue
@@ -84,7 +86,7 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict |
             models[folder] = VoxelLesionModel(VoxelClassifierCard.load(folder))
         model = models[folder]
         name, inputs = model.card.name, list(model.card.inputs)
-        arrays, side = load_case(cache, head, seed)
+        arrays, side = load_case(cache, head, case_seed)
         got = predict_native(model, arrays, side)
         if got is None:
             continue
@@ -93,15 +95,17 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict |
         spacing_zyx = tuple(float(v) for v in grid.GetSpacing())[::-1]
         vox = float(np.prod(spacing_zyx))
         truth = arrays[f"native_{target}_truth"] > 0
-        for t in thresholds:
-            pred = postprocess(p, vox, t, model.card.min_lesion_mm3)
+        for st in settings:
+            t, sd = st
+            pred = postprocess(p, vox, t, model.card.min_lesion_mm3, model.card.seed_probability if sd is None else sd)
+            first = st == settings[0]
             if truth.any():
                 r = lesion_table(truth, pred, spacing_zyx)
-                rows[t].append(r)
-                if t == thresholds[0]:
+                rows[st].append(r)
+                if first:
                     per_case.append(
                         {
-                            "case": f"{head}_{seed}",
+                            "case": f"{head}_{case_seed}",
                             "dice": round(r["dice"], 3),
                             "f1": round(r["lesion_f1"], 3),
                             "true_ml": round(r["true_volume_ml"], 2),
@@ -111,21 +115,20 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str) -> dict |
                     )
             else:
                 fp = float(pred.sum()) * vox / 1000
-                healthy[t].append(fp)
-                if t == thresholds[0]:
-                    per_case.append({"case": f"{head}_{seed}", "healthy_fp_ml": round(fp, 3)})
-        log.info("%s %s_%d done", key, head, seed)
+                healthy[st].append(fp)
+                if first:
+                    per_case.append({"case": f"{head}_{case_seed}", "healthy_fp_ml": round(fp, 3)})
+        log.info("%s %s_%d done", key, head, case_seed)
     if name is None:
         return None
     out = {"model": name, "inputs": inputs, "by_threshold": {}, "cases": per_case}
-    for t in thresholds:
-        s = summarise(rows[t]) if rows[t] else {}
-        s["n_cases"] = len(rows[t])
-        s["healthy_cases"] = len(healthy[t])
-        s["healthy_fp_ml_mean"] = float(np.mean(healthy[t])) if healthy[t] else None
-        s["healthy_fp_ml_max"] = float(np.max(healthy[t])) if healthy[t] else None
-        s["missed_ge_1ml"] = int(sum(c.get("missed_ge_1ml", 0) for c in per_case)) if t == thresholds[0] else None
-        out["by_threshold"][str(t)] = s
+    for st in settings:
+        s = summarise(rows[st]) if rows[st] else {}
+        s["n_cases"] = len(rows[st])
+        s["healthy_cases"] = len(healthy[st])
+        s["healthy_fp_ml_mean"] = float(np.mean(healthy[st])) if healthy[st] else None
+        s["healthy_fp_ml_max"] = float(np.max(healthy[st])) if healthy[st] else None
+        out["by_threshold"][f"{st[0]}" + ("" if st[1] is None else f" seed {st[1]}")] = s
     return out
 
 
@@ -164,18 +167,25 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", nargs="+", default=["synthseg_15-20"])
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     ap.add_argument("--thresholds", default="0.2")
+    ap.add_argument(
+        "--seed-probability",
+        type=float,
+        default=None,
+        help="hysteresis: keep components whose peak reaches this (default: the card's)",
+    )
     ap.add_argument("--loo", action="store_true", help="MODELS/<head>/ holds the models trained without <head>")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     thresholds = [float(t) for t in args.thresholds.split(",")]
+    seeds = [float(v) for v in args.seeds.split(",") if v] or [None]
     heads = expand(args.heads)
     results = {}
     for key in args.inputs:
         if args.loo:
-            res = evaluate(lambda h, k=key: args.models / h / k, args.cache, heads, thresholds, key)
+            res = evaluate(lambda h, k=key: args.models / h / k, args.cache, heads, thresholds, key, seeds)
         else:
-            res = evaluate(lambda h, k=key: args.models / k, args.cache, heads, thresholds, key)
+            res = evaluate(lambda h, k=key: args.models / k, args.cache, heads, thresholds, key, seeds)
         if res is None:
             log.warning("%s: no model or no case", key)
             continue

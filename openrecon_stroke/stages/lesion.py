@@ -232,7 +232,7 @@ class LesionSegmentation(Stage):
             inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
             p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c]), 0.0)
             probability[c] = p.astype(np.float32)
-            mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3)
+            mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3, card.seed_probability)
             comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
             res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
             if described is None or c == "t1":
