@@ -66,40 +66,56 @@ def case_means(case: dict, priors: dict) -> dict[str, dict[str, float]]:
 # --------------------------------------------------------------------------------------------
 # samples
 # --------------------------------------------------------------------------------------------
-def samples(
-    case: dict, inputs, names, priors, normative, rng, n_neg: int = 30000, n_hard: int = 10000, max_pos: int = 20000
-):
-    """Rows of one case: lesion voxels (up to ``max_pos``), ``n_neg`` random brain voxels and
-    ``n_hard`` brain voxels whose intensity differs most from what the template expects (CSF,
-    vessels: where the false positives come from). Weights make the negatives stand for every
-    negative voxel of the brain (so probabilities are those of the whole brain)."""
+def case_features(case: dict, inputs, names, priors, normative) -> tuple[np.ndarray, np.ndarray] | None:
+    """Features of every brain voxel of one case as the model sees it, and each voxel's lesion
+    fraction (None when the case lacks an input)."""
     v = model_view(case, inputs)
+    if v is None:
+        return None
     brain = v["brain"]
     b = brain & (priors["brain"] > 0)
     means = {
         c: template.tissue_means(img, priors["gm"], priors["wm"], priors["csf"], b) for c, img in v["images"].items()
     }
     x = voxel_features.compute(names, v["images"], brain, means, priors, GRID_MM, normative)
-    frac = v["lesion"].astype(np.float32)[brain]
-    pos = np.flatnonzero(frac >= UNSURE[1])
-    neg_all = np.flatnonzero(frac <= UNSURE[0])
-    if pos.size > max_pos:
-        pos = rng.choice(pos, max_pos, replace=False)
-    pos_w = np.ones(pos.size, np.float32)
-    if pos.size and len(pos) == max_pos:
-        pos_w *= float((frac >= UNSURE[1]).sum()) / max_pos
-    neg = rng.choice(neg_all, min(n_neg, neg_all.size), replace=False)
-    neg_w = np.full(neg.size, neg_all.size / max(neg.size, 1), np.float32)
-    # hard negatives: largest |expected-intensity difference| among negatives, drawn with weight 1
-    # (they also stand in the random draw: the weights of both keep the total right)
-    j = names.index(f"{inputs[0]}_expect")
-    score = np.abs(x[neg_all, j])
-    top = neg_all[np.argsort(score)[-min(n_hard * 5, neg_all.size) :]]
-    hard = rng.choice(top, min(n_hard, top.size), replace=False)
-    idx = np.concatenate([pos, neg, hard])
-    y = np.concatenate([np.ones(pos.size), np.zeros(neg.size + hard.size)]).astype(np.float32)
-    w = np.concatenate([pos_w, neg_w, np.ones(hard.size, np.float32)])
-    return x[idx], y, w
+    return x, v["lesion"].astype(np.float32)[brain]
+
+
+def samples(
+    x: np.ndarray,
+    frac: np.ndarray,
+    hard: np.ndarray,
+    rng,
+    n_neg: int = 30000,
+    n_hard: int = 15000,
+    max_pos: int = 20000,
+):
+    """Rows of one case, drawn by strata with weights that make each stratum stand for all of
+    its voxels (so the model's probabilities are those of the whole brain): lesion voxels (up to
+    ``max_pos``), ``n_hard`` of the negatives flagged ``hard`` (where false positives come from)
+    and ``n_neg`` of the other negatives. Partial-volume border voxels (lesion fraction within
+    :data:`UNSURE`) are left out."""
+    parts = []
+    for sel, n, label in (
+        (frac >= UNSURE[1], max_pos, 1.0),
+        ((frac <= UNSURE[0]) & hard, n_hard, 0.0),
+        ((frac <= UNSURE[0]) & ~hard, n_neg, 0.0),
+    ):
+        idx = np.flatnonzero(sel)
+        if not idx.size:
+            continue
+        take = rng.choice(idx, min(n, idx.size), replace=False)
+        parts.append(
+            (take, np.full(take.size, label, np.float32), np.full(take.size, idx.size / take.size, np.float32))
+        )
+    idx = np.concatenate([p[0] for p in parts])
+    return x[idx], np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def hard_by_expectation(x: np.ndarray, names: list[str], inputs) -> np.ndarray:
+    """Round 1: the 10 % of voxels whose intensity differs most from what the template expects."""
+    score = np.abs(x[:, names.index(f"{inputs[0]}_expect")])
+    return score >= np.percentile(score, 90)
 
 
 def train_model(X, y, w, Xv=None, yv=None, wv=None, rounds: int = 400, pos_weight: float = 1.0, seed: int = 0):
@@ -154,6 +170,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-priors", action="store_true", help="leave out the template prior features (ablation)")
     ap.add_argument("--rounds", type=int, default=400)
     ap.add_argument("--pos-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--hard-rounds",
+        type=int,
+        default=1,
+        help="rounds of hard-negative mining: retrain with the previous model's false positives as "
+        "their own stratum (default 1)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -172,21 +195,34 @@ def main(argv=None) -> int:
     for key in args.inputs:
         inputs = INPUTS[key]
         names = voxel_features.feature_names(inputs, img_feats, pri_feats)
-        use = [(h, s) for h, s in cases]
-        X, Y, W = [], [], []
-        for i, (h, s) in enumerate(use, 1):
-            case = load(args.cache, h, s)
-            if model_view(case, inputs) is None:
-                continue
-            x, y, w = samples(case, inputs, names, priors, normative, rng)
-            X.append(x), Y.append(y), W.append(w)
+        per_case = []
+        for i, (h, s) in enumerate(cases, 1):
+            got = case_features(load(args.cache, h, s), inputs, names, priors, normative)
+            if got is not None:
+                per_case.append(got)
             if i % 10 == 0:
-                log.info("%s: features of %d/%d cases", key, i, len(use))
-        n_cases = len(X)
-        X, Y, W = np.concatenate(X), np.concatenate(Y), np.concatenate(W)
-        log.info("%s: %d rows (%d lesion) from %d cases, %d features", key, len(Y), int(Y.sum()), n_cases, len(names))
+                log.info("%s: features of %d/%d cases", key, i, len(cases))
+        n_cases = len(per_case)
         t1 = time.perf_counter()
-        booster = train_model(X, Y, W, rounds=args.rounds, pos_weight=args.pos_weight, seed=args.seed)
+        booster = None
+        for rnd in range(1, args.hard_rounds + 2):
+            X, Y, W = [], [], []
+            for x, frac in per_case:
+                # round 1: hard = unexpected intensity; later rounds: the previous model's false positives
+                hard = hard_by_expectation(x, names, inputs) if booster is None else booster.predict(x) >= 0.2
+                xs, ys, ws = samples(x, frac, hard, rng)
+                X.append(xs), Y.append(ys), W.append(ws)
+            X, Y, W = np.concatenate(X), np.concatenate(Y), np.concatenate(W)
+            log.info(
+                "%s round %d: %d rows (%d lesion) from %d cases, %d features",
+                key,
+                rnd,
+                len(Y),
+                int(Y.sum()),
+                n_cases,
+                len(names),
+            )
+            booster = train_model(X, Y, W, rounds=args.rounds, pos_weight=args.pos_weight, seed=args.seed)
         folder = args.out / key
         folder.mkdir(parents=True, exist_ok=True)
         export_onnx(booster, len(names), folder / "model.onnx")
@@ -209,12 +245,13 @@ def main(argv=None) -> int:
             "status": "experimental",
             "status_note": "not yet evaluated",
             "training": {
-                "heads": sorted({h for h, _ in use}),
+                "heads": sorted({h for h, _ in cases}),
                 "excluded": list(args.exclude),
                 "cases": n_cases,
                 "rows": int(len(Y)),
                 "lesion_rows": int(Y.sum()),
                 "rounds": booster.current_iteration(),
+                "hard_negative_rounds": args.hard_rounds,
                 "pos_weight": args.pos_weight,
                 "seconds": round(time.perf_counter() - t1, 1),
                 "feature_gain": imp,
