@@ -168,10 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     ap.add_argument("--thresholds", default="0.2")
     ap.add_argument(
-        "--seed-probability",
-        type=float,
-        default=None,
-        help="hysteresis: keep components whose peak reaches this (default: the card's)",
+        "--seeds",
+        default="",
+        help="hysteresis seeds to try, e.g. 0.5,0.8 (keep components whose peak reaches it); default: the card's",
     )
     ap.add_argument("--loo", action="store_true", help="MODELS/<head>/ holds the models trained without <head>")
     ap.add_argument("--json", type=Path)
