@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -51,10 +52,11 @@ from openrecon_stroke.geometry import Volume  # noqa: E402
 log = logging.getLogger("cases")
 
 DATA = Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: real head -> (file under the shared data, contrast, already skull-stripped)
 REAL_HEADS = {
-    "chris_t1": ("real_mri/chris_t1.nii.gz", "t1"),
-    "gd_t1": ("real_mri/mr_gd_t1_contrast_brain.nii.gz", "t1"),
-    "flair_real": ("real_mri/flair_brain_extracted.nii.gz", "flair"),
+    "chris_t1": ("real_mri/chris_t1.nii.gz", "t1", False),
+    "gd_t1": ("real_mri/mr_gd_t1_contrast_brain.nii.gz", "t1", True),
+    "flair_real": ("real_mri/flair_brain_extracted.nii.gz", "flair", True),
 }
 #: Voxel size (mm) of the template-space grid the lesion models work on.
 GRID_MM = 1.5
@@ -71,9 +73,15 @@ def head_source(head: str) -> str:
     raise ValueError(f"unknown head {head!r}")
 
 
-def preprocess(volumes: dict[str, Volume]) -> dict:
+def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None) -> dict:
     """The pipeline's own preprocessing stage on a study of these volumes: ``n4`` and
-    ``brain_mask`` per contrast, and ``flair_to_t1`` when the series registration passed."""
+    ``brain_mask`` per contrast, and ``flair_to_t1`` when the series registration passed.
+
+    ``given_mask``: the brain of a head that came already skull-stripped (single series). HD-BET
+    is made for whole heads and can cut such a brain short; when its mask keeps less than 85 %
+    of the given brain, the given brain is used instead (N4 redone inside it), and the result
+    says so (``brain_mask_source``)."""
+    from openrecon_stroke.preprocess import n4_correct
     from openrecon_stroke.stages.brain import Preprocess
     from openrecon_stroke.stages.results import BrainResult, SeriesRegistration
     from openrecon_stroke.study import Study
@@ -83,7 +91,25 @@ def preprocess(volumes: dict[str, Volume]) -> dict:
         log.warning("preprocessing: %s", w)
     brain = next(r for r in res.results if isinstance(r, BrainResult))
     reg = next((r for r in res.results if isinstance(r, SeriesRegistration)), None)
-    return {"n4": brain.n4, "brain_mask": brain.brain_mask, "flair_to_t1": reg.flair_to_t1 if reg else None}
+    out = {
+        "n4": dict(brain.n4),
+        "brain_mask": dict(brain.brain_mask),
+        "flair_to_t1": reg.flair_to_t1 if reg else None,
+        "brain_mask_source": "HD-BET",
+    }
+    if given_mask is not None and len(volumes) == 1:
+        (c,) = volumes
+        kept = float(sitk.GetArrayViewFromImage(brain.brain_mask[c] * given_mask).sum())
+        given = float(sitk.GetArrayViewFromImage(given_mask).sum())
+        if kept < 0.85 * given:
+            log.warning(
+                "HD-BET kept %.0f %% of the given brain of this skull-stripped head: the given brain is used",
+                100 * kept / given,
+            )
+            out["brain_mask"][c] = sitk.Cast(given_mask, sitk.sitkUInt8)
+            out["n4"][c], _ = n4_correct(volumes[c].to_sitk(), sitk.BinaryDilate(out["brain_mask"][c], [5, 5, 5]))
+            out["brain_mask_source"] = "given (HD-BET kept too little of a skull-stripped brain)"
+    return out
 
 
 def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:
@@ -126,19 +152,27 @@ def synthetic_study(
     return vols, truth, les, ventricle_ml
 
 
-def real_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Volume], dict[str, np.ndarray], list]:
+def real_study(
+    head: str, seed: int, lesions: int | None
+) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, sitk.Image | None]:
+    """A real head (with lesions painted in unless ``lesions`` is 0): volumes, truth masks,
+    lesions, and the head's own brain mask when it came skull-stripped."""
     from openrecon_stroke.preprocess import n4_correct
     from simulator import real_lesions
 
-    path, contrast = REAL_HEADS[head]
+    path, contrast, stripped = REAL_HEADS[head]
     src = sitk.DICOMOrient(sitk.Cast(sitk.ReadImage(str(DATA / path)), sitk.sitkFloat32), "LPS")
     arr = np.clip(sitk.GetArrayFromImage(src), 0, None)
     img = sitk.GetImageFromArray(arr * np.float32(1000.0 / max(float(np.percentile(arr, 99.5)), 1e-3)))
     img.CopyInformation(src)
+    given = None
+    if stripped:
+        given = sitk.GetImageFromArray(ndimage.binary_fill_holes(arr > 0).astype(np.uint8))
+        given.CopyInformation(src)
     vol = Volume.from_sitk(img, description=f"{head} ({contrast})")
     if not lesions:
-        return {contrast: vol}, {contrast: np.zeros(vol.data.shape, np.uint8)}, []
-    shared = preprocess({contrast: vol})
+        return {contrast: vol}, {contrast: np.zeros(vol.data.shape, np.uint8)}, [], given
+    shared = preprocess({contrast: vol}, given)
     ref, reg = register_study(shared)
     if not reg.ok:
         raise RuntimeError(f"{head}: template registration failed ({reg.reason})")
@@ -158,19 +192,19 @@ def real_study(head: str, seed: int, lesions: int | None) -> tuple[dict[str, Vol
         bias=bias,
     )
     vol = Volume.from_sitk(new, description=vol.description)
-    return {contrast: vol}, {contrast: sitk.GetArrayFromImage(mask)}, les
+    return {contrast: vol}, {contrast: sitk.GetArrayFromImage(mask)}, les, given
 
 
 def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = True) -> tuple[dict, dict]:
     """Arrays (template space and native truth) and the pickled native-side objects of one case."""
     t0 = time.perf_counter()
-    ventricle_ml = None
+    ventricle_ml, given = None, None
     if head in REAL_HEADS:
-        vols, truth, les = real_study(head, seed, lesions)
+        vols, truth, les, given = real_study(head, seed, lesions)
     else:
         vols, truth, les, ventricle_ml = synthetic_study(head, seed, lesions)
     t1 = time.perf_counter()
-    shared = preprocess(vols)
+    shared = preprocess(vols, given)
     ref, reg = register_study(shared)
     t2 = time.perf_counter()
     if not reg.ok:
@@ -211,6 +245,7 @@ def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = Tru
         "seed": seed,
         "lesions": les,
         "true_ventricle_ml": ventricle_ml,
+        "brain_mask_source": shared["brain_mask_source"],
         "reference": ref,
         "registration": reg.summary,
         "registration_kind": reg.kind,
