@@ -166,10 +166,18 @@ def anomaly_lines(study: Study) -> list:
         )
     ]
     if a.csf is not None:
-        parts.append(f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}")
+        vent = f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}"
+        if a.ventricle_z is not None:
+            vent += f" ({'enlarged, ' if a.ventricle_z > 2 else ''}z {_num(a.ventricle_z, '{:+.1f}')} vs healthy)"
+        parts.append(vent)
     lines = [parts[0], "; ".join(parts[1:])]
     if a.csf is not None:
         lines.append(f"atrophy index {_num(a.csf['atrophy_index'], '{:.2f}')}")
+    for d in a.deformation[:3]:
+        where = f" {d['location']}" if d.get("location") else ""
+        lines.append(
+            f"{d['kind']}{where}: {render.fmt_ml(d['volume_ml'])} beyond the healthy range (z {d['peak_z']:.0f})"
+        )
     if a.contrasts:
         lines.append(f"computed on {a.contrasts.replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
     return lines
