@@ -139,22 +139,46 @@ def eroded(mask: np.ndarray, mm: float, spacing_mm: float) -> np.ndarray:
     return ndimage.binary_erosion(mask, iterations=max(1, int(round(mm / spacing_mm))))
 
 
+def _ball(radius_mm: float, spacing_zyx) -> np.ndarray:
+    """Ellipsoidal structuring element of ``radius_mm`` on a grid of ``spacing_zyx`` (mm); an axis
+    whose voxels are thicker than the radius gets no extent."""
+    r = [int(radius_mm // float(s)) for s in spacing_zyx]
+    zz, yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
+    d = (zz / max(r[0], 1)) ** 2 + (yy / max(r[1], 1)) ** 2 + (xx / max(r[2], 1)) ** 2
+    return np.asarray(d <= 1.0, bool)
+
+
 def ventricle_volume(
     image: np.ndarray,
     brain: np.ndarray,
     ventricles: np.ndarray,
     means: dict[str, float],
     spacing_zyx,
-    margin_mm: float = 4.0,
+    reach_mm: float = 15.0,
+    opening_mm: float = 2.0,
 ) -> float:
-    """Lateral-ventricle volume (mL) on a series' own grid: the CSF-dark voxels (below the
-    midpoint between the brain's CSF and grey-matter intensities; CSF is the darkest tissue in
-    T1-w and in dark-fluid FLAIR) inside the template's ventricles carried onto this grid
-    (``ventricles``) widened by ``margin_mm``, so that enlarged ventricles are measured whole."""
+    """Lateral-ventricle volume (mL) on a series' own grid.
+
+    CSF-dark voxels (below the midpoint between the brain's CSF and grey-matter intensities; CSF
+    is the darkest tissue in T1-w and in dark-fluid FLAIR) within ``reach_mm`` of the template's
+    ventricles carried onto this grid (``ventricles``), opened with a ``opening_mm`` ball so that
+    thin sulci and cisterns touching them come apart; the opened pieces that overlap the template's
+    ventricles, widened back by the same ball inside the dark voxels. The deformable registration
+    follows enlarged ventricles only in part, so the template's ventricles are the seed, not the
+    answer. Chosen on two synthetic heads with ventricles grown by 0/20/50 % (ratio to the truth
+    0.97-1.16; a fixed 4 mm margin gave 0.63-0.95)."""
     sp = np.asarray(spacing_zyx, float)
-    roi = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= margin_mm if ventricles.any() else ventricles
-    dark = image < 0.5 * (means["csf"] + means["gm"])
-    return float((roi & dark & brain).sum()) * float(np.prod(sp)) / 1000.0
+    if not ventricles.any():
+        return 0.0
+    dark = (image < 0.5 * (means["csf"] + means["gm"])) & brain
+    near = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= reach_mm
+    ball = _ball(opening_mm, sp)
+    opened = ndimage.binary_opening(dark & near, ball)
+    labels, _ = ndimage.label(opened)
+    keep = np.unique(labels[ventricles & opened])
+    sel = np.isin(labels, keep[keep > 0])
+    sel = ndimage.binary_dilation(sel, ball) & dark
+    return float(sel.sum()) * float(np.prod(sp)) / 1000.0
 
 
 def deformation_regions(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .metrics import dice
 
@@ -108,13 +109,17 @@ class RegistrationCheck:
     the scanner's own geometry: the registration may not lose more than ``max_overlap_loss``
     of it, and must keep at least ``min_mask_dice``. (An absolute bar alone fails good
     registrations: Otsu splits a thick-slice FLAIR and a T1-w head differently, e.g. 0.71 for a
-    registration whose brain masks agree to 0.95.)
+    registration whose brain masks agree to 0.95.) The centres of the two head masks (inside the
+    moving series' field of view, after registration) may lie at most ``max_centre_offset_mm``
+    apart: an optimiser stuck short of a large geometry error leaves them far apart even when
+    the overlap looks acceptable.
     """
 
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
     min_mask_dice: float = 0.6
     max_overlap_loss: float = 0.03
+    max_centre_offset_mm: float = 10.0
 
 
 @dataclass
@@ -223,8 +228,31 @@ def register_rigid(
         inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
         return dice(fm & inside, mm & inside)
 
+    def whole_head(img: sitk.Image) -> sitk.Image:
+        """Everything brighter than a tenth of the 99th percentile, closed and filled: the head
+        whatever the contrast (Otsu splits a FLAIR and a T1-w head at different tissues)."""
+        a = sitk.GetArrayFromImage(img)
+        m = ndimage.binary_fill_holes(ndimage.binary_closing(a > 0.1 * np.percentile(a, 99), iterations=2))
+        out = sitk.GetImageFromArray(m.astype(np.uint8))
+        out.CopyInformation(img)
+        return out
+
+    f_whole = sitk.GetArrayFromImage(whole_head(fs)).astype(bool)
+    m_whole = whole_head(ms)
+
+    def centre_offset(t) -> float:
+        """Distance (mm) between the centres of the two whole-head masks, inside the moving series' field of view."""
+        mm = sitk.GetArrayFromImage(sitk.Resample(m_whole, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        a, b = f_whole & inside, mm & inside
+        if not a.any() or not b.any():
+            return float("inf")
+        sp = np.asarray(fs.GetSpacing(), float)[::-1]
+        return float(np.linalg.norm((np.argwhere(a).mean(0) - np.argwhere(b).mean(0)) * sp))
+
     overlap = head_overlap(euler)
     overlap_scanner = overlap if kept_scanner else head_overlap(init)
+    offset = centre_offset(euler)
     reasons = []
     if rot > check.max_rotation_deg:
         reasons.append(f"rotation {rot:.1f} deg exceeds {check.max_rotation_deg:.0f} deg")
@@ -236,6 +264,8 @@ def register_rigid(
         reasons.append(
             f"head overlap after registration is {overlap:.2f}, below the scanner geometry's {overlap_scanner:.2f}"
         )
+    if offset > check.max_centre_offset_mm:
+        reasons.append(f"head centres {offset:.0f} mm apart after registration (> {check.max_centre_offset_mm:.0f} mm)")
     ok = not reasons
     reason = "; ".join(reasons) or (
         "passed (scanner geometry kept: the optimiser did not improve on it)" if kept_scanner else "passed"

@@ -86,9 +86,9 @@ def samples(
     frac: np.ndarray,
     hard: np.ndarray,
     rng,
-    n_neg: int = 30000,
-    n_hard: int = 15000,
-    max_pos: int = 20000,
+    n_neg: int = 10000,
+    n_hard: int = 6000,
+    max_pos: int = 8000,
 ):
     """Rows of one case, drawn by strata with weights that make each stratum stand for all of
     its voxels (so the model's probabilities are those of the whole brain): lesion voxels (up to
@@ -118,7 +118,10 @@ def hard_by_expectation(x: np.ndarray, names: list[str], inputs) -> np.ndarray:
     return score >= np.percentile(score, 90)
 
 
-def train_model(X, y, w, Xv=None, yv=None, wv=None, rounds: int = 400, pos_weight: float = 1.0, seed: int = 0):
+def train_model(X, y, w, Xv=None, yv=None, wv=None, rounds: int = 400, pos_weight: float = 1.0, seed: int = 0,
+                device: str = "cpu", threads: int = 2):
+    """LightGBM binary classifier; ``device`` is LightGBM's ``device_type`` (``cpu``, or ``gpu``/``cuda``
+    with a LightGBM built for it)."""
     import lightgbm as lgb
 
     params = dict(
@@ -130,7 +133,8 @@ def train_model(X, y, w, Xv=None, yv=None, wv=None, rounds: int = 400, pos_weigh
         bagging_fraction=0.8,
         bagging_freq=1,
         lambda_l2=1.0,
-        num_threads=2,
+        num_threads=threads,
+        device_type=device,
         verbose=-1,
         seed=seed,
     )
@@ -178,6 +182,12 @@ def main(argv=None) -> int:
         "their own stratum (default 1)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu", "cuda"],
+                    help="LightGBM device (gpu/cuda need a LightGBM built for it; a lent GPU machine)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--negatives", type=int, default=10000, help="other negative voxels drawn per case")
+    ap.add_argument("--hard-negatives", type=int, default=6000, help="hard negative voxels drawn per case")
+    ap.add_argument("--positives", type=int, default=8000, help="lesion voxels drawn per case (at most)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     heads = [h for h in TRAIN_HEADS if h not in args.exclude]
@@ -210,7 +220,7 @@ def main(argv=None) -> int:
             for x, frac in per_case:
                 # round 1: hard = unexpected intensity; later rounds: the previous model's false positives
                 hard = hard_by_expectation(x, names, inputs) if booster is None else booster.predict(x) >= 0.2
-                xs, ys, ws = samples(x, frac, hard, rng)
+                xs, ys, ws = samples(x, frac, hard, rng, args.negatives, args.hard_negatives, args.positives)
                 X.append(xs), Y.append(ys), W.append(ws)
             X, Y, W = np.concatenate(X), np.concatenate(Y), np.concatenate(W)
             log.info(
@@ -222,7 +232,8 @@ def main(argv=None) -> int:
                 n_cases,
                 len(names),
             )
-            booster = train_model(X, Y, W, rounds=args.rounds, pos_weight=args.pos_weight, seed=args.seed)
+            booster = train_model(X, Y, W, rounds=args.rounds, pos_weight=args.pos_weight, seed=args.seed,
+                                  device=args.device, threads=args.threads)
         folder = args.out / key
         folder.mkdir(parents=True, exist_ok=True)
         export_onnx(booster, len(names), folder / "model.onnx")
@@ -250,6 +261,9 @@ def main(argv=None) -> int:
                 "cases": n_cases,
                 "rows": int(len(Y)),
                 "lesion_rows": int(Y.sum()),
+                "per_case": {"positives": args.positives, "hard_negatives": args.hard_negatives,
+                             "negatives": args.negatives},
+                "hard_rounds": args.hard_rounds,
                 "rounds": booster.current_iteration(),
                 "hard_negative_rounds": args.hard_rounds,
                 "pos_weight": args.pos_weight,

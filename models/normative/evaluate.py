@@ -17,7 +17,8 @@ ventricles enlarged by 20 % and 50 %, through the pipeline's own stages (preproc
 registration, anomaly): the measured volume against the truth.
 
     .venv/bin/python models/normative/evaluate.py models/normative --cache CASES \\
-        [--heads synthseg_15-20] [--loo-root ROOT] [--ventricles 3] [--json OUT.json]
+        [--heads synthseg_15-20] [--ventricles 3 | --ventricle-heads synthseg_15 ...] [--no-maps]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-heads", nargs="+", default=["synthseg_01-14", "mni"],
                     help="healthy heads the baseline's histogram is built from")
     ap.add_argument("--ventricles", type=int, default=0, help="also the ventricle test on this many heads")
+    ap.add_argument("--ventricle-heads", nargs="+",
+                    help="heads of the ventricle test (default: the first --ventricles of --heads)")
+    ap.add_argument("--no-maps", action="store_true", help="only the ventricle test")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -195,12 +199,15 @@ def main(argv=None) -> int:
         "baseline: intensity histogram": lambda rel, brain: base.raw(rel, brain) / base_thr,
     }
     heads = expand(args.heads)
-    results = {"scores": score_cases(methods, args.cache, list_cases(args.cache, heads)), "heads": heads,
-               "normative": str(args.normative)}
-    if args.ventricles:
-        results["ventricles"] = ventricle_test(args.normative, heads[: args.ventricles])
+    results = {"heads": heads, "normative": str(args.normative)}
+    if not args.no_maps:
+        results["scores"] = score_cases(methods, args.cache, list_cases(args.cache, heads))
+    if args.ventricles or args.ventricle_heads:
+        results["ventricles"] = ventricle_test(
+            args.normative, expand(args.ventricle_heads) if args.ventricle_heads else heads[: args.ventricles]
+        )
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(results["scores"], indent=1))
+    print(json.dumps(results.get("scores"), indent=1))
     for r in results.get("ventricles", []):
         print(r)
     if args.json:

@@ -57,7 +57,14 @@ class AnomalyDetection(Stage):
         card = nm.card
         pri = template.load_template(tmpl.spacing_mm).arrays()
         inside_t = tmpl.brain & (pri["brain"] > 0)
-        contrasts: list[str] = [c for c in ("t1", "flair") if c in tmpl.images and c in card.contrasts]
+        contrasts: list[str] = [
+            c for c in ("t1", "flair") if c in tmpl.images and c in card.contrasts and c not in tmpl.alone
+        ]
+        for c in tmpl.alone:
+            res.warnings.append(
+                f"anomaly map from {'T1-w' if tmpl.reference == 't1' else 'FLAIR'} only: "
+                f"{'FLAIR' if c == 'flair' else 'T1-w'} could not be registered to it"
+            )
         means = {
             c: template.tissue_means(tmpl.images[c], pri["gm"], pri["wm"], pri["csf"], inside_t) for c in contrasts
         }
@@ -68,7 +75,7 @@ class AnomalyDetection(Stage):
         comment = f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}"
         load = None
         for c in study.inputs:
-            if c not in tmpl.to_template:
+            if c not in tmpl.to_template or c in tmpl.alone:
                 continue
             r = sitk.GetArrayFromImage(
                 sitk.Resample(score_t, pre.n4[c], tmpl.to_template[c], sitk.sitkLinear, 0.0, sitk.sitkFloat32)

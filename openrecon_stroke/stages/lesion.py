@@ -25,8 +25,9 @@ Which model runs (each an ensemble of folds, voxel-wise mean probability):
   run instead, with a warning.
 
 The probability is mapped back onto every input series' own grid, thresholded (UI
-``lesionthreshold``, default 0.2; at the default a site model's card threshold applies, 0.5 for
-an nnU-Net model, its arg-max) and cleaned of components under ``minlesion`` mm³ (default 10).
+``lesionthreshold``, default 0.2; at the default the model card's threshold applies: 0.5 for
+an nnU-Net model, its arg-max; the template-space models' operating point chosen on validation
+heads) and cleaned of components under ``minlesion`` mm³ (default 10).
 Findings: per-lesion volume (mL), centroid (LPS, mm), hemisphere and cortical/subcortical
 region, described on the reference series (T1-w when present). The probability itself stays in
 :class:`~.results.LesionResult` (``probability``) for offline writers.
@@ -193,11 +194,19 @@ class LesionSegmentation(Stage):
                 "registration to the template failed (see the warning above)"
             )
             return res
-        thr = float(study.params["lesionthreshold"])
+        thr_ui = float(study.params["lesionthreshold"])
         min_mm3 = float(study.params["minlesion"])
-        have = tuple(c for c in ("t1", "flair") if c in tmpl.images)
+        have = tuple(c for c in ("t1", "flair") if c in tmpl.images and c not in tmpl.alone)
         inputs = have if have in MODEL_FOLDERS else (tmpl.reference,)
-        if len(have) < len([c for c in ("t1", "flair") if c in brain.n4]):
+        # (model inputs, brain mask on the template grid, series it speaks for)
+        groups = [(inputs, tmpl.brain, [c for c in study.inputs if c in tmpl.to_template and c not in tmpl.alone])]
+        groups += [((c,), mask, [c]) for c, mask in tmpl.alone.items()]
+        if tmpl.alone:
+            res.warnings.append(
+                "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, registration "
+                "failed): expect lower sensitivity for small lesions"
+            )
+        elif len(have) < len([c for c in ("t1", "flair") if c in brain.n4]):
             res.warnings.append(
                 "T1-w/FLAIR registration failed: lesions were segmented on the "
                 f"{'T1-w' if tmpl.reference == 't1' else 'FLAIR'} alone, not fused"
@@ -209,37 +218,40 @@ class LesionSegmentation(Stage):
             )
         elif inputs == ("flair",):
             res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
-        model = get_segmenter(inputs)
-        assert isinstance(model, VoxelLesionModel)
-        card = model.card
-        if abs(card.spacing_mm - tmpl.spacing_mm) > 1e-6:
-            raise ValueError(
-                f"lesion model {card.name} works on a {card.spacing_mm} mm template grid, "
-                f"the template stage gives {tmpl.spacing_mm} mm"
-            )
-        if card.status == "experimental":
-            res.warnings.append(
-                f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
-                "do not interpret its masks clinically"
-            )
-        prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, tmpl.brain)
         described: list[Lesion] | None = None
         probability: dict[str, np.ndarray] = {}
-        for c in study.inputs:
-            if c not in tmpl.to_template:
+        used = []
+        for inputs, brain_t, targets in groups:
+            if not targets:  # e.g. the cached T1-w of a FLAIR that is analysed alone
                 continue
-            img = brain.n4[c]
-            inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
-            p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c]), 0.0)
-            probability[c] = p.astype(np.float32)
-            mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3, card.seed_probability)
-            comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
-            res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
-            if described is None or c == "t1":
-                described = self._describe(mask, img, inside, c, tmpl.to_template[c])
-        res.results.append(
-            LesionResult(lesions=described or [], model=f"{card.name} {card.version}", probability=probability)
-        )
+            model = get_segmenter(inputs)
+            assert isinstance(model, VoxelLesionModel)
+            card = model.card
+            if abs(card.spacing_mm - tmpl.spacing_mm) > 1e-6:
+                raise ValueError(
+                    f"lesion model {card.name} works on a {card.spacing_mm} mm template grid, "
+                    f"the template stage gives {tmpl.spacing_mm} mm"
+                )
+            used.append(f"{card.name} {card.version}")
+            if card.status == "experimental":
+                res.warnings.append(
+                    f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
+                    "do not interpret its masks clinically"
+                )
+            # the UI default means "the model's own operating point" (chosen on validation heads)
+            thr = card.threshold if thr_ui == BY_ID["lesionthreshold"].default else thr_ui
+            prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t)
+            for c in targets:
+                img = brain.n4[c]
+                inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
+                p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c]), 0.0)
+                probability[c] = p.astype(np.float32)
+                mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3, card.seed_probability)
+                comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
+                res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
+                if described is None or c == "t1":
+                    described = self._describe(mask, img, inside, c, tmpl.to_template[c])
+        res.results.append(LesionResult(lesions=described or [], model="; ".join(used), probability=probability))
         return res
 
     @staticmethod

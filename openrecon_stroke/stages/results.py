@@ -109,6 +109,9 @@ class TemplateResult(StudyResult):
     images: dict[str, np.ndarray]
     #: HD-BET brain mask of the reference series on the template grid
     brain: np.ndarray
+    #: contrasts registered to the template on their own (their T1-w/FLAIR registration failed),
+    #: with their own HD-BET brain mask on the template grid; analysed alone, never fused
+    alone: dict[str, np.ndarray] = field(default_factory=dict)
 
     def findings(self) -> dict:
         reg = self.registration

@@ -6,7 +6,9 @@ Reads :class:`~.results.BrainResult` (N4 images, brain masks) and, when there is
 FLAIR :class:`~.results.SeriesRegistration`; writes :class:`~.results.TemplateResult`. The
 reference series (T1-w when known, else FLAIR) is registered (:func:`openrecon_stroke.template.register`:
 affine, then deformable, each checked); the other contrast reaches the template through the
-rigid series transform, composed with the reference's, never resampled twice. A registration
+rigid series transform, composed with the reference's, never resampled twice; a series of this
+connection whose T1-w/FLAIR registration failed is registered to the template on its own and
+analysed alone (``TemplateResult.alone``). A reference registration
 that fails its check leaves no template result: the stages that need it say they were skipped,
 and the warning says why.
 """
@@ -57,6 +59,22 @@ class TemplateRegistrationStage(Stage):
         to_native, to_template = template.series_transforms(reg, ref, brain.n4, flair_to_t1)
         images = {c: template.resample_to_template(brain.n4[c], tx, GRID_MM) for c, tx in to_native.items()}
         mask = template.resample_to_template(brain.brain_mask[ref], to_native[ref], GRID_MM) >= 0.5
+        alone: dict = {}
+        for c in study.inputs:  # a series of this connection that the T1-w/FLAIR registration could not place
+            if c in to_native or c not in brain.n4:
+                continue
+            reg_c = template.register(brain.n4[c], brain.brain_mask[c])
+            if not reg_c.ok:
+                res.warnings.append(
+                    f"registration of the {c.upper()} series to the MNI152 template failed ({reg_c.reason}); "
+                    "it was not analysed in template space"
+                )
+                continue
+            tn, tt = template.series_transforms(reg_c, c, (c,), None)
+            to_native[c], to_template[c] = tn[c], tt[c]
+            images[c] = template.resample_to_template(brain.n4[c], tn[c], GRID_MM)
+            alone[c] = template.resample_to_template(brain.brain_mask[c], tn[c], GRID_MM) >= 0.5
+            log.info("%s registered to the template on its own (%s)", c, reg_c.kind)
         log.info(
             "template registration (%s) of %s and resampling of %s in %.2f s",
             reg.kind,
@@ -73,6 +91,7 @@ class TemplateRegistrationStage(Stage):
                 spacing_mm=GRID_MM,
                 images=images,
                 brain=mask,
+                alone=alone,
             )
         )
         return res
