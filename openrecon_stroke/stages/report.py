@@ -240,7 +240,7 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
             f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
             f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm"
         )
-    sections = [("Lesions", lesion_lines(study)), ("Anomaly (pseudo-healthy difference)", anomaly_lines(study))]
+    sections = [("Lesions", lesion_lines(study)), ("Anomaly (difference from healthy brains)", anomaly_lines(study))]
     b = brain_lines(study)
     if b:
         sections.append(("Brain", b))
