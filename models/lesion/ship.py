@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -88,6 +89,11 @@ def misses(inp: str, test: dict | None, loo: dict | None) -> list[str]:
     return out
 
 
+def portable(command: str, work: Path) -> str:
+    """A training command without this machine's paths: the build folder as BUILD, the cases as CASES."""
+    return re.sub(r"--cache \S+", "--cache CASES", command.replace(str(work), "BUILD"))
+
+
 def point_figures(evaluation: dict | None, inp: str, key: str) -> dict | None:
     if not evaluation or inp not in evaluation:
         return None
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
         thr, seed = parse_point(key)
         t, lo = point_figures(test, inp, key), point_figures(loo, inp, key)
         missed = misses(inp, t, lo)
+        card["training"]["command"] = portable(card["training"]["command"], args.work)
         card["threshold"] = thr
         card["seed_probability"] = seed
         card["normative"] = "../normative"
@@ -138,8 +145,11 @@ def main(argv=None) -> int:
     for src, dst in copies:
         dst.mkdir(parents=True, exist_ok=True)
         for f in src.iterdir():
-            if f.is_file() and f.suffix in (".json", ".npz"):
+            if f.is_file() and f.suffix == ".npz":
                 shutil.copy2(f, dst / f.name)
+        norm = json.loads((src / "card.json").read_text())
+        norm["training"]["command"] = portable(norm["training"]["command"], args.work)
+        (dst / "card.json").write_text(json.dumps(norm, indent=1) + "\n")
     for inp, card in cards.items():
         dst = REPO / "models" / "lesion" / inp
         if dst.exists():

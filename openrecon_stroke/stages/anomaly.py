@@ -83,7 +83,9 @@ class AnomalyDetection(Stage):
             inside = sitk.GetArrayViewFromImage(pre.brain_mask[c]) > 0
             r = np.where(inside, r, 0.0)
             res.derived.append(ANOMALY_MAP.on(c, r, comment))
-            if c == ref:
+            # the load on the reference series, or on this connection's first series when the
+            # reference came from the study cache (its lesion mask is on this grid)
+            if load is None and (c == ref or ref not in study.inputs):
                 grid = study.inputs[c].grid
                 mask = postprocess(r, grid.voxel_volume_mm3, 1.0, 50.0)
                 les = study.get(LESION_MASK.name, c)
