@@ -31,6 +31,12 @@ for series in t1 flair; do
     $PY -m simulator replay "$OUT/study/$series.h5" --host 127.0.0.1 --port "$PORT" --out "$OUT/returned_$series.h5"
 done
 echo
+echo "== the returned lesion masks against the phantom's truth"
+for series in t1 flair; do
+    echo "-- $series"
+    $PY -m simulator score "$OUT/returned_$series.h5" --truth "$OUT/study/${series}_lesion_mask.nii.gz" || true
+done
+echo
 echo "Done. Returned series (ISMRMRD): $OUT/returned_t1.h5, $OUT/returned_flair.h5"
 echo "Previews (PNG montages):          $OUT/returned_*_series*.png"
 echo "Truth masks of the phantom:       $OUT/study/*_mask.nii.gz"

@@ -83,6 +83,10 @@ class Lesion:
     region: str = ""
     #: the input series (contrast) it was described on
     series: str = ""
+    #: through the template: the named region holding most of the lesion (e.g. "left frontal
+    #: lobe", see :mod:`openrecon_stroke.regions`) and the centroid's MNI coordinates (RAS mm)
+    location: str = ""
+    mni_mm: tuple[float, float, float] | None = None
 
     @property
     def reported_volume_ml(self) -> float:
@@ -105,6 +109,10 @@ class Lesion:
             d["region"] = self.region
         if self.series:
             d["series"] = self.series
+        if self.location:
+            d["location"] = self.location
+        if self.mni_mm is not None:
+            d["mni_mm"] = [round(v, 1) for v in self.mni_mm]
         return d
 
 
@@ -112,24 +120,38 @@ class Lesion:
 CORTICAL_MM = 6.0
 
 
-def postprocess(prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float) -> np.ndarray:
-    """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed."""
+def postprocess(
+    prob: np.ndarray, voxel_mm3: float, threshold: float, min_lesion_mm3: float, seed: float | None = None
+) -> np.ndarray:
+    """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed;
+    with ``seed``, also the components whose highest probability stays below ``seed`` (hysteresis:
+    a lesion must be certain somewhere, its border may be less so)."""
     mask = prob >= threshold
     lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return mask
     sizes = np.bincount(lab.ravel()) * voxel_mm3
     keep = sizes >= min_lesion_mm3
+    if seed is not None and seed > threshold:
+        peak = np.zeros(n + 1, prob.dtype)
+        np.maximum.at(peak, lab.ravel(), prob.ravel())
+        keep &= peak >= seed
     keep[0] = False
     return keep[lab]
 
 
 def describe(
-    mask: np.ndarray, image: sitk.Image, midline_x_lps: float, brain: np.ndarray | None = None
+    mask: np.ndarray,
+    image: sitk.Image,
+    midline_x_lps: float,
+    brain: np.ndarray | None = None,
+    locations: tuple[np.ndarray, dict[int, str]] | None = None,
 ) -> list[Lesion]:
     """Connected lesions of a mask on ``image``'s grid, largest first, labelled 1..n in that
     order. Hemisphere by the side of the brain's mid-sagittal plane (LPS x > midline: patient
-    left); region (cortical/subcortical) from the distance to the surface of ``brain``.
+    left); region (cortical/subcortical) from the distance to the surface of ``brain``;
+    ``location`` (with ``locations``: a label map on the same grid and its names) the named
+    label holding most of the lesion's voxels.
 
     Each lesion is measured inside its own bounding box (not on the whole volume), and its
     distance to the brain surface inside that box widened by ``CORTICAL_MM``, which is enough to
@@ -153,7 +175,21 @@ def describe(
             else:
                 depth = ndimage.distance_transform_edt(around, sampling=spacing_zyx)
                 region = "cortical" if float(np.mean(depth[sel] <= CORTICAL_MM)) >= 0.5 else "subcortical"
-        out.append(Lesion(i, float(sel.sum()) * vox, tuple(pt), "left" if pt[0] > midline_x_lps else "right", region))
+        where = ""
+        if locations is not None:
+            labs = locations[0][wide][sel]
+            labs = labs[labs > 0]
+            where = locations[1].get(int(np.bincount(labs).argmax()), "") if labs.size else ""
+        out.append(
+            Lesion(
+                i,
+                float(sel.sum()) * vox,
+                tuple(pt),
+                "left" if pt[0] > midline_x_lps else "right",
+                region,
+                location=where,
+            )
+        )
     return largest_first(out)
 
 

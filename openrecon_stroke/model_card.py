@@ -38,6 +38,12 @@ import-nnunet``); with it ``normalisation`` is ``"nnunet_v2"`` and ``spacing_mm`
 **brain_extraction** (:class:`BrainExtractionCard`): HD-BET's grid, padding, crop, modes; see
 ``models/hdbet/MODEL_CARD.md``.
 
+**voxel_classifier** (:class:`VoxelClassifierCard`): a template-space voxel classifier (the
+lesion models); see its fields.
+
+**normative** (:class:`NormativeCard`): healthy-brain statistics in template space (the anomaly
+map, and features of the lesion models); see its fields.
+
 A new family is a :class:`Card` subclass with its ``kind`` and :meth:`Card.parse`, and one entry
 in :data:`CARD_KINDS`. Keys a family does not model (training notes, metrics) stay readable as
 ``card["key"]``. Sessions, threads and folders are :mod:`openrecon_stroke.runtime`'s.
@@ -291,6 +297,115 @@ class AnomalyCard(Card):
         return self.calibration[k]
 
 
+@dataclass(frozen=True, kw_only=True)
+class VoxelClassifierCard(Card):
+    """A voxel classifier in template space (:mod:`openrecon_stroke.lesion_voxel`): ``inputs``
+    (contrasts), ``template`` (``{"name", "spacing_mm"}``: the template grid of
+    :func:`openrecon_stroke.template.template_grid` its features are computed on), ``features``
+    (names in the model's column order, :mod:`openrecon_stroke.voxel_features`), ``normative``
+    (folder of the normative model, relative to the card, when a feature needs one), ``output``
+    (``{"channel": k}``: the lesion column of the ONNX ``probabilities``), ``smoothing_mm`` of
+    the probability map, ``threshold`` and ``min_lesion_mm3``."""
+
+    kind: ClassVar[str] = "voxel_classifier"
+
+    inputs: tuple[str, ...]
+    spacing_mm: float
+    features: tuple[str, ...]
+    channel: int = 1
+    normative: Path | None = None
+    smoothing_mm: float = 0.0
+    threshold: float = 0.2
+    min_lesion_mm3: float = 10.0
+    #: hysteresis: a lesion's highest probability must reach this (None: no such rule)
+    seed_probability: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        from .voxel_features import check_names
+
+        if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
+            raise ModelCardError(f"{self.path}: inputs must be contrasts among t1, flair; got {self.inputs}")
+        if not 0.5 <= self.spacing_mm <= 4:
+            raise ModelCardError(f"{self.path}: template spacing_mm must be 0.5-4 mm")
+        problem = check_names(self.features, self.inputs, has_normative=self.normative is not None)
+        if problem:
+            raise ModelCardError(f"{self.path}: {problem}")
+        if not 0 < self.threshold < 1:
+            raise ModelCardError(f"{self.path}: threshold must be in (0, 1)")
+
+    @classmethod
+    def parse(cls, common, d):
+        return cls(
+            **common,
+            inputs=tuple(d["inputs"]),
+            spacing_mm=float(d["template"]["spacing_mm"]),
+            features=tuple(str(f) for f in d["features"]),
+            channel=int(d.get("output", {}).get("channel", 1)),
+            normative=(common["path"].parent / d["normative"]) if d.get("normative") else None,
+            smoothing_mm=float(d.get("smoothing_mm", 0.0)),
+            threshold=float(d.get("threshold", 0.2)),
+            min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
+            seed_probability=float(d["seed_probability"]) if d.get("seed_probability") is not None else None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormativeCard(Card):
+    """Healthy-brain statistics in template space (:mod:`openrecon_stroke.normative`):
+    ``contrasts``, the template grid (``spacing_mm``, full ``shape`` (z, y, x) and the ``box``
+    the files hold), the anomaly score's ``smoothing_mm`` and ``calibration`` (contrast
+    combination -> raw score of the 99.9th percentile in held-out healthy brains), the healthy
+    ``ventricle_ml`` range (mean, std) and ``jacobian`` (spacing_mm, shape, box of
+    ``jacobian.npz``) when built."""
+
+    kind: ClassVar[str] = "normative"
+
+    contrasts: tuple[str, ...]
+    spacing_mm: float
+    shape: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...]
+    smoothing_mm: float = 2.0
+    calibration: dict = field(default_factory=dict)
+    ventricle_ml: dict = field(default_factory=dict)
+    jacobian: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.contrasts or any(c not in ("t1", "flair") for c in self.contrasts):
+            raise ModelCardError(f"{self.path}: contrasts must be among t1, flair; got {self.contrasts}")
+        if (
+            len(self.shape) != 3
+            or len(self.box) != 3
+            or any(not 0 <= a < b <= n for (a, b), n in zip(self.box, self.shape))
+        ):
+            raise ModelCardError(f"{self.path}: box must be three [start, stop) ranges inside shape")
+        bad = [k for k in self.calibration if any(c not in self.contrasts for c in k.split("+"))]
+        if bad or any(float(v) <= 0 for v in self.calibration.values()):
+            raise ModelCardError(f"{self.path}: calibration needs positive scores for known contrasts ({bad})")
+
+    @classmethod
+    def parse(cls, common, d):
+        jac = d.get("jacobian")
+        return cls(
+            **common,
+            contrasts=tuple(d["contrasts"]),
+            spacing_mm=float(d["template"]["spacing_mm"]),
+            shape=_ints3(d["shape"]),
+            box=tuple((int(a), int(b)) for a, b in d["box"]),
+            smoothing_mm=float(d.get("smoothing_mm", 2.0)),
+            calibration={str(k): float(v) for k, v in d.get("calibration", {}).items()},
+            ventricle_ml=dict(d.get("ventricle_ml", {})),
+            jacobian=None
+            if jac is None
+            else {
+                "spacing_mm": float(jac["spacing_mm"]),
+                "shape": _ints3(jac["shape"]),
+                "box": tuple((int(a), int(b)) for a, b in jac["box"]),
+            },
+        )
+
+
 @dataclass(frozen=True)
 class CropToHead:
     """HD-BET speed-up: run the network on the head's bounding box only (see
@@ -359,7 +474,9 @@ class BrainExtractionCard(Card):
 
 
 #: ``kind`` -> card class (one entry per model family)
-CARD_KINDS: dict[str, type[Card]] = {c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard)}
+CARD_KINDS: dict[str, type[Card]] = {
+    c.kind: c for c in (ModelCard, AnomalyCard, BrainExtractionCard, VoxelClassifierCard, NormativeCard)
+}
 
 
 def _floats3(v) -> tuple[float, float, float]:

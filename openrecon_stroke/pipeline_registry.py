@@ -14,6 +14,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     DEFAULT_PIPELINE: (
         "basic.InputCheck",
         "brain.Preprocess",
+        "template.TemplateRegistrationStage",
         "lesion.LesionSegmentation",
         "anomaly.AnomalyDetection",
         "report.Overlay",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .metrics import dice
 
@@ -103,12 +104,22 @@ class RegistrationCheck:
     """Limits a rigid inter-series registration must respect to be used.
 
     Series of one study share the scanner's frame of reference, so a plausible correction is
-    small; a large one means the optimiser went astray.
+    small; a large one means the optimiser went astray. The head overlap (Otsu head masks of
+    both series, inside the moving series' field of view) is judged against the overlap with
+    the scanner's own geometry: the registration may not lose more than ``max_overlap_loss``
+    of it, and must keep at least ``min_mask_dice``. (An absolute bar alone fails good
+    registrations: Otsu splits a thick-slice FLAIR and a T1-w head differently, e.g. 0.71 for a
+    registration whose brain masks agree to 0.95.) The centres of the two head masks (inside the
+    moving series' field of view, after registration) may lie at most ``max_centre_offset_mm``
+    apart: an optimiser stuck short of a large geometry error leaves them far apart even when
+    the overlap looks acceptable.
     """
 
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
-    min_mask_dice: float = 0.85
+    min_mask_dice: float = 0.6
+    max_overlap_loss: float = 0.03
+    max_centre_offset_mm: float = 10.0
 
 
 @dataclass
@@ -206,15 +217,42 @@ def register_rigid(
         after, kept_scanner = before, True
     rot = math.degrees(max(abs(a) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())))
     trans = float(np.linalg.norm(euler.GetTranslation()))
-    # overlap of the two head masks after registration (on the fixed grid)
+    # overlap of the two head masks (on the fixed grid), registered and with the scanner geometry
     fm = sitk.GetArrayFromImage(sitk.OtsuThreshold(fs, 0, 1, 200)).astype(bool)
-    mm = sitk.GetArrayFromImage(
-        sitk.Resample(sitk.OtsuThreshold(ms, 0, 1, 200), fs, euler, sitk.sitkNearestNeighbor, 0)
-    ).astype(bool)
+    ms_head = sitk.OtsuThreshold(ms, 0, 1, 200)
     ones = sitk.Image(ms.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(ms)
-    inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, euler, sitk.sitkNearestNeighbor, 0)).astype(bool)
-    overlap = dice(fm & inside, mm & inside)
+
+    def head_overlap(t):
+        mm = sitk.GetArrayFromImage(sitk.Resample(ms_head, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        return dice(fm & inside, mm & inside)
+
+    def whole_head(img: sitk.Image) -> sitk.Image:
+        """Everything brighter than a tenth of the 99th percentile, closed and filled: the head
+        whatever the contrast (Otsu splits a FLAIR and a T1-w head at different tissues)."""
+        a = sitk.GetArrayFromImage(img)
+        m = ndimage.binary_fill_holes(ndimage.binary_closing(a > 0.1 * np.percentile(a, 99), iterations=2))
+        out = sitk.GetImageFromArray(m.astype(np.uint8))
+        out.CopyInformation(img)
+        return out
+
+    f_whole = sitk.GetArrayFromImage(whole_head(fs)).astype(bool)
+    m_whole = whole_head(ms)
+
+    def centre_offset(t) -> float:
+        """Distance (mm) between the centres of the two whole-head masks, inside the moving series' field of view."""
+        mm = sitk.GetArrayFromImage(sitk.Resample(m_whole, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
+        a, b = f_whole & inside, mm & inside
+        if not a.any() or not b.any():
+            return float("inf")
+        sp = np.asarray(fs.GetSpacing(), float)[::-1]
+        return float(np.linalg.norm((np.argwhere(a).mean(0) - np.argwhere(b).mean(0)) * sp))
+
+    overlap = head_overlap(euler)
+    overlap_scanner = overlap if kept_scanner else head_overlap(init)
+    offset = centre_offset(euler)
     reasons = []
     if rot > check.max_rotation_deg:
         reasons.append(f"rotation {rot:.1f} deg exceeds {check.max_rotation_deg:.0f} deg")
@@ -222,6 +260,12 @@ def register_rigid(
         reasons.append(f"translation {trans:.1f} mm exceeds {check.max_translation_mm:.0f} mm")
     if overlap < check.min_mask_dice:
         reasons.append(f"head overlap after registration is {overlap:.2f} (< {check.min_mask_dice:.2f})")
+    elif overlap < overlap_scanner - check.max_overlap_loss:
+        reasons.append(
+            f"head overlap after registration is {overlap:.2f}, below the scanner geometry's {overlap_scanner:.2f}"
+        )
+    if offset > check.max_centre_offset_mm:
+        reasons.append(f"head centres {offset:.0f} mm apart after registration (> {check.max_centre_offset_mm:.0f} mm)")
     ok = not reasons
     reason = "; ".join(reasons) or (
         "passed (scanner geometry kept: the optimiser did not improve on it)" if kept_scanner else "passed"

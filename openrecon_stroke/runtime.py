@@ -34,6 +34,7 @@ FAMILIES = {
     "hdbet": ("hdbet", "OPENRECON_HDBET_DIR"),
     "lesion": ("lesion", "OPENRECON_LESION_DIR"),
     "anomaly": ("anomaly", "OPENRECON_ANOMALY_DIR"),
+    "normative": ("normative", "OPENRECON_NORMATIVE_DIR"),
 }
 
 

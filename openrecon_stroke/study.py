@@ -124,6 +124,16 @@ class Study:
         got = self.results.get(kind)
         return got if isinstance(got, kind) else None
 
+    @property
+    def cache_key(self) -> str | None:
+        """This study's key in :attr:`cache` (None without a cache or a study identity)."""
+        from .study_cache import study_key
+
+        if self.cache is None:
+            return None
+        infos = [v.info for v in self.inputs.values() if v.info]
+        return study_key(infos[0]) if infos else None
+
     def need(self, kind: type[R]) -> R:
         """Like :meth:`result` for a type the stage declares in ``reads`` (the pipeline checked
         that it exists)."""

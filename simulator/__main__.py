@@ -1,4 +1,4 @@
-"""``python -m simulator {phantom,replay,convert} ...``"""
+"""``python -m simulator {phantom,replay,convert,score} ...``"""
 
 import argparse
 import importlib
@@ -9,6 +9,7 @@ COMMANDS = {
     "phantom": "simulator.phantom",
     "replay": "simulator.replay",
     "convert": "simulator.convert",
+    "score": "simulator.score",
 }
 
 

@@ -81,12 +81,17 @@ def study_uids(seed: int, source: str) -> dict:
 
 def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | None = None,
                kinds=None, orientation: str | None = None, randomize: bool = False,
-               t1_3d: bool = False, series=("t1", "flair"), abnormality: str | None = None) -> dict:
+               t1_3d: bool = False, series=("t1", "flair"), abnormality: str | None = None,
+               ventricle_growth: float = 0.0) -> dict:
     """Simulate the study in memory (``series``: which of :data:`SERIES` to make; each series
     draws from its own random stream, so a subset gives the same volumes as the full study).
 
+    ``ventricle_growth``: the lateral ventricles enlarged by this fraction of their volume
+    (:func:`simulator.anatomy.enlarge_ventricles`).
+
     Returns ``{"labels": sitk.Image, "lesion_mask": sitk.Image, "lesions": [...],
-    "series": {"t1": {...}, "flair": {...}}}``; each series dict holds ``volume`` (a
+    "ventricle_ml": true lateral-ventricle volume (mL), "series": {"t1": {...}, "flair": {...}}}``;
+    each series dict holds ``volume`` (a
     :class:`Volume` of uint16-range float32 values with ``info`` filled), ``as_3d``,
     ``header_kwargs`` (for :func:`mrdfile.make_header_xml`), ``lesion_mask`` and ``brain_mask``
     (uint8 arrays on the volume's grid).
@@ -97,6 +102,9 @@ def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | No
     hemi = anatomy.load_hemispheres(source)
     labels_l, inst, lesions = anatomy.insert_lesions(labels, rng_lesion, n_lesions, kinds, hemispheres=hemi)
     abnormal = None
+    ventricle_ml = None
+    if ventricle_growth:  # lateral ventricles enlarged by a known fraction (anomaly evaluation)
+        labels_l, _, ventricle_ml = anatomy.enlarge_ventricles(labels_l, ventricle_growth)
     if abnormality:  # a non-lesional abnormality (anomaly evaluation), from its own random stream
         rng_abn = np.random.default_rng(np.random.SeedSequence([int(seed), 7305, 1]))
         labels_l, abnormal = anatomy.add_abnormality(labels_l, rng_abn, abnormality, hemispheres=hemi)
@@ -108,7 +116,11 @@ def make_study(source: str | None = "mni", seed: int = 0, *, n_lesions: int | No
     lesion_img = grid_src.to_sitk((sitk.GetArrayViewFromImage(inst) > 0).astype(np.float32))
     uids = study_uids(seed, source or "mni")
     identity = dict(patient_id=f"PHANTOM{int(seed):04d}", patient_name=f"Phantom^Stroke{int(seed)}", **uids)
-    out = dict(labels=labels_l, lesion_mask=inst, lesions=lesions, series={}, abnormal_mask=abnormal)
+    if ventricle_ml is None:
+        lab_v = sitk.GetArrayViewFromImage(labels_l)
+        ventricle_ml = float((lab_v == anatomy.Tissue.CSF).sum()) * float(np.prod(labels_l.GetSpacing())) / 1000
+    out = dict(labels=labels_l, lesion_mask=inst, lesions=lesions, series={}, abnormal_mask=abnormal,
+               ventricle_ml=ventricle_ml)
     unknown = set(series) - set(SERIES)
     if unknown:
         raise ValueError(f"unknown series {sorted(unknown)}; choose from {', '.join(SERIES)}")

@@ -198,17 +198,19 @@ def stroke_phantom_t1_dicom(stroke_phantom):
 
 @pytest.fixture(scope="session")
 def t1_preprocessed(stroke_phantom_t1_dicom):
-    """The phantom's T1-w, read from its DICOM slices, after the real input check and
-    preprocessing stages (a Study)."""
+    """The phantom's T1-w, read from its DICOM slices, after the real input check, preprocessing
+    and template registration stages (a Study)."""
     from openrecon_stroke.inputs import load_volume
     from openrecon_stroke.pipeline import Pipeline
     from openrecon_stroke.stages.basic import InputCheck
     from openrecon_stroke.stages.brain import Preprocess
     from openrecon_stroke.study import Study
 
+    from openrecon_stroke.stages.template import TemplateRegistrationStage
+
     study = Study(inputs={"t1": load_volume(stroke_phantom_t1_dicom)})
-    Pipeline("pre", [InputCheck(), Preprocess()]).run(study)
-    assert study.stage_status == {"input_check": "ok", "preprocess": "ok"}, study.warnings
+    Pipeline("pre", [InputCheck(), Preprocess(), TemplateRegistrationStage()]).run(study)
+    assert study.stage_status == {"input_check": "ok", "preprocess": "ok", "template": "ok"}, study.warnings
     return study
 
 

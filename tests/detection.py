@@ -136,22 +136,22 @@ def check_anomaly(truth: np.ndarray, score: np.ndarray, brain: np.ndarray, spaci
 # --------------------------------------------------------------------------------------------
 # the shipped models' floors (a new model brings its own, measured the same way)
 # --------------------------------------------------------------------------------------------
-#: Measured 2026-11-29 (commit c6fd4d5, models lesion-* 0.1.0 and anomaly-rectified-flow 0.1.0,
-#: 4 Euler steps) on the seed-11 phantom (``studies.PHANTOM_ARGS``: two subcortical lesions,
-#: 2.7 and 3.3 mL) through the server, per connection and grid:
-#: T1-w model on T1-w: recall 2/2, Dice 0.094, 87.3 mL predicted for 6.25 mL true (14x);
-#: fusion on FLAIR (T1-w cached): 2/2, Dice 0.066, 117.2 mL for 5.9 mL (20x);
-#: FLAIR model on FLAIR: 2/2, Dice 0.041, 195.0 mL for 5.9 mL (33x);
-#: fusion on T1-w (FLAIR cached): 2/2, Dice 0.069, 120.2 mL for 6.25 mL (19x).
-#: Floors: one of the two lesions, half the lowest Dice, about twice the largest volume ratio
+#: Measured 2026-11-30 (template-space models lesion-voxel-* 0.2.0 at their card operating
+#: points, normative-mni152 anomaly map) on the seed-11 phantom (``studies.PHANTOM_ARGS``: two
+#: subcortical lesions, 2.7 and 3.3 mL) with ``process``, per input and grid:
+#: fusion on T1-w: recall 2/2, Dice 0.898, 7.44 mL predicted for 6.25 mL true (1.19x);
+#: fusion on FLAIR: 2/2, Dice 0.872, 7.49 mL for 5.91 mL (1.27x);
+#: T1-w model alone: 2/2, Dice 0.874, 5.00 mL for 6.25 mL (0.80x);
+#: FLAIR model alone: 2/2, Dice 0.752, 4.62 mL for 5.91 mL (0.78x).
+#: (The native-space models 0.1.0 they replace: Dice 0.041-0.094, 14-33x the true volume.)
+#: Floors: both lesions, two thirds of the lowest Dice, about 1.5x the largest volume ratio
 #: (a mask of the whole brain is ~220x the true volume).
-SHIPPED_LESION = LesionFloors(recall=0.5, dice=0.02, max_volume_ratio=70.0,
-                              source="shipped lesion models 0.1.0 on the seed-11 phantom through the server, "
-                                     "measured 2026-11-29: recall 2/2, Dice 0.041-0.094, 14-33x the true volume")
+SHIPPED_LESION = LesionFloors(recall=1.0, dice=0.5, max_volume_ratio=2.0,
+                              source="lesion-voxel-* 0.2.0 on the seed-11 phantom with process, measured "
+                                     "2026-11-30: recall 2/2, Dice 0.75-0.90, 0.78-1.27x the true volume")
 #: Mean anomaly score inside the true lesions over remote brain (> 10 mm from them), measured
-#: the same day on the four connections above: 1.65 to 1.69. Floor 1.3. (The maps stay below
-#: the threshold 1.0 everywhere on this phantom, so the anomaly load is 0 mL: what the model gets
-#: right is the ranking, lesions above remote brain.)
-SHIPPED_ANOMALY = AnomalyFloors(ratio=1.3, remote_mm=10.0,
-                                source="anomaly-rectified-flow 0.1.0, 4 steps, seed-11 phantom through the "
-                                       "server, measured 2026-11-29: ratio 1.65-1.69")
+#: the same day on the same four outputs: 7.9 and 8.1 (fused, T1-w / FLAIR grid), 13.3 (T1-w
+#: alone), 3.85 (FLAIR alone). Floor 2.5. (The flow model it replaced: 1.65-1.69.)
+SHIPPED_ANOMALY = AnomalyFloors(ratio=2.5, remote_mm=10.0,
+                                source="normative-mni152 0.1.0 z-map, seed-11 phantom with process, measured "
+                                       "2026-11-30: ratio 3.85-13.3")

@@ -457,7 +457,7 @@ def test_default_pipeline_on_one_subject_writes_bids_derivatives(tmp_path, capsy
     report = json.loads((anat / "sub-p1_report.json").read_text())
     assert set(report["stage_status"].values()) == {"ok"}, report["stage_status"]
     assert report["batch"]["status"] == "ok" and report["batch"]["networks_load_s"] > 0
-    assert report["findings"]["lesion_model"].startswith("lesion-t1-flair-fusion")
+    assert report["findings"]["lesion_model"].startswith("lesion-voxel-fusion")
     thr = report["parameters"]["lesionthreshold"]
     for suffix, grid in grids.items():
         names = {

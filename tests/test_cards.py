@@ -51,7 +51,7 @@ def test_family_from_kind_or_keys_and_refused_when_wrong(tmp_path):
     with pytest.raises(ModelCardError, match="unknown model kind 'dwi'"):
         _copy_card(src, tmp_path, kind="dwi")
         load_card(tmp_path, verify=False)
-    assert set(CARD_KINDS) == {"segmentation", "anomaly", "brain_extraction"}
+    assert set(CARD_KINDS) == {"segmentation", "anomaly", "brain_extraction", "voxel_classifier", "normative"}
 
 
 def test_brain_extraction_card_is_typed(tmp_path):
@@ -95,3 +95,35 @@ def test_model_cache_builds_once_per_key():
     cache.get("x")
     assert built == ["x", "y", "x"]
     assert runtime.physical_cores() >= 1
+
+
+def _write(folder: Path, card: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"x")
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_voxel_classifier_and_normative_cards_validate(tmp_path):
+    from openrecon_stroke.model_card import NormativeCard, VoxelClassifierCard
+
+    voxel = {"kind": "voxel_classifier", "name": "v", "version": "1", "inputs": ["t1"],
+             "template": {"spacing_mm": 1.5}, "features": ["t1_int", "t1_mirror", "prior_gm"],
+             "files": [{"file": "model.onnx"}]}
+    card = VoxelClassifierCard.load(_write(tmp_path / "a", voxel), verify=False)
+    assert card.features == ("t1_int", "t1_mirror", "prior_gm") and card.normative is None
+    with pytest.raises(ModelCardError, match="unknown features"):
+        load_card(_write(tmp_path / "b", {**voxel, "features": ["flair_int"]}), verify=False)
+    with pytest.raises(ModelCardError, match="need a 'normative' model"):
+        load_card(_write(tmp_path / "c", {**voxel, "features": ["t1_z"]}), verify=False)
+    ok = load_card(_write(tmp_path / "d", {**voxel, "features": ["t1_z"], "normative": "../n"}), verify=False)
+    assert isinstance(ok, VoxelClassifierCard) and ok.normative == tmp_path / "d" / "../n"
+
+    norm = {"kind": "normative", "name": "n", "version": "1", "contrasts": ["t1"], "template": {"spacing_mm": 1.5},
+            "shape": [10, 12, 14], "box": [[0, 10], [1, 11], [2, 14]], "calibration": {"t1": 2.5},
+            "files": [{"file": "model.onnx"}]}
+    assert isinstance(load_card(_write(tmp_path / "e", norm), verify=False), NormativeCard)
+    with pytest.raises(ModelCardError, match="box"):
+        load_card(_write(tmp_path / "f", {**norm, "box": [[0, 11], [0, 12], [0, 14]]}), verify=False)
+    with pytest.raises(ModelCardError, match="calibration"):
+        load_card(_write(tmp_path / "g", {**norm, "calibration": {"flair": 2.0}}), verify=False)

@@ -404,8 +404,8 @@ def test_t1_then_flair_on_two_connections_as_on_the_host(container_server, host_
     assert {"LESION", "OVERLAY", "REPORT"} <= set(flair), sorted(flair)
     # the FLAIR connection used the T1-w of the first one (the fusion model ran); the T1-w alone did not
     t1_text, flair_text = (" ".join(map(str, results["container", s].texts)) for s in ("t1", "flair"))
-    assert "t1_from_earlier_series" in flair_text and "lesion-t1-flair-fusion" in flair_text, flair_text[:1500]
-    assert "t1_from_earlier_series" not in t1_text and "lesion-t1-flair-fusion" not in t1_text, t1_text[:1500]
+    assert "t1_from_earlier_series" in flair_text and "lesion-voxel-fusion" in flair_text, flair_text[:1500]
+    assert "t1_from_earlier_series" not in t1_text and "lesion-voxel-fusion" not in t1_text, t1_text[:1500]
 
 
 def test_healthcheck_passes_while_serving(container_server, image_config):

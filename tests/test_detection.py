@@ -50,7 +50,7 @@ def test_detection_checks_bite(stroke_phantom):
     empty = np.zeros(truth.shape, np.uint8)
     with pytest.raises(AssertionError, match="recall 0.000"):
         check_lesions(truth, empty, voxel_ml, SHIPPED_LESION)
-    with pytest.raises(AssertionError, match=r"predicted .* mL > 70.0 x true"):
+    with pytest.raises(AssertionError, match=r"predicted .* mL > 2.0 x true"):
         check_lesions(truth, brain, voxel_ml, SHIPPED_LESION)
     with pytest.raises(AssertionError, match="mean score in the true lesions 0 "):
         check_anomaly(truth, empty.astype(np.float32), brain, spacing, SHIPPED_ANOMALY)

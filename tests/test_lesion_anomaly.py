@@ -110,7 +110,9 @@ def test_fused_study_gets_lesion_mask_and_anomaly_map_on_each_grid(study, tmp_pa
     assert all(x["hemisphere"] in ("left", "right") and x["region"] in ("cortical", "subcortical") for x in les)
     a = f["anomaly"]
     assert a["load_ml"] == pytest.approx(a["in_lesion_ml"] + a["perilesional_ml"] + a["remote_ml"], abs=0.01)
-    assert a["contrasts"] == "t1+flair" and a["steps"] == 4
+    assert a["contrasts"] == "t1+flair" and "normative" in f["models"]["anomaly"]  # template space: the normative map
+    # each lesion located through the template (MNI mm, a named lobe or deep structure)
+    assert all(len(x["mni_mm"]) == 3 and x["location"] for x in les), les
     # models that miss their targets are flagged on every report
     for folder in ("fusion",):
         card = json.loads((REPO / "models" / "lesion" / folder / "card.json").read_text())

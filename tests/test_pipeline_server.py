@@ -91,9 +91,9 @@ def test_text_report_names_pipeline_models_and_every_stage(served_t1_first, name
     for stage in STAGES:
         assert any(ln.startswith(f"time {stage}: ") and ln.endswith("(ok)") for ln in report.splitlines()), \
             (stage, report)
-    model = "lesion-t1-flair-fusion" if name == "flair" else "lesion-t1 "
+    model = "lesion-voxel-fusion" if name == "flair" else "lesion-voxel-t1 "
     assert any(ln.startswith("lesion_model: ") and model in ln for ln in report.splitlines()), report
-    assert "HD-BET" in report and "anomaly-rectified-flow" in report
+    assert "HD-BET" in report and "normative" in report
     assert any("is experimental" in t for t in c.result.texts)  # every report says so while they are
     # the server's log tells the same story
     assert any("stage lesion done" in m for m in c.log) and any("DICOM written to" in m for m in c.log)
@@ -166,14 +166,14 @@ def test_t1_arriving_after_flair_is_fused_with_it(served_flair_first):
     flair, t1 = served_flair_first.connections["flair"], served_flair_first.connections["t1"]
     # FLAIR alone first: brain extraction on the FLAIR, the FLAIR model, and it says what is lost
     assert [n for n, _ in flair.series()] == SERIES_ORDER
-    assert "lesion-flair" in flair.report and "brain_extraction" in flair.report
+    assert "lesion-voxel-flair" in flair.report and "brain_extraction" in flair.report
     assert any("T1-w missing" in t for t in flair.result.texts), flair.result.texts
     # then the T1-w: the cached FLAIR is registered to it and the fused model runs on both
     assert [n for n, _ in t1.series()] == SERIES_ORDER
     lines = t1.report.splitlines()
     assert any(ln.startswith("flair_from_earlier_series:") for ln in lines), t1.report
     assert any(ln.startswith("registration:") and "'ok': True" in ln for ln in lines), t1.report
-    assert any(ln.startswith("lesion_model: ") and "lesion-t1-flair-fusion" in ln for ln in lines), t1.report
+    assert any(ln.startswith("lesion_model: ") and "lesion-voxel-fusion" in ln for ln in lines), t1.report
     assert "'contrasts': 't1+flair'" in t1.report
     assert not any("T1-w missing" in t or "FLAIR missing" in t for t in t1.result.texts)
 
@@ -206,7 +206,7 @@ def test_a_flair_that_fails_its_registration_is_analysed_alone(served_t1_first, 
     report = next(t for t in res.texts if " report (pipeline " in t)
     lines = report.splitlines()
     assert any(ln.startswith("registration: {'ok': False") for ln in lines), report
-    assert any(ln.startswith("lesion_model: ") and "lesion-flair " in ln for ln in lines), report
+    assert any(ln.startswith("lesion_model: ") and "lesion-voxel-flair " in ln for ln in lines), report
     timings = next(ln for ln in lines if ln.startswith("preprocess_timings_s:"))
     assert "brain_extraction_flair" in timings  # its own HD-BET: the T1-w mask cannot be carried over
     # what comes back: no anomaly map on a FLAIR that is not registered to the T1-w it is computed on

@@ -55,7 +55,7 @@ def test_page_text_from_known_results():
     assert les[1] == "#1: 12.3 mL, left cortical (LPS 10, -21, 30 mm)"  # largest first
     assert les[2] == "#2: 0.50 mL, right subcortical (LPS 10, -21, 30 mm)"
     assert len(les) == 1 + MAX_LESIONS_LISTED + 1 and les[-1] == "... 2 smaller lesion(s) in the text report"
-    ano = texts(c, "Anomaly (pseudo-healthy difference)")
+    ano = texts(c, "Anomaly (difference from healthy brains)")
     assert ano[0] == "anomaly load 9.50 mL"
     assert ano[1].startswith("in lesions 2.10 mL; perilesional 4.00 mL; remote 3.40 mL"), ano
     assert "atrophy index 0.11" in ano and ano[-1] == "computed on T1-w+FLAIR", ano
@@ -74,7 +74,7 @@ def test_page_text_when_stages_fail_or_are_skipped():
     c = page_content(s, None)
     sec = sections(c)
     assert sec["Lesions"] == [("not available (lesion failed: see warnings)", render.WARN)]
-    assert sec["Anomaly (pseudo-healthy difference)"] == [("not available (anomaly skipped: see warnings)", render.WARN)]
+    assert sec["Anomaly (difference from healthy brains)"] == [("not available (anomaly skipped: see warnings)", render.WARN)]
     assert sec["Processing"] == [("preprocess: ok, 3.0 s", render.WHITE), ("lesion: failed, 0.4 s", render.WARN),
                                  ("anomaly: skipped, -", render.WARN), ("total so far: 3.4 s", render.WHITE)]
     assert "Models" not in sec
@@ -95,20 +95,21 @@ def test_page_text_agrees_with_the_real_findings(t1_analysed):
     assert n == len(f["lesions"]) > 0
     assert les[0] == f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(f['lesion_volume_ml'])}"
     largest = sorted(f["lesions"], key=lambda x: -x["volume_ml"])[:MAX_LESIONS_LISTED]
-    for line, lesion in zip(les[1:], largest):
+    for line, lesion in zip(les[1:], largest):  # located through the template
         assert line.startswith(f"#{lesion['label']}: {render.fmt_ml(lesion['volume_ml'])}, "
-                               f"{lesion['hemisphere']} {lesion['region']} (LPS ")
+                               f"{lesion['location']} ({lesion['region']}) (MNI "), line
+        assert lesion["hemisphere"] in lesion["location"] or lesion["location"] == "brainstem", lesion
     if n > MAX_LESIONS_LISTED:
         assert les[-1] == f"... {n - MAX_LESIONS_LISTED} smaller lesion(s) in the text report"
     a = f["anomaly"]
-    ano = texts(c, "Anomaly (pseudo-healthy difference)")
+    ano = texts(c, "Anomaly (difference from healthy brains)")
     assert ano[0] == f"anomaly load {render.fmt_ml(a['load_ml'])}" and ano[-1] == "computed on T1-w"
     assert f"atrophy index {a['atrophy_index']:.2f}" in ano
     assert texts(c, "Brain")[0] == f"brain volume: T1-w {render.fmt_ml(f['brain_volume_ml_t1'])} (HD-BET fast)"
     models = texts(c, "Models")
     assert any(m.startswith("brain_extraction: ") and "(ONNX, fast)" in m for m in models)
-    assert any(m.startswith("lesion: lesion-t1 ") for m in models)
-    assert any(m.startswith("anomaly: anomaly-rectified-flow ") and "(4 Euler steps)" in m for m in models)
+    assert any(m.startswith("lesion: lesion-voxel-t1 ") for m in models)
+    assert any(m.startswith("anomaly: normative-") and "(normative z-map)" in m for m in models)
     proc = texts(c, "Processing")
     for stage in ("input_check", "preprocess", "lesion", "anomaly", "overlay"):
         assert any(p.startswith(f"{stage}: ok, ") for p in proc), (stage, proc)

@@ -1,35 +1,66 @@
 #!/usr/bin/env bash
-# Train every shipped lesion model: T1-w only and FLAIR only (3 folds each, the two contrasts
-# side by side with one thread each), then build the T1-w+FLAIR late-fusion folds from them,
-# export ONNX and write the model cards. Resumable: rerun after a stop (each phase resumes from
-# the fold checkpoints; a finished phase is a no-op).
-#   phase 1: fold steps "1100 600 600", a third of the patches centred on a lesion
-#   phase 2: continued to "1900 1400 1400" with a fifth on lesions (fewer false positives)
-#   phase 3: continued to "2400 1900 1900", half of the patches cut with HD-BET's brain mask
-#            instead of the exact one (the mask the pipeline really uses; needs the cases'
-#            HD-BET masks, computed once into the cache, about 35 s per case)
-# About 1.2 h + 0.6 h + 0.5 h on 2 idle cores.
+# Rebuild the shipped template-space models from nothing: the cases (every head through the
+# pipeline's own preprocessing and MNI152 registration), the normative model, the three lesion
+# voxel classifiers, and their evaluation (validation heads choose the threshold, test heads and
+# leave-one-out real heads report). Resumable: a finished step is skipped on a rerun.
+#
+#   SynthSeg maps 01-12, the MNI head, the three real heads: training
+#   SynthSeg maps 13-14: validation (threshold and hysteresis seed of the cards)
+#   SynthSeg maps 15-20: test, never seen by any model
+#
+# Needs the `train` extra (lightgbm, onnxmltools) and ../shared/data (or OPENRECON_SHARED_DATA).
+# About 1.5 h for the cases and 1 h for the models on 2 idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-DATA=${DATA:-../shared/data}
-OUT=${OUT:-models/lesion}
-chain() {  # contrast, "steps per fold", lesion fraction, HD-BET mask fraction
-  local steps=($2)
-  for k in 0 1 2; do
-    $PY models/lesion/train.py --inputs "$1" --fold $k --data "$DATA" --out "$OUT/$1" \
-        --steps "${steps[$k]}" --threads 1 --lesion-fraction "$3" --bet-fraction "$4"
-  done
-}
-phase() {  # "steps per fold", lesion fraction, HD-BET mask fraction
-  chain t1 "$1" "$2" "$3" >> "$OUT/t1.log" 2>&1 &
-  chain flair "$1" "$2" "$3" >> "$OUT/flair.log" 2>&1 &
-  wait
-}
-phase "1100 600 600" 0.33 0
-phase "1900 1400 1400" 0.2 0
-phase "2400 1900 1900" 0.2 0.5
-# late fusion: the single-contrast folds' branches, their heads' logits averaged (no training;
-# a fusion layer trained with train.py --init-from over-segmented, see MODEL_CARD.md)
-$PY models/lesion/average_fusion.py --t1 "$OUT/t1" --flair "$OUT/flair" --out "$OUT/fusion"
-for m in t1 flair fusion; do $PY models/lesion/make_card.py "$OUT/$m"; done
+CACHE=${CACHE:-$HOME/.cache/openrecon-stroke/lesion-cases}
+WORK=${WORK:-$CACHE/build}
+VAL="synthseg_13 synthseg_14"
+TEST="synthseg_15 synthseg_16 synthseg_17 synthseg_18 synthseg_19 synthseg_20"
+
+# 1. cases
+$PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_01-14 --seeds 0-2 --healthy-seeds 100-102
+$PY models/lesion/cases.py --cache "$CACHE" --heads mni --seeds 0-2 --healthy-seeds 100 --no-flair-alone
+$PY models/lesion/cases.py --cache "$CACHE" --heads chris_t1 gd_t1 flair_real --seeds 0-3 --healthy-seeds 100
+$PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_15-20 --seeds 0-1 --healthy-seeds 100
+
+# 2. normative models (never the validation or test heads): healthy heads only, for the lesion
+#    models' z-features; and with the lesion heads' tissue away from their lesions, for the anomaly map
+[ -f "$WORK/normative/card.json" ] ||
+    $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative" --exclude $VAL $TEST
+[ -f "$WORK/normative_anomaly/card.json" ] ||
+    $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative_anomaly" --with-lesion-cases --exclude $VAL $TEST
+
+# 3. lesion voxel classifiers, one hard-negative round
+[ -f "$WORK/models/fusion/card.json" ] ||
+    $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/normative" --out "$WORK/models" \
+        --exclude $VAL --hard-rounds 1
+
+# 4. evaluation: validation (choose), test (report), anomaly map and ventricles
+GRID="--thresholds 0.3,0.4,0.5,0.6,0.7 --seeds 0,0.8,0.9,0.95"
+$PY models/lesion/evaluate_voxel.py "$WORK/models" --cache "$CACHE" --heads $VAL $GRID --json "$WORK/eval_val.json"
+$PY models/lesion/evaluate_voxel.py "$WORK/models" --cache "$CACHE" $GRID --json "$WORK/eval_test.json"
+$PY models/normative/evaluate.py "$WORK/normative_anomaly" --cache "$CACHE" \
+    --ventricle-heads synthseg_15 synthseg_16 synthseg_19 synthseg_20 --json "$WORK/eval_normative.json"
+
+# 5. leave one real head out: its normative model and its lesion model without it
+for h in chris_t1 gd_t1 flair_real; do
+    inp=t1; [ "$h" = flair_real ] && inp=flair
+    [ -f "$WORK/loo/$h/normative/card.json" ] ||
+        $PY models/normative/build.py --cache "$CACHE" --out "$WORK/loo/$h/normative" --exclude $VAL $TEST "$h"
+    [ -f "$WORK/loo/$h/$inp/card.json" ] ||
+        $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/loo/$h/normative" \
+            --out "$WORK/loo/$h" --exclude $VAL "$h" --inputs $inp --hard-rounds 1
+done
+$PY models/lesion/evaluate_voxel.py "$WORK/loo" --loo --cache "$CACHE" --heads chris_t1 gd_t1 flair_real $GRID \
+    --json "$WORK/eval_loo.json"
+for h in chris_t1 gd_t1 flair_real; do  # the anomaly map on each real head, statistics built without it
+    [ -f "$WORK/loo/$h/normative_anomaly/card.json" ] ||
+        $PY models/normative/build.py --cache "$CACHE" --out "$WORK/loo/$h/normative_anomaly" --with-lesion-cases \
+            --exclude $VAL $TEST "$h"
+    $PY models/normative/evaluate.py "$WORK/loo/$h/normative_anomaly" --cache "$CACHE" --heads "$h" \
+        --json "$WORK/eval_normative_$h.json"
+done
+
+echo "Built in $WORK. Copy the models into the repository with the cards' threshold and seed chosen on"
+echo "the validation heads (eval_val.json): models/lesion/ship.py $WORK"

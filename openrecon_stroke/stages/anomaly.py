@@ -1,11 +1,22 @@
-"""Anomaly stage: pseudo-healthy brain by the rectified-flow model, anomaly map and load.
+"""Anomaly stage: the anomaly map, the anomaly load, the ventricles and the regions that are larger
+or smaller than in healthy brains.
 
-Runs on the network grid of the anomaly card (RAS, 2 mm, brain box of the reference series:
-T1-w when known), with every contrast known to the study (FLAIR brought onto the T1-w frame by
-the checked registration; a series whose registration failed is scored alone). The map goes
-back onto every input series' grid as a ``map`` series whose value 1.0 is the threshold fixed on
+With the study in template space (:class:`~.results.TemplateResult`) and the normative model
+(:mod:`openrecon_stroke.normative`), the default: every contrast's white-matter-relative intensity
+against healthy brains at the same template position (normative z-score), mean |z| over the
+contrasts, smoothed, calibrated so that 1.0 is the threshold fixed on held-out healthy brains;
+mapped back onto every series' grid. The lateral ventricles are the template's, carried onto the
+reference series and measured there (CSF-dark voxels); the deformation to the template gives the
+regions whose size is outside the healthy range (log-Jacobian z-score), each located through the
+template.
+
+Without template space (its registration failed), the rectified-flow model: runs on the network
+grid of the anomaly card (RAS, 2 mm, brain box of the reference series: T1-w when known), with
+every contrast known to the study (FLAIR brought onto the T1-w frame by the checked
+registration; a series whose registration failed is scored alone). Either way the map goes back
+onto every input series' grid as a ``map`` series whose value 1.0 is the threshold fixed on
 healthy brains (display window 0-2). Findings: anomaly load (total, inside the segmented lesion,
-perilesional, remote, in mL), and with T1-w ventricle volume and an atrophy index.
+perilesional, remote, in mL), the ventricle volume and an atrophy index.
 """
 
 from __future__ import annotations
@@ -15,11 +26,14 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
+from .. import regions, template
 from ..anomaly import anomaly_load, csf_measures, get_model
-from ..lesion import brain_box_grid, normalise
+from ..lesion import brain_box_grid, normalise, postprocess
+from ..normative import deformation_regions, get_normative, ventricle_volume
+from ..runtime import model_folder
 from ..study import Study
 from .base import Stage, StageResult
-from .results import ANOMALY_MAP, LESION_MASK, AnomalyResult, BrainResult, SeriesRegistration
+from .results import ANOMALY_MAP, LESION_MASK, AnomalyResult, BrainResult, SeriesRegistration, TemplateResult
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +41,111 @@ log = logging.getLogger(__name__)
 class AnomalyDetection(Stage):
     name = "anomaly"
     reads = (BrainResult,)
-    optional = (SeriesRegistration,)
+    optional = (SeriesRegistration, TemplateResult)
     writes = (AnomalyResult,)
 
     def run(self, study: Study) -> StageResult:
+        tmpl = study.result(TemplateResult)
+        if tmpl is not None and (model_folder("normative") / "card.json").is_file():
+            return self._run_normative(study, tmpl)
+        return self._run_flow(study)
+
+    def _run_normative(self, study: Study, tmpl: TemplateResult) -> StageResult:
+        res = StageResult()
+        pre = study.need(BrainResult)
+        nm = get_normative()
+        card = nm.card
+        pri = template.load_template(tmpl.spacing_mm).arrays()
+        inside_t = tmpl.brain & (pri["brain"] > 0)
+        contrasts: list[str] = [
+            c for c in ("t1", "flair") if c in tmpl.images and c in card.contrasts and c not in tmpl.alone
+        ]
+        for c in tmpl.alone:
+            res.warnings.append(
+                f"anomaly map from {'T1-w' if tmpl.reference == 't1' else 'FLAIR'} only: "
+                f"{'FLAIR' if c == 'flair' else 'T1-w'} could not be registered to it"
+            )
+        means = {
+            c: template.tissue_means(tmpl.images[c], pri["gm"], pri["wm"], pri["csf"], inside_t) for c in contrasts
+        }
+        rel = {c: tmpl.images[c] / (means[c]["wm"] or 1.0) for c in contrasts}
+        score_t = sitk.GetImageFromArray(nm.score(rel, tmpl.brain))
+        score_t.CopyInformation(template.template_grid(tmpl.spacing_mm))
+        ref = tmpl.reference
+        comment = f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}"
+        load = None
+        for c in study.inputs:
+            if c not in tmpl.to_template or c in tmpl.alone:
+                continue
+            r = sitk.GetArrayFromImage(
+                sitk.Resample(score_t, pre.n4[c], tmpl.to_template[c], sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            )
+            inside = sitk.GetArrayViewFromImage(pre.brain_mask[c]) > 0
+            r = np.where(inside, r, 0.0)
+            res.derived.append(ANOMALY_MAP.on(c, r, comment))
+            # the load on the reference series, or on this connection's first series when the
+            # reference came from the study cache (its lesion mask is on this grid)
+            if load is None and (c == ref or ref not in study.inputs):
+                grid = study.inputs[c].grid
+                mask = postprocess(r, grid.voxel_volume_mm3, 1.0, 50.0)
+                les = study.get(LESION_MASK.name, c)
+                load = anomaly_load(mask, les.data > 0 if les is not None else None, tuple(grid.spacing)[::-1])
+        if load is None:  # the reference series came from the cache: measure on the template grid
+            mask = postprocess(sitk.GetArrayFromImage(score_t), tmpl.spacing_mm**3, 1.0, 50.0)
+            load = anomaly_load(mask, None, (tmpl.spacing_mm,) * 3)
+        # the ventricles, on the reference series' own grid
+        img = pre.n4[ref]
+        labels = regions.regions_on(img, tmpl.to_template[ref])
+        names = regions.load_regions()[1]
+        vent_ids = [k for k, n in names.items() if "lateral ventricle" in n]
+        vent = np.isin(labels, vent_ids)
+        spacing_zyx = tuple(float(v) for v in img.GetSpacing())[::-1]
+        brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
+        vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img), brain_ref, vent, means[ref], spacing_zyx)
+        rel_ref = rel[ref]
+        atrophy = float(np.mean(rel_ref[inside_t] < 0.5 * (means[ref]["csf"] + means[ref]["gm"]) / means[ref]["wm"]))
+        # regions larger or smaller than healthy brains, from the deformation
+        deformation: list[dict] = []
+        stats = nm.jacobian()
+        reg = tmpl.registration
+        if stats is not None and reg.log_jacobian is not None:
+            grid2 = reg.log_jacobian
+            brain2 = (
+                sitk.GetArrayFromImage(
+                    sitk.Resample(
+                        sitk.Cast(tmpl_brain_image(tmpl), sitk.sitkFloat32),
+                        grid2,
+                        sitk.Transform(),
+                        sitk.sitkLinear,
+                        0.0,
+                    )
+                )
+                >= 0.5
+            )
+            for d in deformation_regions(sitk.GetArrayFromImage(grid2), stats, brain2, grid2.GetSpacing()[0]):
+                p = grid2.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in d.pop("centroid_zyx")[::-1]))
+                d["mni_mm"] = [round(float(v), 1) for v in template.lps_to_mni(np.asarray(p))]
+                d["location"] = regions.name_at(p)
+                deformation.append(d)
+        res.results.append(
+            AnomalyResult(
+                load=load,
+                csf={"ventricle_ml": round(vent_ml, 1), "atrophy_index": round(atrophy, 3)},
+                contrasts="+".join(contrasts),
+                steps=0,
+                model=f"{card.name} {card.version} (normative z-map)",
+                ventricle_z=nm.ventricle_z(vent_ml),
+                deformation=deformation,
+            )
+        )
+        if card.status != "validated":
+            res.warnings.append(
+                f"the anomaly map is experimental ({card.status_note or 'not validated'}); "
+                "do not interpret it clinically"
+            )
+        return res
+
+    def _run_flow(self, study: Study) -> StageResult:
         res = StageResult()
         pre = study.need(BrainResult)
         reg = study.result(SeriesRegistration)
@@ -116,4 +231,13 @@ class AnomalyDetection(Stage):
         return res
 
     def warm_up(self) -> None:
+        if (model_folder("normative") / "card.json").is_file():
+            get_normative().load()
         get_model().load()
+
+
+def tmpl_brain_image(tmpl: TemplateResult) -> sitk.Image:
+    """The study's brain mask on the template grid, as an image."""
+    img = sitk.GetImageFromArray(tmpl.brain.astype(np.uint8))
+    img.CopyInformation(template.template_grid(tmpl.spacing_mm))
+    return img

@@ -17,7 +17,6 @@ import SimpleITK as sitk
 
 from ..preprocess import N4Settings, n4_correct, register_rigid
 from ..study import CONTRASTS, Study
-from ..study_cache import study_key
 from .base import SkipStudy, Stage, StageResult
 from .results import BRAIN_MASK, BrainResult, SeriesRegistration
 
@@ -61,10 +60,8 @@ class Preprocess(Stage):
         earlier: dict[str, str] = {}
 
         # earlier series of this study, from the cache
-        key = None
+        key = study.cache_key
         if study.cache is not None:
-            infos = [v.info for v in study.inputs.values() if v.info]
-            key = study_key(infos[0]) if infos else None
             for c in CONTRASTS:
                 if c not in images and key:
                     got = study.cache.get(key, c)

@@ -1,4 +1,14 @@
-"""Lesion segmentation stage: the shipped ONNX ensembles, driven by their model cards.
+"""Lesion segmentation stage: the shipped ONNX models, driven by their model cards.
+
+Two families of cards (:mod:`openrecon_stroke.model_card`):
+
+* ``voxel_classifier`` (the shipped models): a voxel classifier over template-space features
+  (:mod:`openrecon_stroke.lesion_voxel`); it reads the study's :class:`~.results.TemplateResult`
+  (every contrast already on the template grid), and its probability goes back onto each
+  series' grid through the series' composed template transform. Each lesion is located through
+  the template (MNI coordinates, named region: :mod:`openrecon_stroke.regions`);
+* ``segmentation`` (a native-space network, e.g. a team's nnU-Net export): the network runs on
+  each series' own frame, as below.
 
 Which model runs (each an ensemble of folds, voxel-wise mean probability):
 
@@ -15,8 +25,9 @@ Which model runs (each an ensemble of folds, voxel-wise mean probability):
   run instead, with a warning.
 
 The probability is mapped back onto every input series' own grid, thresholded (UI
-``lesionthreshold``, default 0.2; at the default a site model's card threshold applies, 0.5 for
-an nnU-Net model, its arg-max) and cleaned of components under ``minlesion`` mm³ (default 10).
+``lesionthreshold``, default 0.2; at the default the model card's threshold applies: 0.5 for
+an nnU-Net model, its arg-max; the template-space models' operating point chosen on validation
+heads) and cleaned of components under ``minlesion`` mm³ (default 10).
 Findings: per-lesion volume (mL), centroid (LPS, mm), hemisphere and cortical/subcortical
 region, described on the reference series (T1-w when present). The probability itself stays in
 :class:`~.results.LesionResult` (``probability``) for offline writers.
@@ -31,22 +42,34 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .. import regions
 from ..lesion import Lesion, LesionSegmenter, describe, postprocess
-from ..model_card import ModelCard, ModelCardError
+from ..lesion_voxel import VoxelLesionModel
+from ..model_card import Card, ModelCard, ModelCardError, VoxelClassifierCard, load_card
 from ..params import BY_ID
 from ..runtime import ModelCache, model_folder
 from ..study import Study
 from .base import Stage, StageResult
-from .results import LESION_MASK, BrainResult, LesionResult, SeriesRegistration
+from .results import LESION_MASK, BrainResult, LesionResult, SeriesRegistration, TemplateResult
 
 log = logging.getLogger(__name__)
 
 MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
 
-_segmenters: ModelCache[Path, LesionSegmenter] = ModelCache(lambda folder: LesionSegmenter(ModelCard.load(folder)))
+
+def _load_model(folder: Path) -> LesionSegmenter | VoxelLesionModel:
+    card: Card = load_card(folder)
+    if isinstance(card, VoxelClassifierCard):
+        return VoxelLesionModel(card)
+    if isinstance(card, ModelCard):
+        return LesionSegmenter(card)
+    raise ModelCardError(f"{folder}: a {card.kind} model is not a lesion model")
 
 
-def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
+_segmenters: ModelCache[Path, LesionSegmenter | VoxelLesionModel] = ModelCache(_load_model)
+
+
+def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter | VoxelLesionModel:
     """The (process-wide, loaded once) segmenter for a contrast combination, from its
     sub-folder of the lesion models folder (:func:`openrecon_stroke.runtime.model_folder`)."""
     folder = model_folder("lesion") / MODEL_FOLDERS[inputs]
@@ -59,8 +82,11 @@ def get_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
 
 
 def segmenter_at(folder: Path) -> LesionSegmenter:
-    """The (process-wide, loaded once) segmenter of a model folder."""
-    return _segmenters.get(folder)
+    """The (process-wide, loaded once) native-space segmenter of a model folder (a site model)."""
+    seg = _segmenters.get(folder)
+    if not isinstance(seg, LesionSegmenter):
+        raise ModelCardError(f"{folder}: a site lesion model must be a native-space segmentation model")
+    return seg
 
 
 def site_model_folder(ui_value: str = "") -> Path | None:
@@ -82,13 +108,20 @@ def site_model_folder(ui_value: str = "") -> Path | None:
     return folder
 
 
+def native_segmenter(inputs: tuple[str, ...]) -> LesionSegmenter:
+    seg = get_segmenter(inputs)
+    if not isinstance(seg, LesionSegmenter):
+        raise ModelCardError(f"the {'+'.join(inputs)} lesion model is not a native-space model")
+    return seg
+
+
 Run = tuple[LesionSegmenter, tuple[str, ...], dict[str, sitk.Transform]]
 
 
 class LesionSegmentation(Stage):
     name = "lesion"
     reads = (BrainResult,)
-    optional = (SeriesRegistration,)
+    optional = (SeriesRegistration, TemplateResult)
     writes = (LesionResult,)
 
     def warm_up(self) -> None:
@@ -109,7 +142,10 @@ class LesionSegmentation(Stage):
         min_mm3 = float(study.params["minlesion"])
 
         # which model(s): (segmenter, contrasts it reads, transforms to its other contrasts)
-        runs = self._site_run(study, n4, flair_to_t1, res) or self._shipped_runs(study, n4, flair_to_t1, res)
+        runs = self._site_run(study, n4, flair_to_t1, res)
+        if not runs and isinstance(get_segmenter((brain.reference,)), VoxelLesionModel):
+            return self._run_template(study, res)
+        runs = runs or self._shipped_runs(study, n4, flair_to_t1, res)
 
         lesions_out: list[Lesion] | None = None
         used = []
@@ -147,12 +183,83 @@ class LesionSegmentation(Stage):
         res.results.append(LesionResult(lesions=lesions_out or [], model="; ".join(used), probability=probability))
         return res
 
+    def _run_template(self, study: Study, res: StageResult) -> StageResult:
+        """The template-space models: fusion when both contrasts reached the template, else the
+        reference series' own model."""
+        brain = study.need(BrainResult)
+        tmpl = study.result(TemplateResult)
+        if tmpl is None:
+            res.warnings.append(
+                "lesion segmentation was not run: its models work in template space and the "
+                "registration to the template failed (see the warning above)"
+            )
+            return res
+        thr_ui = float(study.params["lesionthreshold"])
+        min_mm3 = float(study.params["minlesion"])
+        have = tuple(c for c in ("t1", "flair") if c in tmpl.images and c not in tmpl.alone)
+        inputs = have if have in MODEL_FOLDERS else (tmpl.reference,)
+        # (model inputs, brain mask on the template grid, series it speaks for)
+        groups = [(inputs, tmpl.brain, [c for c in study.inputs if c in tmpl.to_template and c not in tmpl.alone])]
+        groups += [((c,), mask, [c]) for c, mask in tmpl.alone.items()]
+        if tmpl.alone:
+            res.warnings.append(
+                "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, registration "
+                "failed): expect lower sensitivity for small lesions"
+            )
+        elif len(have) < len([c for c in ("t1", "flair") if c in brain.n4]):
+            res.warnings.append(
+                "T1-w/FLAIR registration failed: lesions were segmented on the "
+                f"{'T1-w' if tmpl.reference == 't1' else 'FLAIR'} alone, not fused"
+            )
+        elif inputs == ("t1",):
+            res.warnings.append(
+                "FLAIR missing: lesions were segmented on T1-w alone, which misses "
+                "more small lesions; add the FLAIR series for the fused model"
+            )
+        elif inputs == ("flair",):
+            res.warnings.append("T1-w missing: lesions were segmented on FLAIR alone")
+        described: list[Lesion] | None = None
+        probability: dict[str, np.ndarray] = {}
+        used = []
+        for inputs, brain_t, targets in groups:
+            if not targets:  # e.g. the cached T1-w of a FLAIR that is analysed alone
+                continue
+            model = get_segmenter(inputs)
+            assert isinstance(model, VoxelLesionModel)
+            card = model.card
+            if abs(card.spacing_mm - tmpl.spacing_mm) > 1e-6:
+                raise ValueError(
+                    f"lesion model {card.name} works on a {card.spacing_mm} mm template grid, "
+                    f"the template stage gives {tmpl.spacing_mm} mm"
+                )
+            used.append(f"{card.name} {card.version}")
+            if card.status == "experimental":
+                res.warnings.append(
+                    f"lesion model {card.name} is experimental ({card.status_note or 'not validated'}); "
+                    "do not interpret its masks clinically"
+                )
+            # the UI default means "the model's own operating point" (chosen on validation heads)
+            thr = card.threshold if thr_ui == BY_ID["lesionthreshold"].default else thr_ui
+            prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t)
+            for c in targets:
+                img = brain.n4[c]
+                inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
+                p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c]), 0.0)
+                probability[c] = p.astype(np.float32)
+                mask = postprocess(p, study.inputs[c].grid.voxel_volume_mm3, thr, min_mm3, card.seed_probability)
+                comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
+                res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
+                if described is None or c == "t1":
+                    described = self._describe(mask, img, inside, c, tmpl.to_template[c])
+        res.results.append(LesionResult(lesions=described or [], model="; ".join(used), probability=probability))
+        return res
+
     @staticmethod
     def _shipped_runs(study: Study, n4: dict, flair_to_t1, res: StageResult) -> list[Run]:
         """The shipped models: fused when both contrasts are registered, else one per series."""
         if "t1" in n4 and "flair" in n4 and flair_to_t1 is not None:
-            return [(get_segmenter(("t1", "flair")), ("t1", "flair"), {"flair": flair_to_t1})]
-        runs: list[Run] = [(get_segmenter((c,)), (c,), {}) for c in ("t1", "flair") if c in study.inputs]
+            return [(native_segmenter(("t1", "flair")), ("t1", "flair"), {"flair": flair_to_t1})]
+        runs: list[Run] = [(native_segmenter((c,)), (c,), {}) for c in ("t1", "flair") if c in study.inputs]
         if "t1" in n4 and "flair" in n4:
             res.warnings.append(
                 "lesion segmentation ran on each series alone (T1-w/FLAIR not fused, "
@@ -202,12 +309,25 @@ class LesionSegmentation(Stage):
         return [(seg, tuple(card.inputs), to_contrast)]
 
     @staticmethod
-    def _describe(mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str) -> list[Lesion]:
+    def _describe(
+        mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str, to_template: sitk.Transform | None = None
+    ) -> list[Lesion]:
         if not mask.any():
             return []
         zyx = np.argwhere(brain).mean(0)[::-1]
         midline = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx))[0]
-        out = describe(mask, img, midline, brain)
+        names = regions.load_regions()[1] if to_template is not None else {}
+        out = describe(
+            mask,
+            img,
+            midline,
+            brain,
+            (regions.regions_on(img, to_template), names) if to_template is not None else None,
+        )
         for les in out:
             les.series = contrast
+            if to_template is not None:
+                mni = regions.mni_of(les.centroid_lps_mm, to_template)
+                les.mni_mm = (mni[0], mni[1], mni[2])
+                les.hemisphere = "right" if mni[0] > 0 else "left"  # the template is symmetric about MNI x = 0
         return out

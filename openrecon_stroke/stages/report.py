@@ -136,11 +136,15 @@ def lesion_lines(study: Study) -> list:
     lines: list = [f"{n} lesion{'s' if n != 1 else ''}, total volume {render.fmt_ml(res.volume_ml)}"]
     ordered = sorted(res.lesions, key=lambda les: -les.reported_volume_ml)
     for les in ordered[:MAX_LESIONS_LISTED]:
-        where = [w for w in (les.hemisphere, les.region) if w]
         text = f"#{les.label}: {render.fmt_ml(les.reported_volume_ml)}"
-        if where:
-            text += ", " + " ".join(where)
-        text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
+        if les.location:
+            text += f", {les.location}" + (f" ({les.region})" if les.region else "")
+            text += " (MNI " + ", ".join(_num(v, "{:.0f}") for v in les.mni_mm or ()) + " mm)"
+        else:
+            where = [w for w in (les.hemisphere, les.region) if w]
+            if where:
+                text += ", " + " ".join(where)
+            text += " (LPS " + ", ".join(_num(v, "{:.0f}") for v in les.reported_centroid) + " mm)"
         lines.append(text)
     if len(ordered) > MAX_LESIONS_LISTED:
         lines.append(f"... {len(ordered) - MAX_LESIONS_LISTED} smaller lesion(s) in the text report")
@@ -162,10 +166,18 @@ def anomaly_lines(study: Study) -> list:
         )
     ]
     if a.csf is not None:
-        parts.append(f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}")
+        vent = f"ventricles {render.fmt_ml(a.csf['ventricle_ml'])}"
+        if a.ventricle_z is not None:
+            vent += f" ({'enlarged, ' if a.ventricle_z > 2 else ''}z {_num(a.ventricle_z, '{:+.1f}')} vs healthy)"
+        parts.append(vent)
     lines = [parts[0], "; ".join(parts[1:])]
     if a.csf is not None:
         lines.append(f"atrophy index {_num(a.csf['atrophy_index'], '{:.2f}')}")
+    for d in a.deformation[:3]:
+        where = f" {d['location']}" if d.get("location") else ""
+        lines.append(
+            f"{d['kind']}{where}: {render.fmt_ml(d['volume_ml'])} beyond the healthy range (z {d['peak_z']:.0f})"
+        )
     if a.contrasts:
         lines.append(f"computed on {a.contrasts.replace('t1', 'T1-w').replace('flair', 'FLAIR')}")
     return lines
@@ -228,7 +240,7 @@ def page_content(study: Study, key: str | None) -> render.PageContent:
             f"{_label(c)} '{vol.description}' {g.shape[2]}x{g.shape[1]}x{g.shape[0]} "
             f"@ {g.spacing[0]:.2f}x{g.spacing[1]:.2f}x{g.spacing[2]:.2f} mm"
         )
-    sections = [("Lesions", lesion_lines(study)), ("Anomaly (pseudo-healthy difference)", anomaly_lines(study))]
+    sections = [("Lesions", lesion_lines(study)), ("Anomaly (difference from healthy brains)", anomaly_lines(study))]
     b = brain_lines(study)
     if b:
         sections.append(("Brain", b))

@@ -21,6 +21,7 @@ from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
 from ..preprocess import RigidRegistration
 from ..study import SeriesSpec, StudyResult
+from ..template import TemplateRegistration
 
 # --- series sent back (one per input series; UI switch in send_param) -------------------------
 HEAD_MASK = SeriesSpec("head_mask", "mask", "HEADMASK", "sendmask")
@@ -87,6 +88,39 @@ class SeriesRegistration(StudyResult):
 
 
 @dataclass
+class TemplateResult(StudyResult):
+    """Written by ``template``: the study registered to the MNI152 template, and every known
+    contrast resampled once onto the template grid (what the lesion and anomaly stages read).
+
+    Transforms follow ITK's convention: ``to_native[c]`` maps template points (LPS mm) to points
+    of series ``c`` (resample a series with it to bring it into template space); ``to_template[c]``
+    maps series points to template points (resample a template-space map with it to bring it
+    onto the series' grid). Arrays are ``(nz, ny, nx)`` on
+    :func:`openrecon_stroke.template.template_grid` of ``spacing_mm``."""
+
+    label: ClassVar[str] = "template_registration"
+
+    reference: str
+    registration: TemplateRegistration
+    to_native: dict[str, sitk.Transform]
+    to_template: dict[str, sitk.Transform]
+    spacing_mm: float
+    #: contrast -> N4 image on the template grid (float32)
+    images: dict[str, np.ndarray]
+    #: HD-BET brain mask of the reference series on the template grid
+    brain: np.ndarray
+    #: contrasts registered to the template on their own (their T1-w/FLAIR registration failed),
+    #: with their own HD-BET brain mask on the template grid; analysed alone, never fused
+    alone: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def findings(self) -> dict:
+        reg = self.registration
+        out = {"kind": reg.kind, "reference": self.reference, "check": reg.reason}
+        out.update({k: v for k, v in reg.summary.items() if k != "tissue_means"})
+        return {"template_registration": out}
+
+
+@dataclass
 class LesionResult(StudyResult):
     """Written by ``lesion``: the lesions of the reference series (T1-w when present), largest
     first, and the model(s) that found them."""
@@ -131,9 +165,20 @@ class AnomalyResult(StudyResult):
     model: str
     #: score from which the overlay colours (None: the map's display window centre)
     threshold: float | None = None
+    #: the lateral-ventricle volume against healthy brains (z-score; None: not measured)
+    ventricle_z: float | None = None
+    #: regions larger ("expansion") or smaller ("contraction") than in healthy brains, from the
+    #: deformation to the template: kind, volume_ml (template), peak_z, location, mni_mm
+    deformation: list[dict] = field(default_factory=list)
 
     def findings(self) -> dict:
-        a: dict = {**self.load, "contrasts": self.contrasts, "steps": self.steps, **(self.csf or {})}
+        a: dict = {**self.load, "contrasts": self.contrasts, **(self.csf or {})}
+        if self.steps:
+            a["steps"] = self.steps
         if self.threshold is not None:
             a["threshold"] = self.threshold
+        if self.ventricle_z is not None:
+            a["ventricle_z"] = round(self.ventricle_z, 2)
+        if self.deformation:
+            a["deformation"] = self.deformation
         return {"anomaly": a, "models": {"anomaly": self.model}}

@@ -86,5 +86,6 @@ from .labels import (  # noqa: F401
 from .lesions import (  # noqa: F401
     ABNORMALITIES,
     add_abnormality,
+    enlarge_ventricles,
     insert_lesions,
 )

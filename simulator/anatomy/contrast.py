@@ -72,13 +72,15 @@ def add_rician_noise(data: np.ndarray, rng: np.random.Generator, sigma: float) -
 
 
 def contrast_parameters(contrast: str, rng: np.random.Generator | None = None,
-                        randomize: bool = False) -> dict:
+                        randomize: bool | str = False) -> dict:
     """The intensity model of :func:`synthesize`: per-label ``means`` and ``texture`` lookup
     tables, ``voxel_std`` (per label, white noise before blurring), ``pv_sigma_mm``,
     ``bias_strength``, ``gamma``, ``noise`` (relative to the reference tissue) and
     ``periventricular``. ``randomize`` draws them SynthSeg-style (needs ``rng``): with
     probability 1/2 every tissue mean is uniform in [0, 1] (any contrast), otherwise the means
-    of ``contrast`` are jittered by ~25 %; texture, blur, bias, gamma and noise are random too."""
+    of ``contrast`` are jittered by ~25 %; texture, blur, bias, gamma and noise are random too.
+    ``randomize="realistic"`` always jitters (the same random draws, so the same generator
+    state gives the same jittered contrasts): images keep the contrast's tissue order."""
     contrast = contrast.lower()
     if contrast not in CONTRAST_MEANS:
         raise ValueError(f"unknown contrast {contrast!r}; choose from {', '.join(CONTRAST_MEANS)}")
@@ -91,7 +93,9 @@ def contrast_parameters(contrast: str, rng: np.random.Generator | None = None,
         return p
     if rng is None:
         raise ValueError("randomize needs a random generator")
-    if rng.random() < 0.5:
+    if randomize not in (True, "realistic"):
+        raise ValueError(f"randomize must be False, True or 'realistic', not {randomize!r}")
+    if rng.random() < 0.5 and randomize != "realistic":
         m = rng.uniform(0.0, 1.0, N_LABELS).astype(np.float32)
     else:
         m = (means * np.exp(rng.normal(0, 0.25, N_LABELS))).astype(np.float32)

@@ -49,7 +49,7 @@ N_LABELS = 32  # size of per-label lookup tables
 RIGHT, LEFT = 1, 2
 HEMISPHERE_NAMES = {RIGHT: "right", LEFT: "left"}
 
-LESION_KINDS = ("territorial", "lacunar", "cortical", "subcortical")
+LESION_KINDS = ("territorial", "lacunar", "cortical", "subcortical", "cerebellar")
 
 
 def isin_labels(arr: np.ndarray, labels) -> np.ndarray:

@@ -162,10 +162,19 @@ def _lacunar(arr, hemi, grid, rng, side):
     return _blob(arr, hemi, grid, rng, side, c, radii, allowed, 0.1)
 
 
+def _cerebellar(arr, hemi, grid, rng, side):
+    """A posterior-circulation infarct: an irregular blob in one cerebellar hemisphere."""
+    c = _pick_voxel(isin_labels(arr, (Tissue.CEREBELLUM_GM, Tissue.CEREBELLUM_WM)) & (hemi == side), rng)
+    if c is None:
+        return None
+    radii = rng.uniform(4, 14) * rng.uniform(0.7, 1.3, 3)
+    return _blob(arr, hemi, grid, rng, side, c, radii, (Tissue.CEREBELLUM_GM, Tissue.CEREBELLUM_WM), 0.3)
+
+
 _MAKERS = {"territorial": _territorial, "cortical": _cortical, "subcortical": _subcortical,
-           "lacunar": _lacunar}
+           "lacunar": _lacunar, "cerebellar": _cerebellar}
 #: Minimum size (mL, core) of each kind of lesion.
-_MIN_ML = {"territorial": 2.0, "cortical": 0.3, "subcortical": 0.3, "lacunar": 0.01}
+_MIN_ML = {"territorial": 2.0, "cortical": 0.3, "subcortical": 0.3, "lacunar": 0.01, "cerebellar": 0.2}
 
 
 def _plan_kinds(rng, n_lesions, kinds):
@@ -187,9 +196,9 @@ def _plan_kinds(rng, n_lesions, kinds):
     plan = []
     for i in range(n_lesions):
         if i == 0:
-            plan.append(str(rng.choice(LESION_KINDS, p=[0.45, 0.15, 0.2, 0.2])))
+            plan.append(str(rng.choice(LESION_KINDS[:4], p=[0.45, 0.15, 0.2, 0.2])))
         else:  # at most one territorial infarct unless asked for
-            plan.append(str(rng.choice(LESION_KINDS, p=[0.0, 0.6, 0.25, 0.15])))
+            plan.append(str(rng.choice(LESION_KINDS[:4], p=[0.0, 0.6, 0.25, 0.15])))
     return plan
 
 
@@ -201,8 +210,9 @@ def insert_lesions(labels: sitk.Image, rng: np.random.Generator, n_lesions: int 
     Kinds (:data:`LESION_KINDS`): ``territorial`` (MCA-like wedge from beside the lateral
     ventricle out to the cortex of one hemisphere, ~2 to >100 mL), ``cortical`` (cortex and
     subjacent white matter, ~0.3-15 mL), ``subcortical`` (deep white matter / basal ganglia,
-    ~0.3-10 mL) and ``lacunar`` (3-15 mm ellipsoids in deep grey matter, periventricular white
-    matter or the pons). Borders are made irregular with smoothed random fields. Each lesion is
+    ~0.3-10 mL), ``lacunar`` (3-15 mm ellipsoids in deep grey matter, periventricular white
+    matter or the pons) and ``cerebellar`` (one cerebellar hemisphere, ~0.2-10 mL; drawn only
+    when asked for in ``kinds``). Borders are made irregular with smoothed random fields. Each lesion is
     a CSF-like cavity (``LESION_CORE``) wrapped in a 1-2 mm gliotic rim (``LESION_RIM``, 1 mm
     for lacunes); both lie in brain parenchyma only. With ``ex_vacuo``, the lateral ventricle
     of a hemisphere holding more than 8 mL of lesion is enlarged by 1-3 mm.
@@ -326,6 +336,29 @@ def add_abnormality(labels: sitk.Image, rng: np.random.Generator, kind: str,
             csf |= peel
     changed = (arr != before).astype(np.uint8)
     return grid.to_sitk(arr), grid.to_sitk(changed)
+
+
+def enlarge_ventricles(labels: sitk.Image, fraction: float) -> tuple[sitk.Image, float, float]:
+    """Both lateral ventricles (``Tissue.CSF``) grown by ``fraction`` of their volume (0.2 =
+    20 % larger) into the white matter and deep grey matter around them, nearest voxels first
+    (a uniform shell, as in ventricular enlargement). Returns ``(labels, volume_before_ml,
+    volume_after_ml)``."""
+    if fraction < 0:
+        raise ValueError("fraction must be >= 0")
+    grid = Grid.from_sitk(labels)
+    arr = sitk.GetArrayFromImage(labels).astype(np.int16)
+    vent = arr == Tissue.CSF
+    vox_ml = grid.voxel_volume_mm3 / 1000.0
+    before = float(vent.sum()) * vox_ml
+    grow = int(round(vent.sum() * fraction))
+    if grow:
+        dist = ndi.distance_transform_edt(~vent, sampling=grid.spacing[::-1])
+        allowed = isin_labels(arr, (Tissue.WM, Tissue.DEEP_GM)) & (dist <= 25.0)
+        cand = np.flatnonzero(allowed)
+        order = cand[np.argsort(dist.ravel()[cand], kind="stable")][:grow]
+        arr.ravel()[order] = Tissue.CSF
+    after = float((arr == Tissue.CSF).sum()) * vox_ml
+    return grid.to_sitk(arr), before, after
 
 
 def _enlarge_ventricle(arr, hemi, side, mm):

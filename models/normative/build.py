@@ -1,0 +1,219 @@
+"""Build the normative model (:mod:`openrecon_stroke.normative`) from healthy heads.
+
+Healthy cases (``models/lesion/cases.py`` with ``--healthy-seeds``: every head through the
+pipeline's own preprocessing and template registration) of the given heads give, per contrast,
+per-voxel mean and standard deviation of the white-matter-relative intensity; their deformations
+give the log-Jacobian statistics; their lateral ventricles (the template's ventricles carried
+back, measured as the anomaly stage measures them) the healthy ventricle range.
+
+The anomaly score's threshold is calibrated on healthy brains the statistics never saw: the
+heads are split into two halves; each half is scored against statistics built from the other
+half, and the threshold of each contrast combination is the 99.9th percentile of those scores
+inside the brain (eroded 2 mm). The shipped statistics then use every head.
+
+    .venv/bin/python models/normative/build.py --cache CASES --out models/normative [--exclude chris_t1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "models" / "lesion"))
+
+from cases import REAL_HEADS, list_cases, load_case, model_view  # noqa: E402
+
+from openrecon_stroke import template, voxel_features  # noqa: E402
+from openrecon_stroke.model_card import file_sha256  # noqa: E402
+from openrecon_stroke.normative import Stats, write_stats  # noqa: E402
+
+log = logging.getLogger("normative")
+GRID_MM = 1.5
+HEADS = tuple(f"synthseg_{i:02d}" for i in range(1, 15)) + ("mni",) + tuple(REAL_HEADS)
+SMOOTH_STATS_MM = 2.0
+MIN_STD = 0.04
+SCORE_SMOOTHING_MM = 2.0
+PERCENTILE = 99.9
+
+
+def healthy_cases(cache: Path, heads) -> list[tuple[str, int]]:
+    out = []
+    for head, seed in list_cases(cache, heads):
+        arrays = load_case(cache, head, seed)
+        if not any(float(arrays[k].max()) > 0 for k in arrays if k.endswith("_truth")):
+            out.append((head, seed))
+    return out
+
+
+def relative_images(arrays: dict, priors: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per contrast the white-matter-relative image on the template grid, and the brain mask."""
+    brain = arrays["brain"] > 0
+    b = brain & (priors["brain"] > 0)
+    rel = {}
+    for c in ("t1", "flair"):
+        v = model_view(arrays, (c,))
+        if v is None:
+            continue
+        m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], v["brain"] & b)
+        rel[c] = voxel_features.relative_intensity(v["images"][c], m["wm"])
+    return rel, brain
+
+
+def accumulate(cache: Path, cases, priors) -> dict[str, list[np.ndarray]]:
+    acc: dict[str, list[np.ndarray]] = {}
+    for head, seed in cases:
+        arrays = load_case(cache, head, seed)
+        rel, brain = relative_images(arrays, priors)
+        les = arrays["lesion"].astype(np.float32) > 0.1
+        if les.any():  # a head with lesions (--with-lesion-cases): its tissue 4 mm away from them
+            brain = brain & ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
+        for c, r in rel.items():
+            s = acc.setdefault(c, [np.zeros(brain.shape, np.float64) for _ in range(3)])
+            s[0] += brain
+            s[1] += np.where(brain, r, 0)
+            s[2] += np.where(brain, r.astype(np.float64) ** 2, 0)
+        if "log_jacobian" in arrays and not les.any():
+            lj = arrays["log_jacobian"].astype(np.float64)
+            s = acc.setdefault("jacobian", [np.zeros(lj.shape, np.float64) for _ in range(3)])
+            s[0] += 1
+            s[1] += lj
+            s[2] += lj**2
+    return acc
+
+
+def finish(n, s1, s2, spacing_mm: float, min_std: float) -> tuple[Stats, np.ndarray]:
+    """Smoothed (normalised inside the voxels with data) mean and std, std floored at ``min_std``."""
+    sig = SMOOTH_STATS_MM / spacing_mm
+    nf = ndimage.gaussian_filter(n, sig)
+    mu = ndimage.gaussian_filter(s1, sig) / np.maximum(nf, 1e-6)
+    ex2 = ndimage.gaussian_filter(s2, sig) / np.maximum(nf, 1e-6)
+    sd = np.sqrt(np.maximum(ex2 - mu * mu, 0))
+    has = n >= 3
+    return Stats(
+        np.where(has, mu, 0).astype(np.float32), np.where(has, np.maximum(sd, min_std), 1.0).astype(np.float32)
+    ), has
+
+
+def build_stats(cache: Path, cases, priors) -> tuple[dict[str, Stats], dict[str, np.ndarray]]:
+    acc = accumulate(cache, cases, priors)
+    stats, has = {}, {}
+    for k, (n, s1, s2) in acc.items():
+        stats[k], has[k] = finish(n, s1, s2, 2.0 if k == "jacobian" else GRID_MM, 0.02 if k == "jacobian" else MIN_STD)
+    return stats, has
+
+
+def raw_scores(stats: dict[str, Stats], rel: dict[str, np.ndarray], brain: np.ndarray) -> dict[str, np.ndarray]:
+    """The uncalibrated score of every contrast combination present (see :mod:`openrecon_stroke.normative`)."""
+    z = {c: np.abs(np.where(brain, stats[c].z(r), 0)) for c, r in rel.items() if c in stats}
+    out = {}
+    for combo in (("t1",), ("flair",), ("t1", "flair")):
+        if all(c in z for c in combo):
+            total = sum(z[c] for c in combo) / len(combo)
+            out["+".join(combo)] = voxel_features.smooth_in(total, brain, SCORE_SMOOTHING_MM, GRID_MM)
+    return out
+
+
+def calibrate(cache: Path, cases, priors) -> dict[str, float]:
+    """99.9th percentile of each combination's score in healthy brains scored against statistics
+    built from the other half of the heads (two folds by head)."""
+    heads = sorted({h for h, _ in cases})
+    folds = [heads[0::2], heads[1::2]]
+    pooled: dict[str, list[np.ndarray]] = {}
+    for k, held in enumerate(folds):
+        stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors)
+        for head, seed in [c for c in cases if c[0] in held]:
+            arrays = load_case(cache, head, seed)
+            rel, brain = relative_images(arrays, priors)
+            core = ndimage.binary_erosion(brain, iterations=max(1, int(round(2.0 / GRID_MM))))
+            les = arrays["lesion"].astype(np.float32) > 0.1
+            if les.any():
+                core &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
+            for combo, sc in raw_scores(stats, rel, brain).items():
+                pooled.setdefault(combo, []).append(sc[core])
+        log.info("calibration fold %d/2 done", k + 1)
+    return {combo: float(np.percentile(np.concatenate(v), PERCENTILE)) for combo, v in pooled.items()}
+
+
+def box_of(mask: np.ndarray) -> list[list[int]]:
+    nz = np.argwhere(mask)
+    lo, hi = nz.min(0), nz.max(0) + 1
+    return [[int(a), int(b)] for a, b in zip(lo, hi)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--heads", nargs="+", default=list(HEADS))
+    ap.add_argument("--exclude", nargs="*", default=[])
+    ap.add_argument("--with-lesion-cases", action="store_true",
+                    help="also use heads with lesions, their tissue 4 mm away from the lesions (intensity only)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    heads = [h for h in args.heads if h not in args.exclude]
+    cases = list_cases(args.cache, heads) if args.with_lesion_cases else healthy_cases(args.cache, heads)
+    if not cases:
+        log.error(
+            "no healthy cases of %s in %s (make them with models/lesion/cases.py --healthy-seeds)", heads, args.cache
+        )
+        return 2
+    log.info("%d healthy cases of %d heads", len(cases), len({h for h, _ in cases}))
+    t0 = time.perf_counter()
+    priors = template.load_template(GRID_MM).arrays()
+    calibration = calibrate(args.cache, cases, priors)
+    stats, has = build_stats(args.cache, cases, priors)
+    args.out.mkdir(parents=True, exist_ok=True)
+    contrasts = [c for c in ("t1", "flair") if c in stats]
+    box = box_of(sum(has[c] for c in contrasts) > 0)
+    files = []
+    for c in contrasts:
+        write_stats(args.out / f"{c}.npz", stats[c], box)
+        files.append(f"{c}.npz")
+    jac = None
+    if "jacobian" in stats:
+        jbox = box_of(has["jacobian"] & (template.load_template(2.0).arrays()["brain"] > 0))
+        write_stats(args.out / "jacobian.npz", stats["jacobian"], jbox)
+        files.append("jacobian.npz")
+        jac = {"spacing_mm": 2.0, "shape": list(stats["jacobian"].mean.shape), "box": jbox}
+    shape = list(stats[contrasts[0]].mean.shape)
+    card = {
+        "kind": "normative",
+        "name": "normative-mni152",
+        "version": "0.1.0",
+        "description": "healthy-brain statistics in MNI152 2009a sym template space: per-voxel white-matter-"
+        "relative intensity (mean, std) per contrast, log-Jacobian of the deformation to the "
+        "template, calibrated anomaly threshold",
+        "contrasts": contrasts,
+        "template": {"name": template.TEMPLATE_NAME, "spacing_mm": GRID_MM},
+        "shape": shape,
+        "box": box,
+        "smoothing_mm": SCORE_SMOOTHING_MM,
+        "calibration": {k: round(v, 5) for k, v in calibration.items()},
+        "calibration_rule": f"{PERCENTILE}th percentile of held-out healthy brains (two folds by head), brain eroded 2 mm",
+        "jacobian": jac,
+        "files": [{"file": f, "sha256": file_sha256(args.out / f)} for f in files],
+        "training": {
+            "heads": sorted({h for h, _ in cases}),
+            "cases": len(cases),
+            "excluded": args.exclude,
+            "voxel_counts": {c: int(has[c].sum()) for c in contrasts},
+            "seconds": round(time.perf_counter() - t0, 1),
+            "command": "models/normative/build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+    }
+    (args.out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    log.info("normative model -> %s (%s; calibration %s)", args.out, ", ".join(files), card["calibration"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

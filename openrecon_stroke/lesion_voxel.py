@@ -1,0 +1,106 @@
+"""Template-space lesion models: a voxel classifier (ONNX) over features of the registered brain.
+
+The model card (``card.json``, ``"kind": "voxel_classifier"``,
+:class:`~openrecon_stroke.model_card.VoxelClassifierCard`) names everything the runner needs:
+
+* ``inputs``: contrasts, e.g. ``["t1", "flair"]``;
+* ``template``: ``{"name": ..., "spacing_mm": 1.5}``: the template grid the features are computed on
+  (:func:`openrecon_stroke.template.template_grid`);
+* ``features``: feature names in the model's column order (:mod:`openrecon_stroke.voxel_features`);
+* ``normative``: folder of the normative model (relative to the card, :mod:`openrecon_stroke.normative`),
+  when a feature needs it;
+* ``files``: ``[{"file": "model.onnx", "sha256": ...}]`` (several files are averaged);
+* ``output``: ``{"activation": "probability", "channel": 1}``: which column of the ONNX output
+  ``probabilities`` is the lesion class;
+* ``smoothing_mm`` (optional): Gaussian smoothing of the probability map in template space;
+* ``threshold``, ``min_lesion_mm3``, ``status``, ``status_note``, ``training``, ``metrics``.
+
+Flow: the template stage has resampled each contrast (N4-corrected) once onto the template grid;
+tissue intensities are estimated there; features go through the ONNX model in blocks of rows;
+the probability map is returned on the template grid. The lesion stage maps it back onto every
+series' own grid (:meth:`VoxelLesionModel.on_grid`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import template, voxel_features
+from .model_card import ModelCardError, VoxelClassifierCard
+from .runtime import LazySessions
+
+#: Rows per ONNX Runtime call (bounds memory: rows x features x 4 bytes).
+BLOCK_ROWS = 200_000
+
+
+class VoxelLesionModel:
+    """A voxel-classifier card with its ONNX Runtime sessions and normative model (loaded once)."""
+
+    def __init__(self, card: VoxelClassifierCard):
+        self.card = card
+        self._sessions = LazySessions(card.files)
+        self._normative: voxel_features.Normative | None = None
+
+    @property
+    def normative(self) -> voxel_features.Normative | None:
+        if self._normative is None and self.card.normative is not None:
+            from .normative import get_normative
+
+            model = get_normative(self.card.normative)
+            if abs(model.card.spacing_mm - self.card.spacing_mm) > 1e-6:
+                raise ModelCardError(
+                    f"{self.card.path}: its normative model is on a {model.card.spacing_mm} mm "
+                    f"grid, the model needs {self.card.spacing_mm} mm"
+                )
+            self._normative = model.as_features()
+        return self._normative
+
+    def load(self) -> None:
+        """Create the sessions and read the normative model now (server start-up)."""
+        self._sessions.all()
+        _ = self.normative
+
+    def grid(self) -> sitk.Image:
+        return template.template_grid(self.card.spacing_mm)
+
+    def priors(self) -> dict[str, np.ndarray]:
+        return template.load_template(self.card.spacing_mm).arrays()
+
+    def probability_arrays(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> np.ndarray:
+        """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
+        already on that grid and the brain mask there."""
+        pri = self.priors()
+        means = {
+            c: template.tissue_means(images_t[c], pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
+            for c in self.card.inputs
+        }
+        x = voxel_features.compute(
+            self.card.features, images_t, brain_t, means, pri, self.card.spacing_mm, self.normative
+        )
+        p = np.zeros(x.shape[0], np.float32)
+        sessions = self._sessions.all()
+        for s in sessions:
+            name = s.get_inputs()[0].name
+            out_names = [o.name for o in s.get_outputs()]
+            col = out_names.index("probabilities") if "probabilities" in out_names else len(out_names) - 1
+            for a in range(0, x.shape[0], BLOCK_ROWS):
+                prob = s.run([out_names[col]], {name: x[a : a + BLOCK_ROWS]})[0]
+                p[a : a + BLOCK_ROWS] += np.asarray(prob)[:, self.card.channel]
+        p /= len(sessions)
+        out = np.zeros(brain_t.shape, np.float32)
+        out[brain_t] = p
+        if self.card.smoothing_mm > 0:
+            out = voxel_features.smooth_in(out, brain_t, self.card.smoothing_mm, self.card.spacing_mm)
+        return out
+
+    def probability_image(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> sitk.Image:
+        """:meth:`probability_arrays` as a SimpleITK image on the template grid."""
+        out = sitk.GetImageFromArray(self.probability_arrays(images_t, brain_t))
+        out.CopyInformation(self.grid())
+        return out
+
+    @staticmethod
+    def on_grid(prob_t: sitk.Image, image: sitk.Image, to_template: sitk.Transform) -> np.ndarray:
+        """A template-space probability on ``image``'s grid (``to_template``: its points -> template)."""
+        return sitk.GetArrayFromImage(sitk.Resample(prob_t, image, to_template, sitk.sitkLinear, 0.0, sitk.sitkFloat32))

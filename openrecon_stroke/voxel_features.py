@@ -1,0 +1,174 @@
+"""Per-voxel features in template space: what a voxel classifier sees of a registered brain.
+
+Everything here works on ``(nz, ny, nx)`` arrays on one template-space grid
+(:func:`openrecon_stroke.template.template_grid`, LPS, axis-aligned, with a voxel column on the
+mid-sagittal plane, so that flipping the x axis mirrors left and right about the template's plane
+of symmetry). A model card lists the features it was trained on by name; :func:`compute` returns
+them in that order, so the card alone decides what a model gets.
+
+Names: ``<contrast>_<feature>`` for image features (contrast ``t1`` or ``flair``) and
+``prior_<feature>`` for features of the template alone:
+
+* ``int``: intensity relative to the brain's own white matter (1 = white matter);
+* ``int_s2``, ``int_s5``: the same smoothed (Gaussian, 2 and 5 mm), inside the brain only;
+* ``z``, ``z_s2``, ``z_s4``: normative z-score against healthy heads at the same template
+  position (:class:`Normative`), raw and smoothed;
+* ``expect``: intensity minus what the template's tissue probabilities predict for this brain
+  (grey matter, white matter and CSF intensities estimated on the brain itself);
+* ``mirror``, ``mirror_s3``: intensity minus the intensity at the mirrored position (the other
+  hemisphere), raw and smoothed 3 mm; ``zmirror_s2``: the same on the normative z-score;
+* ``lstd3``: local standard deviation of the intensity (3 mm Gaussian window);
+* ``prior_gm``, ``prior_wm``, ``prior_csf``: the template's tissue probabilities;
+  ``prior_csf_s4``: CSF probability smoothed 4 mm (nearness of CSF); ``prior_depth``: distance
+  to the template brain's surface (mm).
+
+Smoothing inside the brain is normalised convolution (the smoothed image divided by the smoothed
+mask), so values near the brain's edge are not pulled towards 0 by the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+IMAGE_FEATURES = (
+    "int",
+    "int_s2",
+    "int_s5",
+    "z",
+    "z_s2",
+    "z_s4",
+    "expect",
+    "mirror",
+    "mirror_s3",
+    "zmirror_s2",
+    "lstd3",
+)
+PRIOR_FEATURES = ("prior_gm", "prior_wm", "prior_csf", "prior_csf_s4", "prior_depth")
+#: Features that need a normative model.
+NORMATIVE_FEATURES = ("z", "z_s2", "z_s4", "zmirror_s2")
+
+
+@dataclass(frozen=True)
+class Normative:
+    """Per-voxel mean and standard deviation of white-matter-relative intensity in healthy heads,
+    per contrast, on the template grid: ``mean[c]``, ``std[c]`` (``(nz, ny, nx)`` float32)."""
+
+    mean: dict
+    std: dict
+
+    def z(self, contrast: str, rel: np.ndarray) -> np.ndarray:
+        return ((rel - self.mean[contrast]) / self.std[contrast]).astype(np.float32)
+
+
+def smooth_in(a: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing_mm: float) -> np.ndarray:
+    """Gaussian smoothing of ``a`` inside ``mask`` (normalised convolution; 0 outside)."""
+    s = sigma_mm / spacing_mm
+    m = mask.astype(np.float32)
+    num = ndimage.gaussian_filter(np.where(mask, a, 0).astype(np.float32), s, mode="constant")
+    den = ndimage.gaussian_filter(m, s, mode="constant")
+    return np.where(mask, num / np.maximum(den, 1e-3), 0).astype(np.float32)
+
+
+def mirror(a: np.ndarray) -> np.ndarray:
+    """The array mirrored left-right about the template's mid-sagittal plane (x axis flipped)."""
+    return a[:, :, ::-1]
+
+
+def check_names(names, inputs, has_normative: bool) -> str:
+    """Why a feature list cannot be computed for these inputs ("" when it can)."""
+    known = set(PRIOR_FEATURES) | {f"{c}_{f}" for c in inputs for f in IMAGE_FEATURES}
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        return f"unknown features {bad} for inputs {list(inputs)} (known: {sorted(known)})"
+    if not has_normative and any(n.split("_", 1)[1] in NORMATIVE_FEATURES for n in names if not n.startswith("prior_")):
+        return "normative features need a 'normative' model folder"
+    return ""
+
+
+def feature_names(inputs: tuple[str, ...], image_features=IMAGE_FEATURES, prior_features=PRIOR_FEATURES) -> list[str]:
+    return [f"{c}_{f}" for c in inputs for f in image_features] + list(prior_features)
+
+
+def relative_intensity(image: np.ndarray, wm_intensity: float) -> np.ndarray:
+    return (image / (wm_intensity if wm_intensity > 0 else 1.0)).astype(np.float32)
+
+
+def compute(
+    names: list[str] | tuple[str, ...],
+    images: dict[str, np.ndarray],
+    brain: np.ndarray,
+    means: dict[str, dict[str, float]],
+    priors: dict[str, np.ndarray],
+    spacing_mm: float,
+    normative: Normative | None = None,
+) -> np.ndarray:
+    """Feature matrix ``(n_brain_voxels, len(names))`` float32, rows in ``np.flatnonzero(brain)``
+    order.
+
+    ``images``: per contrast, the N4-corrected image on the template grid; ``brain``: bool mask
+    there; ``means``: per contrast, the brain's ``gm``/``wm``/``csf`` intensities
+    (:func:`openrecon_stroke.template.tissue_means`); ``priors``: the template's ``gm``, ``wm``,
+    ``csf`` and ``brain`` on the same grid.
+    """
+    cache: dict[str, np.ndarray] = {}
+    sel = brain.ravel()
+
+    def rel(c):
+        k = f"{c}_int"
+        if k not in cache:
+            cache[k] = np.where(brain, relative_intensity(images[c], means[c]["wm"]), 0).astype(np.float32)
+        return cache[k]
+
+    def z(c):
+        k = f"{c}_z"
+        if k not in cache:
+            if normative is None:
+                raise ValueError(f"feature {k} needs a normative model")
+            cache[k] = np.where(brain, normative.z(c, rel(c)), 0).astype(np.float32)
+        return cache[k]
+
+    def one(name: str) -> np.ndarray:
+        if name.startswith("prior_"):
+            f = name[len("prior_") :]
+            if f in ("gm", "wm", "csf"):
+                return priors[f]
+            if f == "csf_s4":
+                return ndimage.gaussian_filter(priors["csf"], 4.0 / spacing_mm)
+            if f == "depth":
+                return ndimage.distance_transform_edt(priors["brain"] > 0, sampling=spacing_mm).astype(np.float32)
+            raise ValueError(f"unknown feature {name!r}")
+        c, _, f = name.partition("_")
+        if c not in images:
+            raise ValueError(f"feature {name!r} needs the {c} image")
+        if f == "int":
+            return rel(c)
+        if f in ("int_s2", "int_s5"):
+            return smooth_in(rel(c), brain, float(f[-1]), spacing_mm)
+        if f == "z":
+            return z(c)
+        if f in ("z_s2", "z_s4"):
+            return smooth_in(z(c), brain, float(f[-1]), spacing_mm)
+        if f == "expect":
+            m = means[c]
+            wm = m["wm"] if m["wm"] > 0 else 1.0
+            e = (m["gm"] * priors["gm"] + m["wm"] * priors["wm"] + m["csf"] * priors["csf"]) / wm
+            return rel(c) - e
+        if f == "mirror":
+            return rel(c) - mirror(rel(c))
+        if f == "mirror_s3":
+            return smooth_in(rel(c) - mirror(rel(c)), brain & mirror(brain), 3.0, spacing_mm)
+        if f == "zmirror_s2":
+            return smooth_in(z(c) - mirror(z(c)), brain & mirror(brain), 2.0, spacing_mm)
+        if f == "lstd3":
+            m1 = smooth_in(rel(c), brain, 3.0, spacing_mm)
+            m2 = smooth_in(rel(c) ** 2, brain, 3.0, spacing_mm)
+            return np.sqrt(np.maximum(m2 - m1 * m1, 0))
+        raise ValueError(f"unknown feature {name!r}")
+
+    out = np.empty((int(sel.sum()), len(names)), np.float32)
+    for j, n in enumerate(names):
+        out[:, j] = one(n).ravel()[sel]
+    return out

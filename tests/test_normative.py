@@ -1,0 +1,77 @@
+"""The normative model's pieces: z-scores and the calibrated score, ventricle volume on a known
+brain, regions of abnormal expansion from a log-Jacobian, and the simulator's ventricle growth
+that the ventricle evaluation relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openrecon_stroke.normative import Stats, deformation_regions, ventricle_volume
+
+
+def _sphere(shape, centre, radius):
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+
+
+def test_stats_z_is_the_distance_from_healthy_in_standard_deviations():
+    mean = np.full((4, 4, 4), 1.0, np.float32)
+    std = np.full((4, 4, 4), 0.1, np.float32)
+    s = Stats(mean, std)
+    value = mean.copy()
+    value[1, 1, 1] = 0.5  # a CSF-like cavity where white matter belongs
+    z = s.z(value)
+    assert z[1, 1, 1] == pytest.approx(-5.0, abs=1e-4)
+    assert np.abs(np.delete(z.ravel(), 1 * 16 + 1 * 4 + 1)).max() < 1e-5
+
+
+def test_ventricle_volume_measures_dark_voxels_near_the_template_ventricles():
+    shape, sp = (60, 60, 60), (1.0, 1.0, 1.0)
+    brain = _sphere(shape, (30, 30, 30), 27)
+    image = np.where(brain, 1.0, 0.0).astype(np.float32)  # white matter
+    true_vent = _sphere(shape, (30, 30, 30), 8)
+    image[true_vent] = 0.3  # CSF
+    remote_csf = _sphere(shape, (30, 30, 52), 3)  # a sulcus far from the ventricles
+    image[remote_csf] = 0.3
+    template_vent = _sphere(shape, (30, 30, 30), 6)  # the template's (smaller) ventricles
+    means = {"csf": 0.3, "gm": 0.7, "wm": 1.0}
+    ml = ventricle_volume(image, brain, template_vent, means, sp)
+    assert ml == pytest.approx(true_vent.sum() / 1000.0, rel=0.02)  # measured whole, sulcus left out
+    # a sulcus joined to the ventricles by a 1 mm bridge is still left out (the opening cuts it)
+    image[30, 30, 38:50] = 0.3
+    assert ventricle_volume(image, brain, template_vent, means, sp) == pytest.approx(ml, rel=0.02)
+    # no ventricles carried over (failed registration): nothing measured
+    assert ventricle_volume(image, brain, np.zeros(shape, bool), means, sp) == 0.0
+
+
+def test_deformation_regions_find_a_known_expansion():
+    shape = (40, 40, 40)
+    brain = _sphere(shape, (20, 20, 20), 18)
+    stats = Stats(np.zeros(shape, np.float32), np.full(shape, 0.05, np.float32))
+    logj = np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32) * 0.5
+    grown = _sphere(shape, (20, 20, 12), 4)
+    logj[grown] = np.log(1.5)  # 50 % larger than healthy brains there (z about 8)
+    regions = deformation_regions(logj, stats, brain, spacing_mm=2.0, z_limit=3.0, min_ml=0.1)
+    assert regions and regions[0]["kind"] == "expansion"
+    assert regions[0]["volume_ml"] == pytest.approx(grown.sum() * 8 / 1000, rel=0.1)
+    assert np.allclose(regions[0]["centroid_zyx"], (20, 20, 12), atol=1.0)
+    assert not [r for r in regions if r["kind"] == "contraction"]
+    # healthy deformation: no region
+    assert deformation_regions(np.zeros(shape, np.float32), stats, brain, 2.0, min_ml=0.1) == []
+
+
+def test_simulated_ventricle_growth_is_the_fraction_asked_for():
+    import SimpleITK as sitk
+
+    from simulator.anatomy import Tissue, load_head
+    from simulator.anatomy.lesions import enlarge_ventricles
+
+    labels = load_head("mni")
+    grown, before, after = enlarge_ventricles(labels, 0.2)
+    assert after == pytest.approx(1.2 * before, rel=0.01)
+    a, b = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(grown)
+    changed = a != b
+    assert changed.any() and (b[changed] == Tissue.CSF).all()  # only white / deep grey became CSF
+    with pytest.raises(ValueError):
+        enlarge_ventricles(labels, -0.1)
