@@ -136,6 +136,7 @@ def parse_reply(data: bytes) -> dict:
 def masked(text: str) -> str:
     """A sentence with its timings blanked (two runs differ only there)."""
     text = re.sub(r"(time \S+:) [0-9.]+ s", r"\1 * s", text)
+    text = re.sub(r"('(?:affine_s|demons_s|inverse_s|seconds)': )[0-9.]+", r"\1*", text)  # registration times
     return re.sub(r"(timings_s: )\{[^}]*\}", r"\1{*}", text)
 
 
