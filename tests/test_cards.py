@@ -10,12 +10,14 @@ import pytest
 
 from openrecon_stroke import runtime
 from openrecon_stroke.model_card import (
-    CARD_KINDS, AnomalyCard, BrainExtractionCard, ModelCard, ModelCardError, load_card,
+    CARD_KINDS, AnomalyCard, BrainExtractionCard, ModelCard, ModelCardError, NormativeCard, VoxelClassifierCard,
+    load_card,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"hdbet": BrainExtractionCard, "anomaly": AnomalyCard, "lesion/t1": ModelCard, "lesion/flair": ModelCard,
-           "lesion/fusion": ModelCard}
+SHIPPED = {"hdbet": BrainExtractionCard, "anomaly": AnomalyCard, "lesion/t1": VoxelClassifierCard,
+           "lesion/flair": VoxelClassifierCard, "lesion/fusion": VoxelClassifierCard, "lesion/normative": NormativeCard,
+           "normative": NormativeCard}
 
 
 @pytest.mark.parametrize("folder", sorted(SHIPPED))

@@ -136,6 +136,7 @@ def parse_reply(data: bytes) -> dict:
 def masked(text: str) -> str:
     """A sentence with its timings blanked (two runs differ only there)."""
     text = re.sub(r"(time \S+:) [0-9.]+ s", r"\1 * s", text)
+    text = re.sub(r"('(?:affine_s|demons_s|inverse_s|seconds)': )[0-9.]+", r"\1*", text)  # registration times
     return re.sub(r"(timings_s: )\{[^}]*\}", r"\1{*}", text)
 
 
@@ -147,8 +148,8 @@ def same_header(a, b) -> bool:
 
 
 def assert_same_as_server(mrd_res, reply, n_originals: int):
-    """Originals byte for byte; derived images with identical header, pixels and meta, the
-    gadget's carrying the server's TEXT messages (timings blanked) in MESSAGES_META."""
+    """Originals byte for byte; derived images with identical header and meta and (all but 0.2 %)
+    pixels, the gadget's carrying the server's TEXT messages (timings blanked) in MESSAGES_META."""
     assert mrd_res.closed_cleanly and reply["closes"] == 1 and not reply["errors"]
     got = [it for it in reply["items"] if isinstance(it, ismrmrd.Image)]
     assert len(got) == len(mrd_res.images)
@@ -159,7 +160,13 @@ def assert_same_as_server(mrd_res, reply, n_originals: int):
     assert derived
     for a, b in derived:
         assert same_header(a, b)
-        assert np.array_equal(a.data, b.data)
+        # identical, but for a handful of voxels: the template registration (ITK, multi-threaded
+        # sums) is not bit-reproducible between two processes (of two runs here, one differed)
+        differ = int((a.data != b.data).sum())
+        assert differ <= 0.002 * a.data.size, (
+            a.meta.get("SequenceDescriptionAdditional"),
+            f"{differ} pixels differ, by up to {np.abs(a.data.astype(np.int64) - b.data.astype(np.int64)).max()}",
+        )
         meta = dict(b.meta)
         carried = meta.pop(MESSAGES_META)
         carried = [carried] if isinstance(carried, str) else list(carried)

@@ -259,6 +259,8 @@ def test_site_model_folder_from_ui_or_environment(tmp_path, monkeypatch):
         site_model_folder("other")
 
 
+from native_model import write_native_model  # noqa: E402
+
 HAVE_SHIPPED = all((REPO / "models" / "lesion" / m / "card.json").is_file() for m in ("t1", "fusion"))
 
 
@@ -270,11 +272,7 @@ def test_site_model_missing_a_contrast_falls_back_with_a_warning(tmp_path, monke
     from openrecon_stroke.stages.results import BrainResult, LesionResult
     from openrecon_stroke.study import Study
 
-    site = tmp_path / "site_fusion"
-    shutil.copytree(REPO / "models" / "lesion" / "fusion", site)
-    card = json.loads((site / "card.json").read_text())
-    card["name"] = "site-fusion"
-    (site / "card.json").write_text(json.dumps(card))
+    site = write_native_model(tmp_path / "site_fusion", ("t1", "flair"), name="site-fusion")
     monkeypatch.setenv("OPENRECON_LESION_MODEL", str(site))
     g = Grid((40, 48, 40), (1.5, 1.5, 1.5), np.eye(3), (-30.0, -36.0, -30.0))
     arr = np.random.default_rng(0).normal(300, 30, g.shape).astype(np.float32)
@@ -285,22 +283,28 @@ def test_site_model_missing_a_contrast_falls_back_with_a_warning(tmp_path, monke
                                              model="test")
     res = LesionSegmentation().run(study)
     assert any("site lesion model site-fusion needs t1+flair; flair missing" in w for w in res.warnings)
-    assert "lesion-t1" in next(r for r in res.results if isinstance(r, LesionResult)).model
+    # the shipped models work in template space; this study has none, and the report says why
+    assert any("registration to the template failed" in w for w in res.warnings), res.warnings
+    assert not any(isinstance(r, LesionResult) for r in res.results)
+    # a site model with what it needs runs on the study's own grid, without template space
+    one = write_native_model(tmp_path / "site_t1", ("t1",), name="site-t1")
+    monkeypatch.setenv("OPENRECON_LESION_MODEL", str(one))
+    res = LesionSegmentation().run(study)
+    assert "site-t1" in next(r for r in res.results if isinstance(r, LesionResult)).model
     study.params = coerce({"lesionmodel": "../x"})
     res = LesionSegmentation().run(study)
     assert any("not a plain folder name" in w for w in res.warnings)
 
 
-@pytest.mark.skipif(not HAVE_SHIPPED, reason="models/lesion not trained")
-def test_predict_runs_a_shipped_card_on_a_nifti(tmp_path, capsys):
+def test_predict_runs_a_native_card_on_a_nifti(tmp_path, capsys):
     g_img = sitk.GetImageFromArray(np.random.default_rng(3).normal(300, 30, (30, 40, 36)).astype(np.float32))
     g_img.SetSpacing((1.2, 1.1, 1.5))
     g_img.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))  # a sagittal-like axis order
     sitk.WriteImage(g_img, str(tmp_path / "sub-01_T1w_0000.nii.gz"))
-    model = REPO / "models" / "lesion" / "t1"
+    model = write_native_model(tmp_path / "site_t1", ("t1",), name="site-t1")
     assert cli_main(["predict", "--model", str(model), "--input", str(tmp_path / "sub-01_T1w_0000.nii.gz"),
                      "--out", str(tmp_path / "out"), "--no-mirroring"]) == 0
-    assert "lesion-t1" in capsys.readouterr().out
+    assert "site-t1" in capsys.readouterr().out
     prob = sitk.ReadImage(str(tmp_path / "out" / "sub-01_T1w_prob.nii.gz"))
     label = sitk.ReadImage(str(tmp_path / "out" / "sub-01_T1w_label.nii.gz"))
     assert prob.GetSize() == label.GetSize() == g_img.GetSize()
@@ -308,8 +312,13 @@ def test_predict_runs_a_shipped_card_on_a_nifti(tmp_path, capsys):
     p = sitk.GetArrayFromImage(prob)
     threshold = ModelCard.load(model).threshold
     assert np.array_equal(sitk.GetArrayFromImage(label) > 0, p >= threshold) and 0 <= p.min() <= p.max() <= 1
+    assert p.max() > threshold > p.min()  # the tiny model does mark the brightest voxels
     assert cli_main(["predict", "--model", str(model), "--input", "a.nii.gz", "b.nii.gz", "--out", "x"]) == 2
     assert "takes 1 input(s)" in capsys.readouterr().err
+    # the template-space models need the whole pipeline: predict says so
+    if HAVE_SHIPPED:
+        assert cli_main(["predict", "--model", str(REPO / "models" / "lesion" / "t1"), "--input",
+                         str(tmp_path / "sub-01_T1w_0000.nii.gz"), "--out", str(tmp_path / "o2")]) == 2
 
 
 def test_checkpoints_are_read_as_data(tmp_path):
