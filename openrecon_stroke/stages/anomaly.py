@@ -101,7 +101,7 @@ class AnomalyDetection(Stage):
         img = pre.n4[ref]
         brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
         box = box_of(brain_ref) or FULL
-        labels = regions.regions_on(img, tmpl.to_template[ref], box)[box]
+        labels = tmpl.regions_on(ref, img, brain_ref)[box]
         names = regions.load_regions()[1]
         vent_ids = [k for k, n in names.items() if "lateral ventricle" in n]
         vent = np.isin(labels, vent_ids)

@@ -255,7 +255,8 @@ class LesionSegmentation(Stage):
                 comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
                 res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
                 if described is None or c == "t1":
-                    described = self._describe(mask, img, inside, c, tmpl.to_template[c])
+                    labels = tmpl.regions_on(c, img, inside) if mask.any() else None
+                    described = self._describe(mask, img, inside, c, tmpl.to_template[c], labels)
         res.results.append(LesionResult(lesions=described or [], model="; ".join(used), probability=probability))
         return res
 
@@ -315,8 +316,15 @@ class LesionSegmentation(Stage):
 
     @staticmethod
     def _describe(
-        mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str, to_template: sitk.Transform | None = None
+        mask: np.ndarray,
+        img: sitk.Image,
+        brain: np.ndarray,
+        contrast: str,
+        to_template: sitk.Transform | None = None,
+        labels: np.ndarray | None = None,
     ) -> list[Lesion]:
+        """The lesions of ``mask``, located; ``labels``: the template's regions on this grid
+        (computed here from ``to_template`` when not given)."""
         if not mask.any():
             return []
         zyx = np.argwhere(brain).mean(0)[::-1]
@@ -327,7 +335,9 @@ class LesionSegmentation(Stage):
             img,
             midline,
             brain,
-            (regions.regions_on(img, to_template, box_of(brain)), names) if to_template is not None else None,
+            (labels if labels is not None else regions.regions_on(img, to_template, box_of(brain)), names)
+            if to_template is not None
+            else None,
         )
         for les in out:
             les.series = contrast
