@@ -69,10 +69,17 @@ class BrainExtractor:
         """The ONNX Runtime session of fold ``i`` (created on first use)."""
         return self._sessions.session(i)
 
+    def grid_spacing(self, folds: int | str) -> np.ndarray:
+        """Network grid spacing (x, y, z mm) for a mode (its own, where the card gives one) or
+        an explicit fold count (the card grid, on which HD-BET was trained)."""
+        if isinstance(folds, str) and folds in self.card.modes and self.card.modes[folds][2] is not None:
+            return np.full(3, self.card.modes[folds][2], dtype=np.float64)
+        return self.spacing
+
     def resolve(self, folds: int | str, tta: bool | None) -> tuple[int, bool]:
         modes = self.card.modes
         if isinstance(folds, str) and folds in modes:
-            n, default_tta = modes[folds]
+            n, default_tta, _ = modes[folds]
             n = self.n_folds if n == "all" else min(int(n), self.n_folds)
         elif isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
             n, default_tta = int(folds), False
@@ -83,9 +90,10 @@ class BrainExtractor:
         return n, default_tta if tta is None else bool(tta)
 
     # --- geometry ------------------------------------------------------------------------
-    def network_grid(self, image: sitk.Image) -> sitk.Image:
-        """An empty image on the network's grid: card orientation, ~card spacing, covering the
-        input's field of view (voxel-edge to voxel-edge, as HD-BET's resize does)."""
+    def network_grid(self, image: sitk.Image, spacing: np.ndarray | None = None) -> sitk.Image:
+        """An empty image on the network's grid: card orientation, about ``spacing`` (x, y, z mm;
+        default the card grid), covering the input's field of view (voxel-edge to voxel-edge, as
+        HD-BET's resize does)."""
         size = np.asarray(image.GetSize(), dtype=np.float64)
         sp = np.asarray(image.GetSpacing(), dtype=np.float64)
         d_in = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
@@ -96,7 +104,7 @@ class BrainExtractor:
         local = corners @ self.direction  # coordinates along the network axes
         lo, hi = local.min(0), local.max(0)
         extent = hi - lo
-        n = np.maximum(1, np.round(extent / self.spacing)).astype(int)
+        n = np.maximum(1, np.round(extent / (self.spacing if spacing is None else spacing))).astype(int)
         spacing = extent / n
         origin = self.direction @ (lo + 0.5 * spacing)
         ref = sitk.Image([int(v) for v in n], sitk.sitkFloat32)
@@ -153,13 +161,15 @@ class BrainExtractor:
         acc /= n_folds * len(axes)
         return acc[: shp[0], : shp[1], : shp[2]]
 
-    def network_input(self, image: sitk.Image) -> tuple[np.ndarray, tuple[slice, ...] | None, sitk.Image]:
+    def network_input(
+        self, image: sitk.Image, spacing: np.ndarray | None = None
+    ) -> tuple[np.ndarray, tuple[slice, ...] | None, sitk.Image]:
         """``(data, box, grid)``: the image resampled onto the network grid ``grid`` (see
         :meth:`network_grid`) and z-scored over the whole field of view, as HD-BET does; ``box``
         is the head's bounding box in ``data`` (card ``crop_to_head``) or None."""
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("brain extraction needs a scalar 3D image")
-        ref = self.network_grid(image)
+        ref = self.network_grid(image, spacing)
         src = sitk.Cast(image, sitk.sitkFloat32)
         interp = _INTERPOLATORS[self.card.resample_image]
         res = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
@@ -173,7 +183,7 @@ class BrainExtractor:
     def probability(self, image: sitk.Image, folds: int | str = "fast", tta: bool | None = None) -> sitk.Image:
         """Brain probability (float32) on the network grid (see :meth:`network_grid`)."""
         n_folds, tta = self.resolve(folds, tta)
-        data, box, ref = self.network_input(image)
+        data, box, ref = self.network_input(image, self.grid_spacing(folds))
         if box is None:
             prob = self.predict_array(data, n_folds, tta)
         else:

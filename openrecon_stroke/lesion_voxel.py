@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from . import template, voxel_features
 from .model_card import ModelCardError, VoxelClassifierCard
+from .resample import Box, resample_array
 from .runtime import LazySessions
 
 #: Rows per ONNX Runtime call (bounds memory: rows x features x 4 bytes).
@@ -101,6 +102,9 @@ class VoxelLesionModel:
         return out
 
     @staticmethod
-    def on_grid(prob_t: sitk.Image, image: sitk.Image, to_template: sitk.Transform) -> np.ndarray:
-        """A template-space probability on ``image``'s grid (``to_template``: its points -> template)."""
-        return sitk.GetArrayFromImage(sitk.Resample(prob_t, image, to_template, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    def on_grid(
+        prob_t: sitk.Image, image: sitk.Image, to_template: sitk.Transform, box: Box | None = None
+    ) -> np.ndarray:
+        """A template-space probability on ``image``'s grid (``to_template``: its points -> template);
+        with ``box`` (e.g. the brain's), only there (0 elsewhere)."""
+        return resample_array(prob_t, image, to_template, sitk.sitkLinear, 0.0, sitk.sitkFloat32, box)

@@ -436,7 +436,7 @@ class BrainExtractionCard(Card):
     resample_image: str
     mask_back: str
     postprocess: str
-    #: mode -> (folds: a count or "all", mirroring)
+    #: mode -> (folds: a count or "all", mirroring, network grid spacing in mm or None = the card grid)
     modes: dict
 
     @classmethod
@@ -463,7 +463,11 @@ class BrainExtractionCard(Card):
             mask_back=str(res.get("mask_back", "linear_probability")),
             postprocess=str(d.get("postprocess", "")),
             modes={
-                str(k): (v["folds"] if v["folds"] == "all" else int(v["folds"]), bool(v["tta"]))
+                str(k): (
+                    v["folds"] if v["folds"] == "all" else int(v["folds"]),
+                    bool(v["tta"]),
+                    _positive(v["spacing_mm"], f"modes.{k}.spacing_mm") if v.get("spacing_mm") is not None else None,
+                )
                 for k, v in modes.items()
             },
         )
@@ -482,6 +486,13 @@ CARD_KINDS: dict[str, type[Card]] = {
 def _floats3(v) -> tuple[float, float, float]:
     a, b, c = (float(x) for x in v)
     return a, b, c
+
+
+def _positive(v, what: str) -> float:
+    x = float(v)
+    if not (np.isfinite(x) and x > 0):
+        raise ValueError(f"{what} must be a positive number of mm, got {v!r}")
+    return x
 
 
 def _ints3(v) -> tuple[int, int, int]:

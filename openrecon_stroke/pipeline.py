@@ -14,11 +14,12 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES, PIPELINES
 from .stages.base import SkipStudy, Stage, StageResult
-from .study import ContractError, Study
+from .study import ContractError, DerivedSeries, Study
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ class Pipeline:
     name: str
     stages: list[Stage]
 
-    def run(self, study: Study) -> Study:
+    def run(self, study: Study, on_stage: Callable[[Study, list[DerivedSeries]], None] | None = None) -> Study:
+        """Run every stage on ``study``. ``on_stage(study, derived)``, when given, is called after
+        each stage that succeeded with the series it added (the server sends them at once, so the
+        scanner shows the brain mask while the later stages still run)."""
         for stage in self.stages:
             for kind in stage.writes:
                 study.producers.setdefault(kind, stage.name)
@@ -65,6 +69,8 @@ class Pipeline:
             study.stage_status[stage.name] = "ok"
             file_result(study, result)
             log.info("stage %s done in %.2f s", stage.name, study.timings_s[stage.name])
+            if on_stage is not None and result.derived:
+                on_stage(study, list(result.derived))
         return study
 
 

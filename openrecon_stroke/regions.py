@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import template
+from .resample import Box, resample_array
 
 
 def regions_dir() -> Path:
@@ -38,10 +39,11 @@ def load_regions() -> tuple[sitk.Image, dict[int, str]]:
     return img, {int(k): v for k, v in meta["labels"].items()}
 
 
-def regions_on(image: sitk.Image, to_template: sitk.Transform) -> np.ndarray:
-    """Region labels on ``image``'s grid (``to_template``: its points -> template points)."""
+def regions_on(image: sitk.Image, to_template: sitk.Transform, box: Box | None = None) -> np.ndarray:
+    """Region labels on ``image``'s grid (``to_template``: its points -> template points); with
+    ``box`` (e.g. the brain's), only there (0 elsewhere)."""
     reg, _ = load_regions()
-    return sitk.GetArrayFromImage(sitk.Resample(reg, image, to_template, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    return resample_array(reg, image, to_template, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8, box)
 
 
 def mni_of(point_lps, to_template: sitk.Transform) -> list[float]:

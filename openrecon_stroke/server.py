@@ -41,7 +41,7 @@ from .params import Params, coerce, parse_parameter_text
 from .pipeline import build_pipeline, resolve_pipeline_name
 from .pipeline import warm_up as warm_up_pipeline
 from .protocol import Limits, MessageId, MessageReader, MessageWriter, ProtocolError, SocketReader, StreamClosed
-from .study import Study
+from .study import DerivedSeries, Study
 from .study_cache import StudyCache
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Connection:
     ):
         self.id = next(_ids)
         self.phases_s: dict[str, float] = {}
+        self.t_received = 0.0  # perf_counter() when the last message arrived
         self.stats = stats
         self.cache = cache
         self.sock = sock
@@ -281,20 +282,27 @@ class Connection:
                 "y is" if self.settings.max_parallel == 1 else "ies are",
             )
             self.gate.acquire()
+        # each stage's series go out as soon as it is done (the brain mask first), numbered on
+        # from the input's series in the order the stages made them
+        next_index = 1 + max(int(i.image_series_index) for i in images)
+
+        def send(study: Study, new: list[DerivedSeries]) -> None:
+            nonlocal next_index
+            with self.phase("send_derived"):
+                for d in new:
+                    if d.send_param and not params[d.send_param]:
+                        continue
+                    for img in derived_images(d, study.inputs[d.reference], next_index):
+                        self.writer.image(img)
+                    next_index += 1
+                    if "to_first_derived" not in self.phases_s:  # from the last image received
+                        self.phases_s["to_first_derived"] = time.perf_counter() - self.t_received
+
         try:
             with self.phase("pipeline"):
-                pipeline.run(study)
+                pipeline.run(study, on_stage=send)
         finally:
             self.gate.release()
-
-        next_index = 1 + max(int(i.image_series_index) for i in images)
-        with self.phase("send_derived"):
-            for d in study.derived:
-                if d.send_param and not params[d.send_param]:
-                    continue
-                for img in derived_images(d, study.inputs[d.reference], next_index):
-                    self.writer.image(img)
-                next_index += 1
         for w in study.warnings:
             self.tell("WARNING", w)
         self.writer.text(report_text(study, name))
@@ -341,6 +349,7 @@ class Connection:
         try:
             with self.phase("receive"):
                 inc = self.receive()
+            self.t_received = time.perf_counter()
             if self.saver:
                 self.saver.close()
                 self.info("stream saved to %s", self.saver.path)

@@ -63,13 +63,44 @@ class Normative:
         return ((rel - self.mean[contrast]) / self.std[contrast]).astype(np.float32)
 
 
-def smooth_in(a: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing_mm: float) -> np.ndarray:
-    """Gaussian smoothing of ``a`` inside ``mask`` (normalised convolution; 0 outside)."""
+def smooth_in(
+    a: np.ndarray, mask: np.ndarray, sigma_mm: float, spacing_mm: float, den: np.ndarray | None = None
+) -> np.ndarray:
+    """Gaussian smoothing of ``a`` inside ``mask`` (normalised convolution; 0 outside).
+    ``den``: the smoothed mask (:func:`smoothed_mask`), when the caller already has it."""
     s = sigma_mm / spacing_mm
-    m = mask.astype(np.float32)
     num = ndimage.gaussian_filter(np.where(mask, a, 0).astype(np.float32), s, mode="constant")
-    den = ndimage.gaussian_filter(m, s, mode="constant")
+    if den is None:
+        den = smoothed_mask(mask, sigma_mm, spacing_mm)
     return np.where(mask, num / np.maximum(den, 1e-3), 0).astype(np.float32)
+
+
+def smoothed_mask(mask: np.ndarray, sigma_mm: float, spacing_mm: float) -> np.ndarray:
+    """The denominator of :func:`smooth_in`: ``mask`` as float, Gaussian-smoothed."""
+    return ndimage.gaussian_filter(mask.astype(np.float32), sigma_mm / spacing_mm, mode="constant")
+
+
+#: features of the template alone, per template (keyed by the identity of its CSF map)
+_PRIOR_CACHE: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+
+
+def _prior_feature(f: str, priors: dict[str, np.ndarray], spacing_mm: float) -> np.ndarray:
+    """``prior_csf_s4`` / ``prior_depth`` of a template: computed once per template."""
+    key = id(priors["csf"])
+    hit = _PRIOR_CACHE.get(key)
+    if hit is None or hit[0] is not priors["csf"]:  # a new template (or a reused id)
+        hit = (priors["csf"], {})
+        _PRIOR_CACHE.clear()
+        _PRIOR_CACHE[key] = hit
+    done = hit[1]
+    if f not in done:
+        if f == "csf_s4":
+            done[f] = ndimage.gaussian_filter(priors["csf"], 4.0 / spacing_mm)
+        elif f == "depth":
+            done[f] = ndimage.distance_transform_edt(priors["brain"] > 0, sampling=spacing_mm).astype(np.float32)
+        else:
+            raise ValueError(f"unknown feature prior_{f!r}")
+    return done[f]
 
 
 def mirror(a: np.ndarray) -> np.ndarray:
@@ -115,6 +146,14 @@ def compute(
     """
     cache: dict[str, np.ndarray] = {}
     sel = brain.ravel()
+    both = brain & mirror(brain)  # brain in both hemispheres: where mirror features are defined
+    dens: dict[tuple[str, float], np.ndarray] = {}
+
+    def smooth(a: np.ndarray, where: str, sigma_mm: float) -> np.ndarray:
+        mask = brain if where == "brain" else both
+        if (where, sigma_mm) not in dens:
+            dens[(where, sigma_mm)] = smoothed_mask(mask, sigma_mm, spacing_mm)
+        return smooth_in(a, mask, sigma_mm, spacing_mm, dens[(where, sigma_mm)])
 
     def rel(c):
         k = f"{c}_int"
@@ -135,22 +174,18 @@ def compute(
             f = name[len("prior_") :]
             if f in ("gm", "wm", "csf"):
                 return priors[f]
-            if f == "csf_s4":
-                return ndimage.gaussian_filter(priors["csf"], 4.0 / spacing_mm)
-            if f == "depth":
-                return ndimage.distance_transform_edt(priors["brain"] > 0, sampling=spacing_mm).astype(np.float32)
-            raise ValueError(f"unknown feature {name!r}")
+            return _prior_feature(f, priors, spacing_mm)
         c, _, f = name.partition("_")
         if c not in images:
             raise ValueError(f"feature {name!r} needs the {c} image")
         if f == "int":
             return rel(c)
         if f in ("int_s2", "int_s5"):
-            return smooth_in(rel(c), brain, float(f[-1]), spacing_mm)
+            return smooth(rel(c), "brain", float(f[-1]))
         if f == "z":
             return z(c)
         if f in ("z_s2", "z_s4"):
-            return smooth_in(z(c), brain, float(f[-1]), spacing_mm)
+            return smooth(z(c), "brain", float(f[-1]))
         if f == "expect":
             m = means[c]
             wm = m["wm"] if m["wm"] > 0 else 1.0
@@ -159,12 +194,12 @@ def compute(
         if f == "mirror":
             return rel(c) - mirror(rel(c))
         if f == "mirror_s3":
-            return smooth_in(rel(c) - mirror(rel(c)), brain & mirror(brain), 3.0, spacing_mm)
+            return smooth(rel(c) - mirror(rel(c)), "both", 3.0)
         if f == "zmirror_s2":
-            return smooth_in(z(c) - mirror(z(c)), brain & mirror(brain), 2.0, spacing_mm)
+            return smooth(z(c) - mirror(z(c)), "both", 2.0)
         if f == "lstd3":
-            m1 = smooth_in(rel(c), brain, 3.0, spacing_mm)
-            m2 = smooth_in(rel(c) ** 2, brain, 3.0, spacing_mm)
+            m1 = smooth(rel(c), "brain", 3.0)
+            m2 = smooth(rel(c) ** 2, "brain", 3.0)
             return np.sqrt(np.maximum(m2 - m1 * m1, 0))
         raise ValueError(f"unknown feature {name!r}")
 

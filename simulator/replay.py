@@ -36,6 +36,16 @@ class ReplayResult:
     error: str | None = None
     seconds_send: float = 0.0
     seconds_total: float = 0.0
+    #: seconds from the connection's start to the arrival of each image in ``images``
+    arrivals_s: list = field(default_factory=list)
+
+    @property
+    def seconds_to_first_derived(self) -> float | None:
+        """Seconds from the last image sent to the first derived (not original) image received."""
+        for im, t in zip(self.images, self.arrivals_s):
+            if "ImageProcessingHistory" in im.meta:
+                return t - self.seconds_send
+        return None
 
     def series(self) -> dict[int, list]:
         out: dict[int, list] = {}
@@ -72,6 +82,7 @@ def send_stream(host: str, port: int, messages, *, timeout_s: float = 600.0, pro
             for msg in reader.until_close():
                 if msg.id == MessageId.IMAGE:
                     res.images.append(msg.value)
+                    res.arrivals_s.append(time.perf_counter() - t0)
                 elif msg.id == MessageId.TEXT:
                     res.texts.append(msg.value)
                     for line in msg.value.splitlines():

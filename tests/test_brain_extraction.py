@@ -91,6 +91,9 @@ def test_card_drives_runner():
     assert ex.resolve("fast", None) == (1, False)
     assert ex.resolve("accurate", None) == (ex.n_folds, True)
     assert ex.resolve(1, True) == (1, True)
+    # the card's grid per mode: fast on its own coarser grid, accurate and fold counts on HD-BET's
+    assert ex.grid_spacing("fast").tolist() == [1.75] * 3
+    assert ex.grid_spacing("accurate").tolist() == ex.grid_spacing(1).tolist() == [1.5] * 3
     for bad in ("medium", 0, ex.n_folds + 1, True):
         with pytest.raises(ValueError):
             ex.resolve(bad, None)
@@ -151,9 +154,14 @@ def test_chris_mask_plausible(chris, ours_fast):
 @needs_models
 @needs_chris
 @needs_torch_ref
-def test_chris_matches_pytorch_hd_bet(ours_fast, reference_fast):
+def test_chris_matches_pytorch_hd_bet(chris, ours_fast, reference_fast):
+    # the fast mode's coarser 1.75 mm grid: issue 20's bar (HD-BET itself scores 0.968 against
+    # other tools); measured 0.9869 on this head (models/hdbet/validate_grid.py)
     d = dice(ours_fast, reference_fast)
-    assert d >= 0.99, d
+    assert d >= 0.985, d
+    # the same fold on HD-BET's own 1.5 mm grid (an explicit fold count) is the exact port
+    d_full = dice(be.extract_brain(chris, 1), reference_fast)
+    assert d_full >= 0.99, d_full
 
 
 @needs_models

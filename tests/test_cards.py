@@ -61,7 +61,7 @@ def test_brain_extraction_card_is_typed(tmp_path):
     if not (src / "card.json").is_file():
         pytest.skip("models/hdbet not built")
     card = BrainExtractionCard.load(src, verify=False)
-    assert card.modes["fast"] == (1, False) and card.modes["accurate"] == ("all", True)
+    assert card.modes["fast"] == (1, False, 1.75) and card.modes["accurate"] == ("all", True, None)
     assert card.crop.enabled and card.pad_divisible_by == 16 and card.spacing_mm == (1.5, 1.5, 1.5)
     assert card.session_options() == {"low_memory": True, "fold_weights": True}
     d = _copy_card(src, tmp_path)

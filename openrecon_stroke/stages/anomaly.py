@@ -30,12 +30,16 @@ from .. import regions, template
 from ..anomaly import anomaly_load, csf_measures, get_model
 from ..lesion import brain_box_grid, normalise, postprocess
 from ..normative import deformation_regions, get_normative, ventricle_volume
+from ..resample import box_of, resample_array
 from ..runtime import model_folder
 from ..study import Study
 from .base import Stage, StageResult
 from .results import ANOMALY_MAP, LESION_MASK, AnomalyResult, BrainResult, SeriesRegistration, TemplateResult
 
 log = logging.getLogger(__name__)
+
+#: the whole array, where a mask has no box
+FULL = (slice(None), slice(None), slice(None))
 
 
 class AnomalyDetection(Stage):
@@ -77,31 +81,32 @@ class AnomalyDetection(Stage):
         for c in study.inputs:
             if c not in tmpl.to_template or c in tmpl.alone:
                 continue
-            r = sitk.GetArrayFromImage(
-                sitk.Resample(score_t, pre.n4[c], tmpl.to_template[c], sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            )
             inside = sitk.GetArrayViewFromImage(pre.brain_mask[c]) > 0
+            box = box_of(inside) or FULL  # the map is 0 outside the brain: work in its box
+            r = resample_array(score_t, pre.n4[c], tmpl.to_template[c], sitk.sitkLinear, 0.0, sitk.sitkFloat32, box)
             r = np.where(inside, r, 0.0)
             res.derived.append(ANOMALY_MAP.on(c, r, comment))
             # the load on the reference series, or on this connection's first series when the
             # reference came from the study cache (its lesion mask is on this grid)
             if load is None and (c == ref or ref not in study.inputs):
                 grid = study.inputs[c].grid
-                mask = postprocess(r, grid.voxel_volume_mm3, 1.0, 50.0)
+                mask = postprocess(r[box], grid.voxel_volume_mm3, 1.0, 50.0)
                 les = study.get(LESION_MASK.name, c)
-                load = anomaly_load(mask, les.data > 0 if les is not None else None, tuple(grid.spacing)[::-1])
+                lesion = np.asarray(les.data)[box] > 0 if les is not None else None
+                load = anomaly_load(mask, lesion, tuple(grid.spacing)[::-1])
         if load is None:  # the reference series came from the cache: measure on the template grid
             mask = postprocess(sitk.GetArrayFromImage(score_t), tmpl.spacing_mm**3, 1.0, 50.0)
             load = anomaly_load(mask, None, (tmpl.spacing_mm,) * 3)
         # the ventricles, on the reference series' own grid
         img = pre.n4[ref]
-        labels = regions.regions_on(img, tmpl.to_template[ref])
+        brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
+        box = box_of(brain_ref) or FULL
+        labels = tmpl.regions_on(ref, img, brain_ref)[box]
         names = regions.load_regions()[1]
         vent_ids = [k for k, n in names.items() if "lateral ventricle" in n]
         vent = np.isin(labels, vent_ids)
         spacing_zyx = tuple(float(v) for v in img.GetSpacing())[::-1]
-        brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
-        vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img), brain_ref, vent, means[ref], spacing_zyx)
+        vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img)[box], brain_ref[box], vent, means[ref], spacing_zyx)
         rel_ref = rel[ref]
         atrophy = float(np.mean(rel_ref[inside_t] < 0.5 * (means[ref]["csf"] + means[ref]["gm"]) / means[ref]["wm"]))
         # regions larger or smaller than healthy brains, from the deformation

@@ -17,9 +17,11 @@ from typing import ClassVar
 import numpy as np
 import SimpleITK as sitk
 
+from .. import regions
 from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
 from ..preprocess import RigidRegistration
+from ..resample import box_of
 from ..study import SeriesSpec, StudyResult
 from ..template import TemplateRegistration
 
@@ -112,6 +114,16 @@ class TemplateResult(StudyResult):
     #: contrasts registered to the template on their own (their T1-w/FLAIR registration failed),
     #: with their own HD-BET brain mask on the template grid; analysed alone, never fused
     alone: dict[str, np.ndarray] = field(default_factory=dict)
+    #: region labels already carried onto a series' grid, by contrast (:meth:`regions_on`)
+    _regions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def regions_on(self, contrast: str, image: sitk.Image, brain: np.ndarray) -> np.ndarray:
+        """The template's region labels (:mod:`openrecon_stroke.regions`) on series ``contrast``'s
+        grid (``image``), inside the box of its brain mask ``brain`` (0 elsewhere); resampled once
+        per study, whichever stage asks first (lesion location, ventricles)."""
+        if contrast not in self._regions:
+            self._regions[contrast] = regions.regions_on(image, self.to_template[contrast], box_of(brain))
+        return self._regions[contrast]
 
     def findings(self) -> dict:
         reg = self.registration
