@@ -148,8 +148,8 @@ def same_header(a, b) -> bool:
 
 
 def assert_same_as_server(mrd_res, reply, n_originals: int):
-    """Originals byte for byte; derived images with identical header and meta and (all but 0.2 %)
-    pixels, the gadget's carrying the server's TEXT messages (timings blanked) in MESSAGES_META."""
+    """Originals byte for byte; derived images with identical header and meta and (all but 0.2 %
+    of all their pixels, 2 % of any one image) pixels, the gadget's carrying the server's TEXT messages (timings blanked) in MESSAGES_META."""
     assert mrd_res.closed_cleanly and reply["closes"] == 1 and not reply["errors"]
     got = [it for it in reply["items"] if isinstance(it, ismrmrd.Image)]
     assert len(got) == len(mrd_res.images)
@@ -158,12 +158,17 @@ def assert_same_as_server(mrd_res, reply, n_originals: int):
     texts = [masked(t) for t in mrd_res.texts]
     derived = list(zip(mrd_res.images[n_originals:], got[n_originals:]))
     assert derived
+    # identical, but for a few voxels: the template registration (ITK, multi-threaded sums) is not
+    # bit-reproducible from run to run, so a map can move by one unit near a rounding edge (seen:
+    # 100 pixels of one anomaly slice, by 1 of 1000). Counted over the whole derived output (at
+    # most 0.2 % of its pixels) and per image (at most 2 %): a slice out of place differs in most
+    # of its pixels.
+    total = differing = 0
     for a, b in derived:
         assert same_header(a, b)
-        # identical, but for a handful of voxels: the template registration (ITK, multi-threaded
-        # sums) is not bit-reproducible between two processes (of two runs here, one differed)
         differ = int((a.data != b.data).sum())
-        assert differ <= 0.002 * a.data.size, (
+        total, differing = total + a.data.size, differing + differ
+        assert differ <= 0.02 * a.data.size, (
             a.meta.get("SequenceDescriptionAdditional"),
             f"{differ} pixels differ, by up to {np.abs(a.data.astype(np.int64) - b.data.astype(np.int64)).max()}",
         )
@@ -172,6 +177,7 @@ def assert_same_as_server(mrd_res, reply, n_originals: int):
         carried = [carried] if isinstance(carried, str) else list(carried)
         assert [masked(t) for t in carried] == texts
         assert meta == dict(a.meta)
+    assert differing <= 0.002 * total, f"{differing} of {total} derived pixels differ"
     return texts
 
 
