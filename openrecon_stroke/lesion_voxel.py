@@ -41,6 +41,7 @@ class VoxelLesionModel:
     def __init__(self, card: VoxelClassifierCard):
         self.card = card
         self._sessions = LazySessions(card.files)
+        self._priors: dict[str, np.ndarray] | None = None
         self._normative: voxel_features.Normative | None = None
 
     @property
@@ -66,7 +67,16 @@ class VoxelLesionModel:
         return template.template_grid(self.card.spacing_mm)
 
     def priors(self) -> dict[str, np.ndarray]:
-        return template.load_template(self.card.spacing_mm).arrays()
+        """The template's maps on the model's grid, with the template-only features its card
+        lists (:data:`~openrecon_stroke.voxel_features.TEMPLATE_FEATURES`), computed once per model."""
+        if self._priors is None:
+            sp = self.card.spacing_mm
+            pri = template.load_template(sp).arrays()
+            for f in voxel_features.TEMPLATE_FEATURES:
+                if f"prior_{f}" in self.card.features:
+                    pri[f] = voxel_features.template_feature(f, pri, sp)
+            self._priors = pri
+        return self._priors
 
     def probability_arrays(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> np.ndarray:
         """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image

@@ -17,6 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 Box = tuple[slice, slice, slice]
+#: the whole array (for a mask without a box: ``box_of(mask) or FULL``)
+FULL: Box = (slice(None), slice(None), slice(None))
 
 
 def box_of(mask: np.ndarray, margin: int = 1) -> Box | None:

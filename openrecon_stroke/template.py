@@ -61,11 +61,16 @@ class Template:
     spacing_mm: float
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """``(nz, ny, nx)`` float32 views of every map (brain as 0/1)."""
-        return {
-            k: sitk.GetArrayViewFromImage(getattr(self, k)).astype(np.float32)
-            for k in ("t1", "gm", "wm", "csf", "brain")
-        }
+        """``(nz, ny, nx)`` float32 arrays of every map (brain as 0/1): made on the first call,
+        then the same read-only arrays for every caller (the template is cached per spacing)."""
+        if "_arrays" not in self.__dict__:
+            out = {}
+            for k in ("t1", "gm", "wm", "csf", "brain"):
+                a = sitk.GetArrayFromImage(getattr(self, k)).astype(np.float32)
+                a.setflags(write=False)
+                out[k] = a
+            object.__setattr__(self, "_arrays", out)  # a cache on a frozen dataclass
+        return dict(self.__dict__["_arrays"])
 
     @property
     def grid(self) -> sitk.Image:

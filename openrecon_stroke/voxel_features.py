@@ -80,27 +80,18 @@ def smoothed_mask(mask: np.ndarray, sigma_mm: float, spacing_mm: float) -> np.nd
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma_mm / spacing_mm, mode="constant")
 
 
-#: features of the template alone, per template (keyed by the identity of its CSF map)
-_PRIOR_CACHE: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+#: Features of the template alone (no image): the same for every study on one template grid.
+TEMPLATE_FEATURES = ("csf_s4", "depth")
 
 
-def _prior_feature(f: str, priors: dict[str, np.ndarray], spacing_mm: float) -> np.ndarray:
-    """``prior_csf_s4`` / ``prior_depth`` of a template: computed once per template."""
-    key = id(priors["csf"])
-    hit = _PRIOR_CACHE.get(key)
-    if hit is None or hit[0] is not priors["csf"]:  # a new template (or a reused id)
-        hit = (priors["csf"], {})
-        _PRIOR_CACHE.clear()
-        _PRIOR_CACHE[key] = hit
-    done = hit[1]
-    if f not in done:
-        if f == "csf_s4":
-            done[f] = ndimage.gaussian_filter(priors["csf"], 4.0 / spacing_mm)
-        elif f == "depth":
-            done[f] = ndimage.distance_transform_edt(priors["brain"] > 0, sampling=spacing_mm).astype(np.float32)
-        else:
-            raise ValueError(f"unknown feature prior_{f!r}")
-    return done[f]
+def template_feature(f: str, priors: dict[str, np.ndarray], spacing_mm: float) -> np.ndarray:
+    """``prior_csf_s4`` / ``prior_depth`` of a template (``priors`` as :func:`compute` takes
+    them); a caller that keeps them in ``priors`` under ``csf_s4`` / ``depth`` computes them once."""
+    if f == "csf_s4":
+        return ndimage.gaussian_filter(priors["csf"], 4.0 / spacing_mm)
+    if f == "depth":
+        return ndimage.distance_transform_edt(priors["brain"] > 0, sampling=spacing_mm).astype(np.float32)
+    raise ValueError(f"unknown feature prior_{f!r}")
 
 
 def mirror(a: np.ndarray) -> np.ndarray:
@@ -142,7 +133,8 @@ def compute(
     ``images``: per contrast, the N4-corrected image on the template grid; ``brain``: bool mask
     there; ``means``: per contrast, the brain's ``gm``/``wm``/``csf`` intensities
     (:func:`openrecon_stroke.template.tissue_means`); ``priors``: the template's ``gm``, ``wm``,
-    ``csf`` and ``brain`` on the same grid.
+    ``csf`` and ``brain`` on the same grid, and optionally its :data:`TEMPLATE_FEATURES` already
+    computed (:func:`template_feature`).
     """
     cache: dict[str, np.ndarray] = {}
     sel = brain.ravel()
@@ -172,9 +164,9 @@ def compute(
     def one(name: str) -> np.ndarray:
         if name.startswith("prior_"):
             f = name[len("prior_") :]
-            if f in ("gm", "wm", "csf"):
+            if f in priors:  # gm, wm, csf; csf_s4 and depth where the caller keeps them
                 return priors[f]
-            return _prior_feature(f, priors, spacing_mm)
+            return template_feature(f, priors, spacing_mm)
         c, _, f = name.partition("_")
         if c not in images:
             raise ValueError(f"feature {name!r} needs the {c} image")

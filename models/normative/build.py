@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "models" / "lesion"))
 
 from cases import REAL_HEADS, list_cases, load_case, model_view  # noqa: E402
 
-from openrecon_stroke import template, voxel_features  # noqa: E402
+from openrecon_stroke import resample, template, voxel_features  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
 from openrecon_stroke.normative import Stats, write_stats  # noqa: E402
 
@@ -144,9 +144,11 @@ def calibrate(cache: Path, cases, priors) -> dict[str, float]:
 
 
 def box_of(mask: np.ndarray) -> list[list[int]]:
-    nz = np.argwhere(mask)
-    lo, hi = nz.min(0), nz.max(0) + 1
-    return [[int(a), int(b)] for a, b in zip(lo, hi)]
+    """The mask's bounding box as the card stores it: ``[[lo, hi], ...]`` per axis (z, y, x)."""
+    box = resample.box_of(mask, margin=0)
+    if box is None:
+        raise ValueError("empty mask: no healthy voxel to build statistics from")
+    return [[s.start, s.stop] for s in box]
 
 
 def main(argv=None) -> int:

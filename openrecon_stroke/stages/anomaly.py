@@ -30,16 +30,13 @@ from .. import regions, template
 from ..anomaly import anomaly_load, csf_measures, get_model
 from ..lesion import brain_box_grid, normalise, postprocess
 from ..normative import deformation_regions, get_normative, ventricle_volume
-from ..resample import box_of, resample_array
+from ..resample import FULL, box_of, resample_array
 from ..runtime import model_folder
 from ..study import Study
 from .base import Stage, StageResult
 from .results import ANOMALY_MAP, LESION_MASK, AnomalyResult, BrainResult, SeriesRegistration, TemplateResult
 
 log = logging.getLogger(__name__)
-
-#: the whole array, where a mask has no box
-FULL = (slice(None), slice(None), slice(None))
 
 
 class AnomalyDetection(Stage):

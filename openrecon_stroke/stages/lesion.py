@@ -47,7 +47,7 @@ from ..lesion import Lesion, LesionSegmenter, describe, postprocess
 from ..lesion_voxel import VoxelLesionModel
 from ..model_card import Card, ModelCard, ModelCardError, VoxelClassifierCard, load_card
 from ..params import BY_ID
-from ..resample import box_of
+from ..resample import FULL, box_of
 from ..runtime import ModelCache, model_folder
 from ..study import Study
 from .base import Stage, StageResult
@@ -245,18 +245,16 @@ class LesionSegmentation(Stage):
             for c in targets:
                 img = brain.n4[c]
                 inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
-                box = box_of(inside)  # nothing outside the brain: resample and label its box only
+                box = box_of(inside) or FULL  # nothing outside the brain: resample and label its box only
                 p = np.where(inside, model.on_grid(prob_t, img, tmpl.to_template[c], box), 0.0).astype(np.float32)
                 probability[c] = p
                 mask = np.zeros(p.shape, bool)
-                if box is not None:
-                    vox = study.inputs[c].grid.voxel_volume_mm3
-                    mask[box] = postprocess(p[box], vox, thr, min_mm3, card.seed_probability)
+                vox = study.inputs[c].grid.voxel_volume_mm3
+                mask[box] = postprocess(p[box], vox, thr, min_mm3, card.seed_probability)
                 comment = f"stroke lesion, {card.name} {card.version}, p>={thr:g}, >= {min_mm3:g} mm3"
                 res.derived.append(LESION_MASK.on(c, mask.astype(np.uint8), comment))
                 if described is None or c == "t1":
-                    labels = tmpl.regions_on(c, img, inside) if mask.any() else None
-                    described = self._describe(mask, img, inside, c, tmpl.to_template[c], labels)
+                    described = self._describe(mask, img, inside, c, tmpl)
         res.results.append(LesionResult(lesions=described or [], model="; ".join(used), probability=probability))
         return res
 
@@ -316,28 +314,21 @@ class LesionSegmentation(Stage):
 
     @staticmethod
     def _describe(
-        mask: np.ndarray,
-        img: sitk.Image,
-        brain: np.ndarray,
-        contrast: str,
-        to_template: sitk.Transform | None = None,
-        labels: np.ndarray | None = None,
+        mask: np.ndarray, img: sitk.Image, brain: np.ndarray, contrast: str, tmpl: TemplateResult | None = None
     ) -> list[Lesion]:
-        """The lesions of ``mask``, located; ``labels``: the template's regions on this grid
-        (computed here from ``to_template`` when not given)."""
+        """The lesions of ``mask`` on series ``contrast``'s grid; with the template registration
+        ``tmpl``, each also located (region, MNI coordinates, hemisphere)."""
         if not mask.any():
             return []
         zyx = np.argwhere(brain).mean(0)[::-1]
         midline = img.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in zyx))[0]
-        names = regions.load_regions()[1] if to_template is not None else {}
+        to_template = tmpl.to_template[contrast] if tmpl is not None else None
         out = describe(
             mask,
             img,
             midline,
             brain,
-            (labels if labels is not None else regions.regions_on(img, to_template, box_of(brain)), names)
-            if to_template is not None
-            else None,
+            (tmpl.regions_on(contrast, img, brain), regions.load_regions()[1]) if tmpl is not None else None,
         )
         for les in out:
             les.series = contrast
