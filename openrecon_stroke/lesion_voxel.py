@@ -12,6 +12,9 @@ The model card (``card.json``, ``"kind": "voxel_classifier"``,
 * ``files``: ``[{"file": "model.onnx", "sha256": ...}]`` (several files are averaged);
 * ``output``: ``{"activation": "probability", "channel": 1}``: which column of the ONNX output
   ``probabilities`` is the lesion class;
+* ``cascade`` (optional, :class:`~openrecon_stroke.model_card.Cascade`): a file with the
+  model's first trees, run on every voxel; the whole model runs only where they reach its
+  ``min_probability`` (calibrated on training heads by ``models/lesion/cascade.py``);
 * ``smoothing_mm`` (optional): Gaussian smoothing of the probability map in template space;
 * ``threshold``, ``min_lesion_mm3``, ``status``, ``status_note``, ``training``, ``metrics``.
 
@@ -41,6 +44,8 @@ class VoxelLesionModel:
     def __init__(self, card: VoxelClassifierCard):
         self.card = card
         self._sessions = LazySessions(card.files)
+        # the cascade's first trees
+        self._first = LazySessions([card.cascade.file]) if card.cascade is not None else None
         self._priors: dict[str, np.ndarray] | None = None
         self._normative: voxel_features.Normative | None = None
 
@@ -61,6 +66,8 @@ class VoxelLesionModel:
     def load(self) -> None:
         """Create the sessions and read the normative model now (server start-up)."""
         self._sessions.all()
+        if self._first is not None:
+            self._first.all()
         _ = self.normative
 
     def grid(self) -> sitk.Image:
@@ -78,19 +85,35 @@ class VoxelLesionModel:
             self._priors = pri
         return self._priors
 
-    def probability_arrays(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> np.ndarray:
-        """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
-        already on that grid and the brain mask there."""
+    def features(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> np.ndarray:
+        """Feature rows ``(n brain voxels, n features)`` in the card's column order, from each
+        contrast's image on the template grid and the brain mask there (C order of the grid)."""
         pri = self.priors()
         means = {
             c: template.tissue_means(images_t[c], pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
             for c in self.card.inputs
         }
-        x = voxel_features.compute(
+        return voxel_features.compute(
             self.card.features, images_t, brain_t, means, pri, self.card.spacing_mm, self.normative
         )
+
+    def classify(self, x: np.ndarray, cascade: bool = True) -> np.ndarray:
+        """Lesion probability of each feature row (the files averaged). With the card's
+        cascade (and ``cascade``), the first trees run on every row and the whole model only on
+        the rows where they reach the cascade's ``min_probability``. Rows the whole model puts
+        at the cascade's ``safe_probability`` or more are not skipped (calibrated on training
+        heads), so masks at thresholds from there up match the whole model's."""
+        c = self.card.cascade
+        if c is None or self._first is None or not cascade:
+            return self._classify(self._sessions.all(), x)
+        p = self._classify(self._first.all(), x)
+        rows = np.flatnonzero(p >= c.min_probability)
+        if rows.size:
+            p[rows] = self._classify(self._sessions.all(), np.ascontiguousarray(x[rows]))
+        return p
+
+    def _classify(self, sessions: list, x: np.ndarray) -> np.ndarray:
         p = np.zeros(x.shape[0], np.float32)
-        sessions = self._sessions.all()
         for s in sessions:
             name = s.get_inputs()[0].name
             out_names = [o.name for o in s.get_outputs()]
@@ -99,15 +122,24 @@ class VoxelLesionModel:
                 prob = s.run([out_names[col]], {name: x[a : a + BLOCK_ROWS]})[0]
                 p[a : a + BLOCK_ROWS] += np.asarray(prob)[:, self.card.channel]
         p /= len(sessions)
+        return p
+
+    def probability_arrays(
+        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True
+    ) -> np.ndarray:
+        """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
+        already on that grid and the brain mask there (``cascade``: see :meth:`classify`)."""
         out = np.zeros(brain_t.shape, np.float32)
-        out[brain_t] = p
+        out[brain_t] = self.classify(self.features(images_t, brain_t), cascade)
         if self.card.smoothing_mm > 0:
             out = voxel_features.smooth_in(out, brain_t, self.card.smoothing_mm, self.card.spacing_mm)
         return out
 
-    def probability_image(self, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> sitk.Image:
+    def probability_image(
+        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True
+    ) -> sitk.Image:
         """:meth:`probability_arrays` as a SimpleITK image on the template grid."""
-        out = sitk.GetImageFromArray(self.probability_arrays(images_t, brain_t))
+        out = sitk.GetImageFromArray(self.probability_arrays(images_t, brain_t, cascade))
         out.CopyInformation(self.grid())
         return out
 

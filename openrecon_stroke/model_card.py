@@ -319,10 +319,18 @@ class VoxelClassifierCard(Card):
     min_lesion_mm3: float = 10.0
     #: hysteresis: a lesion's highest probability must reach this (None: no such rule)
     seed_probability: float | None = None
+    #: a two-step prediction (optional, :class:`Cascade`): the first trees on every voxel, the
+    #: whole model only where they reach the cascade's probability
+    cascade: Cascade | None = None
 
     def __post_init__(self):
         super().__post_init__()
         from .voxel_features import check_names
+
+        if self.cascade is not None and len(self.files) != 1:
+            raise ModelCardError(
+                f"{self.path}: a cascade needs exactly one model file, the card lists {len(self.files)}"
+            )
 
         if not self.inputs or any(c not in ("t1", "flair") for c in self.inputs):
             raise ModelCardError(f"{self.path}: inputs must be contrasts among t1, flair; got {self.inputs}")
@@ -347,7 +355,48 @@ class VoxelClassifierCard(Card):
             threshold=float(d.get("threshold", 0.2)),
             min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
             seed_probability=float(d["seed_probability"]) if d.get("seed_probability") is not None else None,
+            cascade=Cascade.parse(common["path"], d["cascade"]) if d.get("cascade") else None,
         )
+
+    def verify_files(self) -> None:
+        super().verify_files()
+        if self.cascade is not None:
+            verify_model_file(self.cascade.file, self.cascade.sha256, self.path)
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """``cascade`` of a voxel-classifier card: ``file`` holds the model's first ``trees`` trees
+    (``models/lesion/cascade.py`` cuts and calibrates it); voxels where it gives a lesion
+    probability below ``min_probability`` keep that probability and skip the whole model.
+    ``min_probability`` is chosen on training heads so that no voxel the whole model puts at
+    ``safe_probability`` or more is skipped."""
+
+    file: Path
+    sha256: str
+    trees: int
+    min_probability: float
+    safe_probability: float
+
+    @classmethod
+    def parse(cls, card_file: Path, d: dict) -> Cascade:
+        try:
+            c = cls(
+                file=card_file.parent / str(d["file"]),
+                sha256=str(d.get("sha256", "")),
+                trees=int(d["trees"]),
+                min_probability=float(d["min_probability"]),
+                safe_probability=float(d["safe_probability"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelCardError(
+                f"{card_file}: cascade needs file, trees, min_probability and safe_probability ({e})"
+            ) from e
+        if c.trees < 1 or not 0 <= c.min_probability < c.safe_probability < 1:
+            raise ModelCardError(
+                f"{card_file}: cascade needs trees >= 1 and 0 <= min_probability < safe_probability < 1"
+            )
+        return c
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -84,9 +84,9 @@ def study_threads() -> int:
 
 
 def ort_session(
-    path: str | Path, *, threads: int | None = None, low_memory: bool = False, fold_weights: bool = False
+    path: str | Path | bytes, *, threads: int | None = None, low_memory: bool = False, fold_weights: bool = False
 ) -> Any:
-    """An ONNX Runtime CPU session for one model file.
+    """An ONNX Runtime CPU session for one model file (or a serialised model, as bytes).
 
     Args:
         threads: intra-op threads (default: :func:`study_threads`).
@@ -108,7 +108,7 @@ def ort_session(
         so.enable_cpu_mem_arena = bool(int(os.environ.get("OPENRECON_ORT_ARENA", "0")))
     if fold_weights:
         so.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=["CPUExecutionProvider"])
 
 
 class LazySessions:

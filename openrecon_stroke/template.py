@@ -17,7 +17,8 @@ A :class:`TemplateRegistration` holds both directions:
 Method (contrast-agnostic, so a FLAIR alone registers as well as a T1-w):
 
 1. affine: the HD-BET brain (N4-corrected, masked) onto the template brain by Mattes mutual
-   information, from a centre-of-mass start, rigid then affine, on a 4 mm then 2 mm pyramid;
+   information, from a centre-of-mass start (seven head pitches tried), rigid then affine, on an
+   8, 4 and 2 mm pyramid; image gradients are taken at the metric's sampled points only;
 2. deformable: the affinely registered brain against a *synthetic template in its own contrast*
    (the template's tissue probability maps weighted by the brain's own grey matter, white matter
    and CSF intensities, estimated robustly), by diffeomorphic demons on 2 mm copies. Voxels far
@@ -268,12 +269,16 @@ def affine_register(
     vol_m = float(sitk.GetArrayViewFromImage(mmask_s).sum()) * np.prod(mmask_s.GetSpacing())
     init.SetScale(float(np.clip((vol_m / vol_t) ** (1 / 3), 0.7, 1.4)))
 
-    def run(transform, shrink, sigmas, iters):
+    def run(transform, shrink, sigmas, iters, images=None):
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(0.05, seed=seed)
         reg.SetMetricFixedMask(fixed_mask)
+        # image gradients at the sampled points only, not a gradient image of each level
+        # (a third faster, same optimum: measured on the demo head)
+        reg.SetMetricUseFixedImageGradientFilter(False)
+        reg.SetMetricUseMovingImageGradientFilter(False)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0,
@@ -287,14 +292,17 @@ def affine_register(
         reg.SetSmoothingSigmasPerLevel(list(sigmas))
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         reg.SetInitialTransform(transform, inPlace=True)
-        reg.Execute(fixed, mov_s)
+        reg.Execute(*(images or (fixed, mov_s)))
         return transform, reg.GetMetricValue()
 
+    # the starts share one smoothing of both images (ITK would redo it in each run; the same
+    # result, since its own pyramid smooths with this filter before shrinking)
+    coarse = (sitk.SmoothingRecursiveGaussian(fixed, 4.0), sitk.SmoothingRecursiveGaussian(mov_s, 4.0))
     starts = []
     for pitch in PITCH_STARTS_DEG:
         t = sitk.Similarity3DTransform(init)
         t.SetRotation((1.0, 0.0, 0.0), float(np.deg2rad(pitch)))
-        starts.append(run(t, (4,), (4.0,), 40))
+        starts.append(run(t, (4,), (0.0,), 40, coarse))
     sim, _ = run(min(starts, key=lambda tm: tm[1])[0], (4, 2), (4.0, 2.0), 100)
     aff = sitk.AffineTransform(3)
     aff.SetCenter(sim.GetCenter())

@@ -129,3 +129,23 @@ def test_voxel_classifier_and_normative_cards_validate(tmp_path):
         load_card(_write(tmp_path / "f", {**norm, "box": [[0, 11], [0, 12], [0, 14]]}), verify=False)
     with pytest.raises(ModelCardError, match="calibration"):
         load_card(_write(tmp_path / "g", {**norm, "calibration": {"flair": 2.0}}), verify=False)
+
+
+def test_voxel_classifier_cascade_entry_validates(tmp_path):
+    voxel = {"kind": "voxel_classifier", "name": "v", "version": "1", "inputs": ["t1"],
+             "template": {"spacing_mm": 1.5}, "features": ["t1_int"], "files": [{"file": "model.onnx"}]}
+    cascade = {"file": "first10.onnx", "trees": 10, "min_probability": 0.001, "safe_probability": 0.2}
+    folder = _write(tmp_path / "a", {**voxel, "cascade": cascade})
+    (folder / "first10.onnx").write_bytes(b"y")
+    card = VoxelClassifierCard.load(folder)
+    assert card.cascade is not None and card.cascade.file == folder / "first10.onnx" and card.cascade.trees == 10
+    (folder / "first10.onnx").unlink()
+    with pytest.raises(ModelCardError, match="first10.onnx.*missing"):
+        VoxelClassifierCard.load(folder)
+    with pytest.raises(ModelCardError, match="min_probability < safe_probability"):
+        load_card(_write(tmp_path / "b", {**voxel, "cascade": {**cascade, "min_probability": 0.3}}), verify=False)
+    with pytest.raises(ModelCardError, match="cascade needs file"):
+        load_card(_write(tmp_path / "c", {**voxel, "cascade": {"file": "x.onnx"}}), verify=False)
+    two = {**voxel, "files": [{"file": "model.onnx"}, {"file": "model.onnx"}], "cascade": cascade}
+    with pytest.raises(ModelCardError, match="exactly one model file"):
+        load_card(_write(tmp_path / "d", two), verify=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from openrecon_stroke.model_card import ModelCard, ModelCardError
 from openrecon_stroke.sliding_window import gaussian_importance, predict, window_starts
 
 from conftest import rotation
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_window_starts_cover_and_touch_borders():
@@ -200,3 +203,28 @@ def test_nnunet_resenc_unet_runs_from_its_card(tmp_path):
     # back on the FLAIR's own grid
     on_flair = seg.on_grid(prob, flair)
     assert on_flair.shape == g2.shape
+
+
+@pytest.mark.parametrize("name", ["t1", "flair", "fusion"])
+def test_shipped_cascade_runs_the_whole_model_wherever_its_first_trees_reach_the_cut(name):
+    """The cascade (first trees on every row, the whole model where they reach min_probability)
+    gives the whole model's probability on every row it does not skip, and skips only rows whose
+    first-trees probability is under the cut."""
+    from openrecon_stroke.lesion_voxel import VoxelLesionModel
+    from openrecon_stroke.model_card import VoxelClassifierCard
+
+    folder = REPO / "models" / "lesion" / name
+    card = VoxelClassifierCard.load(folder)
+    if card.cascade is None:
+        pytest.skip(f"models/lesion/{name} has no cascade")
+    model = VoxelLesionModel(card)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1.5, (20000, len(card.features))).astype(np.float32)
+    full = model.classify(x, cascade=False)
+    first = model._classify(model._first.all(), x)
+    both = model.classify(x)
+    ran = first >= card.cascade.min_probability
+    assert 0 < ran.sum() < ran.size
+    np.testing.assert_allclose(both[ran], full[ran], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(both[~ran], first[~ran])
+    assert not np.allclose(first, full)  # the cut file is not the whole model

@@ -64,3 +64,7 @@ done
 
 echo "Built in $WORK. Copy the models into the repository with the cards' threshold and seed chosen on"
 echo "the validation heads (eval_val.json): models/lesion/ship.py $WORK"
+echo "then cut and calibrate each card's cascade on the training heads, checked on the test heads:"
+echo "  for m in t1 flair fusion; do $PY models/lesion/cascade.py models/lesion/\$m --cache $CACHE \\"
+echo "    --heads chris_t1 flair_real gd_t1 mni synthseg_01-12 --per-head 2 --check $TEST \\"
+echo "    --trees 140 --safe 0.2 --margin 0.5 --skip-fraction 0.0001 --write; done"

@@ -241,7 +241,9 @@ class LesionSegmentation(Stage):
                 )
             # the UI default means "the model's own operating point" (chosen on validation heads)
             thr = card.threshold if thr_ui == BY_ID["lesionthreshold"].default else thr_ui
-            prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t)
+            # the cascade skips only voxels below its safe probability: exact at thresholds above
+            use_cascade = card.cascade is None or thr >= card.cascade.safe_probability
+            prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t, cascade=use_cascade)
             for c in targets:
                 img = brain.n4[c]
                 inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0
