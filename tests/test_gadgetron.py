@@ -148,8 +148,9 @@ def same_header(a, b) -> bool:
 
 
 def assert_same_as_server(mrd_res, reply, n_originals: int):
-    """Originals byte for byte; derived images with identical header and meta and (all but 0.2 %
-    of all their pixels, 2 % of any one image) pixels, the gadget's carrying the server's TEXT messages (timings blanked) in MESSAGES_META."""
+    """Originals byte for byte; derived images with identical header and meta and identical
+    pixels but for 0.2 % of all of them (2 % of any one image), the gadget's carrying the
+    server's TEXT messages (timings blanked) in MESSAGES_META."""
     assert mrd_res.closed_cleanly and reply["closes"] == 1 and not reply["errors"]
     got = [it for it in reply["items"] if isinstance(it, ismrmrd.Image)]
     assert len(got) == len(mrd_res.images)

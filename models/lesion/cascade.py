@@ -108,7 +108,6 @@ def main(argv=None) -> int:
     model = VoxelLesionModel(card)
     first_bytes = first_trees(card.files[0], args.trees)
     first = ort_session(first_bytes)
-    full = model._sessions.all()
 
     def both(arrays):
         v = model_view(arrays, card.inputs)
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
             return None
         x = model.features(v["images"], v["brain"])
         t0 = time.perf_counter()
-        pf = model._classify(full, x)
+        pf = model.classify(x, cascade=False)
         t_full = time.perf_counter() - t0
         t0 = time.perf_counter()
         p1 = model._classify([first], x)
@@ -161,11 +160,11 @@ def main(argv=None) -> int:
         pc = p1.copy()
         pc[cand] = pf[cand]
         v = model_view(arrays, card.inputs)
-        same = _same_mask(model, v, side, arrays, pf, pc)
+        changed = _mask_voxels_changed(model, v, side, arrays, pf, pc)
         checks.append({"head": h, "seed": seed, "candidates": round(float(cand.mean()), 4),
                        "skipped_above_safe": int(((pf >= args.safe) & ~cand).sum()),
                        "max_skipped_probability": round(float(pf[~cand].max()) if (~cand).any() else 0.0, 4),
-                       "mask_voxels_changed": same, "seconds_full": round(tf, 3),
+                       "mask_voxels_changed": changed, "seconds_full": round(tf, 3),
                        "seconds_cascade": round(t1 + tf * float(cand.mean()), 3)})
         log.info("check %s", json.dumps(checks[-1]))
     summary = {
@@ -218,11 +217,11 @@ def write(folder: Path, summary: dict, first_bytes: bytes | None = None) -> None
         "held_out": summary.get("check_summary"),
         "command": summary.get("command", ""),
     }
-    cfile.write_text(json.dumps(d, indent=2) + "\n")
+    cfile.write_text(json.dumps(d, indent=1) + "\n")  # as ship.py writes cards
     log.info("wrote %s and the cascade entry of %s", dst, cfile)
 
 
-def _same_mask(model, v, side, arrays, pf, pc) -> int:
+def _mask_voxels_changed(model, v, side, arrays, pf, pc) -> int:
     """Voxels whose final mask (on the series' own grid, as the lesion stage makes it) differs
     between the whole model and the cascade."""
     import SimpleITK as sitk

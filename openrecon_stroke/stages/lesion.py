@@ -241,7 +241,8 @@ class LesionSegmentation(Stage):
                 )
             # the UI default means "the model's own operating point" (chosen on validation heads)
             thr = card.threshold if thr_ui == BY_ID["lesionthreshold"].default else thr_ui
-            # the cascade skips only voxels below its safe probability: exact at thresholds above
+            # the cascade is calibrated not to skip voxels at its safe probability or above: used
+            # only at thresholds from there up
             use_cascade = card.cascade is None or thr >= card.cascade.safe_probability
             prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t, cascade=use_cascade)
             for c in targets:
