@@ -405,8 +405,9 @@ class NormativeCard(Card):
     ``contrasts``, the template grid (``spacing_mm``, full ``shape`` (z, y, x) and the ``box``
     the files hold), the anomaly score's ``smoothing_mm`` and ``calibration`` (contrast
     combination -> raw score of the 99.9th percentile in held-out healthy brains), the healthy
-    ``ventricle_ml`` range (mean, std) and ``jacobian`` (spacing_mm, shape, box of
-    ``jacobian.npz``) when built."""
+    ``ventricle_ml`` range (mean, std), ``jacobian`` (spacing_mm, shape, box of
+    ``jacobian.npz``) when built, and the contrasts with left-right difference statistics
+    (``asymmetry``; their files ``<contrast>_mirror.npz`` must be listed)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -418,11 +419,18 @@ class NormativeCard(Card):
     calibration: dict = field(default_factory=dict)
     ventricle_ml: dict = field(default_factory=dict)
     jacobian: dict | None = None
+    asymmetry: tuple[str, ...] = ()
 
     def __post_init__(self):
         super().__post_init__()
         if not self.contrasts or any(c not in ("t1", "flair") for c in self.contrasts):
             raise ModelCardError(f"{self.path}: contrasts must be among t1, flair; got {self.contrasts}")
+        listed = {f.name for f in self.files}
+        for c in self.asymmetry:
+            if c not in self.contrasts or f"{c}_mirror.npz" not in listed:
+                raise ModelCardError(
+                    f"{self.path}: asymmetry statistics of {c!r} need the contrast and its file {c}_mirror.npz listed"
+                )
         if (
             len(self.shape) != 3
             or len(self.box) != 3
@@ -445,6 +453,7 @@ class NormativeCard(Card):
             smoothing_mm=float(d.get("smoothing_mm", 2.0)),
             calibration={str(k): float(v) for k, v in d.get("calibration", {}).items()},
             ventricle_ml=dict(d.get("ventricle_ml", {})),
+            asymmetry=tuple(d.get("asymmetry", ())),
             jacobian=None
             if jac is None
             else {

@@ -8,6 +8,9 @@ heads, each through the pipeline's own preprocessing and template registration);
 * per contrast ``<contrast>.npz``: per-voxel mean and standard deviation of the intensity relative
   to the brain's own white matter (1 = white matter), on the template grid of ``spacing_mm``,
   cropped to a box (float16);
+* per contrast listed under ``asymmetry`` in the card, ``<contrast>_mirror.npz``: per-voxel mean
+  and standard deviation of the same intensity minus the intensity at the mirrored position (the
+  other hemisphere; the template is symmetric), same grid and box;
 * ``jacobian.npz``: per-voxel mean and standard deviation of the log-Jacobian determinant of the
   deformation to the template (2 mm grid): how much larger or smaller than the template each
   region of a healthy brain is;
@@ -15,8 +18,11 @@ heads, each through the pipeline's own preprocessing and template registration);
   anomaly score: per contrast combination, the score the held-out healthy brains exceed in only
   0.1 % of their voxels, so that **1.0 is the anomaly threshold** in every study.
 
-The anomaly score of a voxel is the mean over contrasts of the absolute normative z-score,
-smoothed inside the brain (``smoothing_mm``), divided by that calibration. The lesion models use
+The anomaly score of a voxel (:func:`anomaly_score`) takes the larger of two parts, each a mean
+over contrasts: the absolute normative z-score of its intensity, and, with mirror statistics, the
+absolute z-score of its left-right difference, counted only on the side whose own intensity is the
+farther from healthy (so that a lesion does not light up its healthy mirror image). The result is
+smoothed inside the brain (``smoothing_mm``) and divided by that calibration. The lesion models use
 the same statistics as features (:mod:`openrecon_stroke.voxel_features`).
 """
 
@@ -62,12 +68,55 @@ def write_stats(file: Path, stats: Stats, box) -> None:
     np.savez_compressed(file, mean=stats.mean[sl].astype(np.float16), std=stats.std[sl].astype(np.float16))
 
 
+#: The parts of the anomaly score (:func:`anomaly_score`).
+PARTS = ("intensity", "asymmetry")
+
+
+def anomaly_score(
+    rel: dict[str, np.ndarray],
+    brain: np.ndarray,
+    intensity: dict[str, Stats],
+    asymmetry: dict[str, Stats],
+    smoothing_mm: float,
+    spacing_mm: float,
+    parts: tuple[str, ...] = PARTS,
+) -> np.ndarray:
+    """The uncalibrated anomaly score on the template grid, 0 outside ``brain``.
+
+    ``rel``: per contrast the white-matter-relative image; ``intensity`` / ``asymmetry``: per
+    contrast the healthy statistics of that image and of its left-right difference
+    (``rel - mirror(rel)``). Per voxel the larger of the mean over contrasts of |z| of the
+    intensity and the mean over contrasts of |z| of the difference, the latter only where the voxel
+    is farther from healthy than its mirror (``|z| >= |z at the mirror|``) and both are in the brain;
+    smoothed ``smoothing_mm`` (Gaussian sigma) inside ``brain``. ``parts`` leaves one out (ablation).
+    """
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        raise ValueError(f"anomaly score parts must be among {PARTS}; got {parts}")
+    both = brain & voxel_features.mirror(brain)
+    total = np.zeros(brain.shape, np.float32)
+    asym = np.zeros(brain.shape, np.float32)
+    n = max(len(rel), 1)
+    for c, r in rel.items():
+        z = np.where(brain, intensity[c].z(r), 0)
+        total += np.abs(z)
+        if "asymmetry" in parts and c in asymmetry:
+            zd = np.abs(asymmetry[c].z(r - voxel_features.mirror(r)))
+            farther = np.abs(z) >= np.abs(voxel_features.mirror(z))
+            asym += np.where(both & farther, zd, 0)
+    score = np.maximum(total / n if "intensity" in parts else 0, asym / n).astype(np.float32)
+    if smoothing_mm > 0:
+        score = voxel_features.smooth_in(score, brain, smoothing_mm, spacing_mm)
+    return np.where(brain, score, 0).astype(np.float32)
+
+
 class NormativeModel:
     """A normative card with its statistics (read once)."""
 
     def __init__(self, card: NormativeCard):
         self.card = card
         self._intensity: dict[str, Stats] = {}
+        self._asymmetry: dict[str, Stats] = {}
         self._jacobian: Stats | None = None
 
     def intensity(self, contrast: str) -> Stats:
@@ -79,6 +128,16 @@ class NormativeModel:
             )
         return self._intensity[contrast]
 
+    def asymmetry(self, contrast: str) -> Stats | None:
+        """Healthy statistics of the left-right difference of ``contrast`` (None without them)."""
+        if contrast not in self.card.asymmetry:
+            return None
+        if contrast not in self._asymmetry:
+            self._asymmetry[contrast] = read_stats(
+                self.card.path.parent / f"{contrast}_mirror.npz", self.card.shape, self.card.box
+            )
+        return self._asymmetry[contrast]
+
     def jacobian(self) -> Stats | None:
         if self._jacobian is None and self.card.jacobian is not None:
             f = self.card.path.parent / "jacobian.npz"
@@ -88,6 +147,7 @@ class NormativeModel:
     def load(self) -> None:
         for c in self.card.contrasts:
             self.intensity(c)
+            self.asymmetry(c)
         self.jacobian()
 
     def as_features(self) -> voxel_features.Normative:
@@ -97,16 +157,11 @@ class NormativeModel:
             {c: self.intensity(c).std for c in self.card.contrasts},
         )
 
-    def raw_score(self, rel: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
-        """Mean over contrasts of |normative z| of the white-matter-relative images ``rel``,
-        smoothed inside ``brain`` (before calibration)."""
-        total = np.zeros(brain.shape, np.float32)
-        for c, r in rel.items():
-            total += np.abs(np.where(brain, self.intensity(c).z(r), 0))
-        total /= max(len(rel), 1)
-        if self.card.smoothing_mm > 0:
-            total = voxel_features.smooth_in(total, brain, self.card.smoothing_mm, self.card.spacing_mm)
-        return total
+    def raw_score(self, rel: dict[str, np.ndarray], brain: np.ndarray, parts: tuple[str, ...] = PARTS) -> np.ndarray:
+        """:func:`anomaly_score` of the white-matter-relative images ``rel`` (before calibration)."""
+        asym = {c: a for c in rel if (a := self.asymmetry(c)) is not None}
+        intensity = {c: self.intensity(c) for c in rel}
+        return anomaly_score(rel, brain, intensity, asym, self.card.smoothing_mm, self.card.spacing_mm, parts)
 
     def score(self, rel: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
         """The anomaly score (1 = threshold fixed on held-out healthy brains), 0 outside ``brain``."""
@@ -114,7 +169,7 @@ class NormativeModel:
         thr = self.card.calibration.get(combo)
         if not thr:
             raise ModelCardError(f"{self.card.path}: no calibration for {combo}")
-        return np.where(brain, self.raw_score(rel, brain) / thr, 0).astype(np.float32)
+        return (self.raw_score(rel, brain) / thr).astype(np.float32)
 
     def ventricle_z(self, ventricle_ml: float) -> float | None:
         v = self.card.ventricle_ml
@@ -154,23 +209,26 @@ def ventricle_volume(
     ventricles: np.ndarray,
     means: dict[str, float],
     spacing_zyx,
-    reach_mm: float = 15.0,
+    reach_mm: float = 20.0,
     opening_mm: float = 2.0,
+    dark_fraction: float = 0.35,
 ) -> float:
     """Lateral-ventricle volume (mL) on a series' own grid.
 
-    CSF-dark voxels (below the midpoint between the brain's CSF and grey-matter intensities; CSF
-    is the darkest tissue in T1-w and in dark-fluid FLAIR) within ``reach_mm`` of the template's
-    ventricles carried onto this grid (``ventricles``), opened with a ``opening_mm`` ball so that
-    thin sulci and cisterns touching them come apart; the opened pieces that overlap the template's
-    ventricles, widened back by the same ball inside the dark voxels. The deformable registration
-    follows enlarged ventricles only in part, so the template's ventricles are the seed, not the
-    answer. Chosen on two synthetic heads with ventricles grown by 0/20/50 % (ratio to the truth
-    0.97-1.16; a fixed 4 mm margin gave 0.63-0.95)."""
+    CSF-dark voxels (below the brain's CSF intensity plus ``dark_fraction`` of the way to its
+    grey-matter intensity; CSF is the darkest tissue in T1-w and in dark-fluid FLAIR) within
+    ``reach_mm`` of the template's ventricles carried onto this grid (``ventricles``), opened with
+    a ``opening_mm`` ball so that thin sulci and cisterns touching them come apart; the opened
+    pieces that overlap the template's ventricles, widened back by the same ball inside the dark
+    voxels. The deformable registration follows enlarged ventricles only in part, so the template's
+    ventricles are the seed, not the answer. The three settings were chosen on two synthetic heads
+    (maps 17-18, ventricles grown by 0/20/50 %: ratio to the truth 0.97-1.07; the earlier midpoint
+    threshold and 15 mm reach over-measured small ventricles, 0.98-1.18); the held-out figures are
+    in ``models/normative/MODEL_CARD.md``."""
     sp = np.asarray(spacing_zyx, float)
     if not ventricles.any():
         return 0.0
-    dark = (image < 0.5 * (means["csf"] + means["gm"])) & brain
+    dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     near = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= reach_mm
     ball = _ball(opening_mm, sp)
     opened = ndimage.binary_opening(dark & near, ball)

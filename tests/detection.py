@@ -150,8 +150,10 @@ SHIPPED_LESION = LesionFloors(recall=1.0, dice=0.5, max_volume_ratio=2.0,
                               source="lesion-voxel-* 0.2.0 on the seed-11 phantom with process, measured "
                                      "2026-11-30: recall 2/2, Dice 0.75-0.90, 0.78-1.27x the true volume")
 #: Mean anomaly score inside the true lesions over remote brain (> 10 mm from them), measured
-#: the same day on the same four outputs: 7.9 and 8.1 (fused, T1-w / FLAIR grid), 13.3 (T1-w
-#: alone), 3.85 (FLAIR alone). Floor 2.5. (The flow model it replaced: 1.65-1.69.)
+#: the same day on the same four outputs (served through the MRD server) with normative-mni152
+#: 0.2.0 (intensity and left-right difference): 9.1 and 9.3 (fused, T1-w / FLAIR grid), 14.1
+#: (T1-w alone), 5.0 (FLAIR alone); with 0.1.0 (intensity only): 7.9, 8.1, 13.3, 3.85. Floor 2.5.
+#: (The flow model it replaced: 1.65-1.69.)
 SHIPPED_ANOMALY = AnomalyFloors(ratio=2.5, remote_mm=10.0,
-                                source="normative-mni152 0.1.0 z-map, seed-11 phantom with process, measured "
-                                       "2026-11-30: ratio 3.85-13.3")
+                                source="normative-mni152 0.2.0 map, seed-11 phantom served, measured "
+                                       "2026-11-30: ratio 5.0-14.1")

@@ -129,6 +129,13 @@ def test_voxel_classifier_and_normative_cards_validate(tmp_path):
         load_card(_write(tmp_path / "f", {**norm, "box": [[0, 11], [0, 12], [0, 14]]}), verify=False)
     with pytest.raises(ModelCardError, match="calibration"):
         load_card(_write(tmp_path / "g", {**norm, "calibration": {"flair": 2.0}}), verify=False)
+    # left-right difference statistics: only for a listed contrast whose file is listed
+    asym = {**norm, "asymmetry": ["t1"], "files": [{"file": "t1.npz"}, {"file": "t1_mirror.npz"}]}
+    assert load_card(_write(tmp_path / "h", asym), verify=False).asymmetry == ("t1",)
+    with pytest.raises(ModelCardError, match="t1_mirror.npz"):
+        load_card(_write(tmp_path / "i", {**asym, "files": [{"file": "t1.npz"}]}), verify=False)
+    with pytest.raises(ModelCardError, match="flair"):
+        load_card(_write(tmp_path / "j", {**asym, "asymmetry": ["flair"]}), verify=False)
 
 
 def test_voxel_classifier_cascade_entry_validates(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openrecon_stroke.normative import Stats, deformation_regions, ventricle_volume
+from openrecon_stroke.normative import Stats, anomaly_score, deformation_regions, ventricle_volume
 
 
 def _sphere(shape, centre, radius):
@@ -24,6 +24,30 @@ def test_stats_z_is_the_distance_from_healthy_in_standard_deviations():
     z = s.z(value)
     assert z[1, 1, 1] == pytest.approx(-5.0, abs=1e-4)
     assert np.abs(np.delete(z.ravel(), 1 * 16 + 1 * 4 + 1)).max() < 1e-5
+
+
+def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():
+    """A symmetric healthy brain (x axis mirrored about its centre) with a unilateral cavity:
+    the asymmetry part lights the cavity, not the healthy tissue mirrored across; and it finds a
+    mild cavity that the intensity z alone scores low, where healthy brains vary a lot but their
+    two sides agree."""
+    shape = (20, 20, 21)
+    brain = _sphere(shape, (10, 10, 10), 9)
+    healthy = np.full(shape, 1.0, np.float32)
+    intensity = {"t1": Stats(healthy, np.full(shape, 0.3, np.float32))}  # wide healthy spread
+    asymmetry = {"t1": Stats(np.zeros(shape, np.float32), np.full(shape, 0.05, np.float32))}  # sides agree
+    rel = healthy.copy()
+    cavity = _sphere(shape, (10, 10, 5), 2)
+    rel[cavity] = 0.7  # 1 healthy SD darker than white matter, 6 SD of the left-right difference
+    mirrored = cavity[:, :, ::-1]
+    only_z = anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0, ("intensity",))
+    both = anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0)
+    assert only_z[cavity].mean() == pytest.approx(1.0, abs=1e-4)
+    assert both[cavity].mean() == pytest.approx(6.0, abs=1e-3)
+    assert both[mirrored].max() < 1e-6 and both[brain & ~cavity].max() < 1e-6
+    assert np.all(both[~brain] == 0)
+    with pytest.raises(ValueError, match="parts"):
+        anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0, ("mirror",))
 
 
 def test_ventricle_volume_measures_dark_voxels_near_the_template_ventricles():

@@ -2,14 +2,16 @@
 
 Healthy cases (``models/lesion/cases.py`` with ``--healthy-seeds``: every head through the
 pipeline's own preprocessing and template registration) of the given heads give, per contrast,
-per-voxel mean and standard deviation of the white-matter-relative intensity; their deformations
+per-voxel mean and standard deviation of the white-matter-relative intensity and of its left-right
+difference (intensity minus the intensity at the mirrored position); their deformations
 give the log-Jacobian statistics; their lateral ventricles (the template's ventricles carried
 back, measured as the anomaly stage measures them) the healthy ventricle range.
 
 The anomaly score's threshold is calibrated on healthy brains the statistics never saw: the
 heads are split into two halves; each half is scored against statistics built from the other
 half, and the threshold of each contrast combination is the 99.9th percentile of those scores
-inside the brain (eroded 2 mm). The shipped statistics then use every head.
+inside the brain (eroded 2 mm); the same for each part of the score alone (``ablation_calibration``,
+for the evaluation's ablation). The shipped statistics then use every head.
 
     .venv/bin/python models/normative/build.py --cache CASES --out models/normative [--exclude chris_t1]
 """
@@ -34,7 +36,7 @@ from cases import REAL_HEADS, list_cases, load_case, model_view  # noqa: E402
 
 from openrecon_stroke import resample, template, voxel_features  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
-from openrecon_stroke.normative import Stats, write_stats  # noqa: E402
+from openrecon_stroke.normative import PARTS, Stats, anomaly_score, write_stats  # noqa: E402
 
 log = logging.getLogger("normative")
 GRID_MM = 1.5
@@ -76,11 +78,13 @@ def accumulate(cache: Path, cases, priors) -> dict[str, list[np.ndarray]]:
         les = arrays["lesion"].astype(np.float32) > 0.1
         if les.any():  # a head with lesions (--with-lesion-cases): its tissue 4 mm away from them
             brain = brain & ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
+        both = brain & voxel_features.mirror(brain)  # left-right differences: both sides usable
         for c, r in rel.items():
-            s = acc.setdefault(c, [np.zeros(brain.shape, np.float64) for _ in range(3)])
-            s[0] += brain
-            s[1] += np.where(brain, r, 0)
-            s[2] += np.where(brain, r.astype(np.float64) ** 2, 0)
+            for key, value, where in ((c, r, brain), (f"{c}_mirror", r - voxel_features.mirror(r), both)):
+                s = acc.setdefault(key, [np.zeros(brain.shape, np.float64) for _ in range(3)])
+                s[0] += where
+                s[1] += np.where(where, value, 0)
+                s[2] += np.where(where, value.astype(np.float64) ** 2, 0)
         if "log_jacobian" in arrays and not les.any():
             lj = arrays["log_jacobian"].astype(np.float64)
             s = acc.setdefault("jacobian", [np.zeros(lj.shape, np.float64) for _ in range(3)])
@@ -111,23 +115,34 @@ def build_stats(cache: Path, cases, priors) -> tuple[dict[str, Stats], dict[str,
     return stats, has
 
 
-def raw_scores(stats: dict[str, Stats], rel: dict[str, np.ndarray], brain: np.ndarray) -> dict[str, np.ndarray]:
-    """The uncalibrated score of every contrast combination present (see :mod:`openrecon_stroke.normative`)."""
-    z = {c: np.abs(np.where(brain, stats[c].z(r), 0)) for c, r in rel.items() if c in stats}
+#: The score's parts calibrated: the shipped score, then each part alone (the ablation).
+SCORE_PARTS = {"score": PARTS, "intensity": ("intensity",), "asymmetry": ("asymmetry",)}
+
+
+def raw_scores(
+    stats: dict[str, Stats], rel: dict[str, np.ndarray], brain: np.ndarray
+) -> dict[tuple[str, str], np.ndarray]:
+    """The uncalibrated score (:func:`openrecon_stroke.normative.anomaly_score`) of every contrast
+    combination present, for each entry of :data:`SCORE_PARTS`: ``{(parts name, combo): score}``."""
+    intensity = {c: stats[c] for c in rel if c in stats}
+    asym = {c: stats[f"{c}_mirror"] for c in rel if f"{c}_mirror" in stats}
     out = {}
     for combo in (("t1",), ("flair",), ("t1", "flair")):
-        if all(c in z for c in combo):
-            total = sum(z[c] for c in combo) / len(combo)
-            out["+".join(combo)] = voxel_features.smooth_in(total, brain, SCORE_SMOOTHING_MM, GRID_MM)
+        if all(c in intensity for c in combo):
+            sub = {c: rel[c] for c in combo}
+            for name, parts in SCORE_PARTS.items():
+                out[(name, "+".join(combo))] = anomaly_score(
+                    sub, brain, intensity, asym, SCORE_SMOOTHING_MM, GRID_MM, parts
+                )
     return out
 
 
-def calibrate(cache: Path, cases, priors) -> dict[str, float]:
+def calibrate(cache: Path, cases, priors) -> dict[str, dict[str, float]]:
     """99.9th percentile of each combination's score in healthy brains scored against statistics
-    built from the other half of the heads (two folds by head)."""
+    built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``."""
     heads = sorted({h for h, _ in cases})
     folds = [heads[0::2], heads[1::2]]
-    pooled: dict[str, list[np.ndarray]] = {}
+    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
     for k, held in enumerate(folds):
         stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors)
         for head, seed in [c for c in cases if c[0] in held]:
@@ -137,10 +152,13 @@ def calibrate(cache: Path, cases, priors) -> dict[str, float]:
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():
                 core &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
-            for combo, sc in raw_scores(stats, rel, brain).items():
-                pooled.setdefault(combo, []).append(sc[core])
+            for key, sc in raw_scores(stats, rel, brain).items():
+                pooled.setdefault(key, []).append(sc[core])
         log.info("calibration fold %d/2 done", k + 1)
-    return {combo: float(np.percentile(np.concatenate(v), PERCENTILE)) for combo, v in pooled.items()}
+    out: dict[str, dict[str, float]] = {}
+    for (name, combo), v in pooled.items():
+        out.setdefault(name, {})[combo] = float(np.percentile(np.concatenate(v), PERCENTILE))
+    return out
 
 
 def box_of(mask: np.ndarray) -> list[list[int]]:
@@ -180,6 +198,10 @@ def main(argv=None) -> int:
     for c in contrasts:
         write_stats(args.out / f"{c}.npz", stats[c], box)
         files.append(f"{c}.npz")
+    asymmetry = [c for c in contrasts if f"{c}_mirror" in stats]
+    for c in asymmetry:
+        write_stats(args.out / f"{c}_mirror.npz", stats[f"{c}_mirror"], box)
+        files.append(f"{c}_mirror.npz")
     jac = None
     if "jacobian" in stats:
         jbox = box_of(has["jacobian"] & (template.load_template(2.0).arrays()["brain"] > 0))
@@ -190,16 +212,22 @@ def main(argv=None) -> int:
     card = {
         "kind": "normative",
         "name": "normative-mni152",
-        "version": "0.1.0",
+        "version": "0.2.0",
         "description": "healthy-brain statistics in MNI152 2009a sym template space: per-voxel white-matter-"
-        "relative intensity (mean, std) per contrast, log-Jacobian of the deformation to the "
-        "template, calibrated anomaly threshold",
+        "relative intensity and its left-right difference (mean, std) per contrast, log-Jacobian of the "
+        "deformation to the template, calibrated anomaly threshold",
         "contrasts": contrasts,
         "template": {"name": template.TEMPLATE_NAME, "spacing_mm": GRID_MM},
         "shape": shape,
         "box": box,
+        "asymmetry": asymmetry,
+        "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
+        "smoothed",
         "smoothing_mm": SCORE_SMOOTHING_MM,
-        "calibration": {k: round(v, 5) for k, v in calibration.items()},
+        "calibration": {k: round(v, 5) for k, v in calibration["score"].items()},
+        "ablation_calibration": {
+            name: {k: round(v, 5) for k, v in cal.items()} for name, cal in calibration.items() if name != "score"
+        },
         "calibration_rule": f"{PERCENTILE}th percentile of held-out healthy brains (two folds by head), brain eroded 2 mm",
         "jacobian": jac,
         "files": [{"file": f, "sha256": file_sha256(args.out / f)} for f in files],

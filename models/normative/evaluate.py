@@ -17,8 +17,8 @@ ventricles enlarged by 20 % and 50 %, through the pipeline's own stages (preproc
 registration, anomaly): the measured volume against the truth.
 
     .venv/bin/python models/normative/evaluate.py models/normative --cache CASES \\
-        [--heads synthseg_15-20] [--ventricles 3 | --ventricle-heads synthseg_15 ...] [--no-maps]
-        [--json OUT.json]
+        [--train-cache TRAIN_CASES] [--heads synthseg_15-20]
+        [--ventricles 3 | --ventricle-heads synthseg_15 ...] [--no-maps] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -134,6 +134,14 @@ def score_cases(methods: dict, cache: Path, cases) -> dict:
     return summary
 
 
+def _part_only(nm: NormativeModel, part: str, calibration: dict):
+    def score(rel, brain):
+        combo = "+".join(c for c in ("t1", "flair") if c in rel)
+        return nm.raw_score(rel, brain, (part,)) / float(calibration[combo])
+
+    return score
+
+
 def ventricle_test(folder: Path, heads: list[str], growths=(0.0, 0.2, 0.5)) -> list[dict]:
     """Each head acquired with its ventricles grown by each fraction, through the pipeline's
     preprocessing, template and anomaly stages; measured against the true volume."""
@@ -173,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", nargs="+", default=["synthseg_15-20"])
     ap.add_argument("--train-heads", nargs="+", default=["synthseg_01-14", "mni"],
                     help="healthy heads the baseline's histogram is built from")
+    ap.add_argument("--train-cache", type=Path,
+                    help="cases of --train-heads, when not in --cache (default: --cache)")
     ap.add_argument("--ventricles", type=int, default=0, help="also the ventricle test on this many heads")
     ap.add_argument("--ventricle-heads", nargs="+",
                     help="heads of the ventricle test (default: the first --ventricles of --heads)")
@@ -183,12 +193,16 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     nm = NormativeModel(NormativeCard.load(args.normative))
     priors = template.load_template(GRID_MM).arrays()
-    train = healthy_cases(args.cache, expand(args.train_heads)) or list_cases(args.cache, expand(args.train_heads))
+    tcache = args.train_cache or args.cache
+    train = healthy_cases(tcache, expand(args.train_heads)) or list_cases(tcache, expand(args.train_heads))
+    if not train:
+        log.error("no cases of %s in %s for the baseline (give --train-cache)", args.train_heads, tcache)
+        return 2
     half = sorted({h for h, _ in train})[::2]
-    base = HistogramBaseline(args.cache, [c for c in train if c[0] not in half], priors)
+    base = HistogramBaseline(tcache, [c for c in train if c[0] not in half], priors)
     cal = []
     for head, seed in [c for c in train if c[0] in half]:
-        arrays = load_case(args.cache, head, seed)
+        arrays = load_case(tcache, head, seed)
         rel, brain = relative_images(arrays, priors)
         core = ndimage.binary_erosion(brain, iterations=2) & ~ndimage.binary_dilation(
             arrays["lesion"].astype(np.float32) > 0.1, iterations=3)
@@ -198,6 +212,9 @@ def main(argv=None) -> int:
         "normative z-map": lambda rel, brain: nm.score(rel, brain),
         "baseline: intensity histogram": lambda rel, brain: base.raw(rel, brain) / base_thr,
     }
+    # ablation: each part of the score alone, with its own calibration (same rule, written by build.py)
+    for name, cal in (nm.card.get("ablation_calibration") or {}).items():
+        methods[f"ablation: {name} only"] = _part_only(nm, name, cal)
     heads = expand(args.heads)
     results = {"heads": heads, "normative": str(args.normative)}
     if not args.no_maps:

@@ -3,12 +3,13 @@ or smaller than in healthy brains.
 
 With the study in template space (:class:`~.results.TemplateResult`) and the normative model
 (:mod:`openrecon_stroke.normative`), the default: every contrast's white-matter-relative intensity
-against healthy brains at the same template position (normative z-score), mean |z| over the
-contrasts, smoothed, calibrated so that 1.0 is the threshold fixed on held-out healthy brains;
-mapped back onto every series' grid. The lateral ventricles are the template's, carried onto the
-reference series and measured there (CSF-dark voxels); the deformation to the template gives the
-regions whose size is outside the healthy range (log-Jacobian z-score), each located through the
-template.
+against healthy brains at the same template position (normative z-score) and its left-right
+difference against healthy brains' (on the side farther from healthy), the larger of the two
+means of |z| over the contrasts, smoothed, calibrated so that 1.0 is the threshold fixed on
+held-out healthy brains; mapped back onto every series' grid. The lateral ventricles are the
+template's, carried onto the reference series and measured there (CSF-dark voxels); the
+deformation to the template gives the regions whose size is outside the healthy range
+(log-Jacobian z-score), each located through the template.
 
 Without template space (its registration failed), the rectified-flow model: runs on the network
 grid of the anomaly card (RAS, 2 mm, brain box of the reference series: T1-w when known), with
