@@ -1,8 +1,9 @@
 """Networks shared by the training scripts under ``models/`` (PyTorch; never imported by the
 server, which runs their ONNX exports).
 
-* :class:`Branch`: a 3D residual-encoder U-Net trunk (residual blocks, stride-2 downsampling,
-  transposed-convolution upsampling, skip connections), returning full-resolution features;
+* :class:`Branch`: a residual-encoder U-Net trunk, 3D (or 2D with ``dims=2``: residual blocks,
+  stride-2 downsampling, transposed-convolution upsampling, skip connections), returning
+  full-resolution features;
 * :class:`LateFusionUNet`: one branch per input contrast, fused at the last layer (lesion models);
 * :class:`VelocityUNet`: one branch over [image, time, contrast] channels -> a velocity field
   (the rectified-flow anomaly model).
@@ -16,22 +17,27 @@ from torch import nn
 
 
 # ------------------------------------------------------------------------------------------
-def _norm(c):
+def _norm(c, dims=3):
     # Batch norm (running statistics at inference): the prediction does not depend on the
     # window size, so a whole brain box can be predicted in one window, and ONNX Runtime folds
     # the normalisation into the convolution.
-    return nn.BatchNorm3d(c, momentum=0.05)
+    return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(c, momentum=0.05)
+
+
+def _conv(dims):
+    return nn.Conv3d if dims == 3 else nn.Conv2d
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin, cout, stride=1):
+    def __init__(self, cin, cout, stride=1, dims=3):
         super().__init__()
-        self.c1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
-        self.n1 = _norm(cout)
-        self.c2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
-        self.n2 = _norm(cout)
+        conv = _conv(dims)
+        self.c1 = conv(cin, cout, 3, stride, 1, bias=False)
+        self.n1 = _norm(cout, dims)
+        self.c2 = conv(cout, cout, 3, 1, 1, bias=False)
+        self.n2 = _norm(cout, dims)
         self.skip = None if (cin == cout and stride == 1) else nn.Sequential(
-            nn.Conv3d(cin, cout, 1, stride, bias=False), _norm(cout))
+            conv(cin, cout, 1, stride, bias=False), _norm(cout, dims))
 
     def forward(self, x):
         y = F.leaky_relu(self.n1(self.c1(x)), 0.01)
@@ -40,14 +46,16 @@ class ResBlock(nn.Module):
 
 
 class Branch(nn.Module):
-    """Residual-encoder U-Net trunk over ``cin`` input channels; returns full-resolution features."""
+    """Residual-encoder U-Net trunk over ``cin`` input channels, ``dims`` 3 (volumes) or 2
+    (slices); returns full-resolution features."""
 
-    def __init__(self, feats=(8, 16, 32, 64), cin: int = 1):
+    def __init__(self, feats=(8, 16, 32, 64), cin: int = 1, dims: int = 3):
         super().__init__()
-        self.stem = ResBlock(cin, feats[0])
-        self.down = nn.ModuleList(ResBlock(a, b, 2) for a, b in zip(feats[:-1], feats[1:]))
-        self.up = nn.ModuleList(nn.ConvTranspose3d(b, a, 2, 2) for a, b in zip(feats[:-1], feats[1:]))
-        self.dec = nn.ModuleList(ResBlock(2 * a, a) for a in feats[:-1])
+        up = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
+        self.stem = ResBlock(cin, feats[0], dims=dims)
+        self.down = nn.ModuleList(ResBlock(a, b, 2, dims) for a, b in zip(feats[:-1], feats[1:]))
+        self.up = nn.ModuleList(up(b, a, 2, 2) for a, b in zip(feats[:-1], feats[1:]))
+        self.dec = nn.ModuleList(ResBlock(2 * a, a, dims=dims) for a in feats[:-1])
 
     def forward(self, x):
         skips = [self.stem(x)]

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[2]
-for p in (REPO, REPO / "models" / "lesion", REPO / "models" / "normative"):
+for p in (REPO, REPO / "models", REPO / "models" / "lesion", REPO / "models" / "normative"):
     sys.path.insert(0, str(p))
 
 log = logging.getLogger("reflect2d")
@@ -99,44 +99,12 @@ def make_data(cache: Path, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ network
 def make_net(cin: int = 5):
-    import torch
-    import torch.nn.functional as F
+    """The 2D velocity network: :class:`models.nets.Branch` over slices (features 16-32-64-128),
+    then 2 velocity channels (T1-w, FLAIR)."""
+    from nets import Branch
     from torch import nn
 
-    class Res(nn.Module):
-        def __init__(self, cin, cout, stride=1):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.n1 = nn.BatchNorm2d(cout, momentum=0.05)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.n2 = nn.BatchNorm2d(cout, momentum=0.05)
-            self.skip = None if (cin == cout and stride == 1) else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, momentum=0.05))
-
-        def forward(self, x):
-            y = F.leaky_relu(self.n1(self.c1(x)), 0.01)
-            y = self.n2(self.c2(y))
-            return F.leaky_relu(y + (x if self.skip is None else self.skip(x)), 0.01)
-
-    class Flow2D(nn.Module):
-        def __init__(self, feats=(16, 32, 64, 128)):
-            super().__init__()
-            self.stem = Res(cin, feats[0])
-            self.down = nn.ModuleList(Res(a, b, 2) for a, b in zip(feats[:-1], feats[1:]))
-            self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, 2) for a, b in zip(feats[:-1], feats[1:]))
-            self.dec = nn.ModuleList(Res(2 * a, a) for a in feats[:-1])
-            self.head = nn.Conv2d(feats[0], 2, 1)
-
-        def forward(self, x):
-            skips = [self.stem(x)]
-            for d in self.down:
-                skips.append(d(skips[-1]))
-            y = skips.pop()
-            for up, dec in zip(reversed(self.up), reversed(self.dec)):
-                y = dec(torch.cat([up(y), skips.pop()], 1))
-            return self.head(y)
-
-    return Flow2D()
+    return nn.Sequential(Branch((16, 32, 64, 128), cin=cin, dims=2), nn.Conv2d(16, 2, 1))
 
 
 def _inputs(x, avail, t, prior=None):
@@ -326,6 +294,7 @@ def evaluate(work: Path, cache: Path, steps_list, heads, out_json: Path | None) 
     val = np.load(work / "val.npz")
     # calibration on the validation heads' healthy brains (eroded 2 mm): 99.9th percentile
     cal: dict = {}
+    norm_core: dict = {}  # the normative map's calibrated score there, per contrast combination
     for i in range(val["images"].shape[0]):
         brain = np.zeros(priors["brain"].shape, bool)
         brain[:, CROP[0], CROP[1]] = val["brain"][i]
@@ -337,20 +306,16 @@ def evaluate(work: Path, cache: Path, steps_list, heads, out_json: Path | None) 
                 rel[c] = r
         core = ndimage.binary_erosion(brain, iterations=1)
         combo = "+".join(rel)
-        zn = nm.score(rel, brain)
+        norm_core.setdefault(combo, []).append(nm.score(rel, brain)[core])
         for k in steps_list:
-            f = fs.raw(rel, brain, k)
-            cal.setdefault(("flow", k, combo), []).append(f[core])
-            cal.setdefault(("norm", k, combo), []).append(zn[core])
+            cal.setdefault(("flow", k, combo), []).append(fs.raw(rel, brain, k)[core])
         log.info("calibration case %d/%d", i + 1, val["images"].shape[0])
     thr = {key: float(np.percentile(np.concatenate(v), 99.9)) for key, v in cal.items()}
     # the ensemble: mean of the two calibrated maps, calibrated again on the same brains
     ens = {}
-    for (kind, k, combo), _ in list(cal.items()):
-        if kind == "flow":
-            a = np.concatenate(cal[("flow", k, combo)]) / thr[("flow", k, combo)]
-            b = np.concatenate(cal[("norm", k, combo)])
-            ens[(k, combo)] = float(np.percentile(0.5 * (a + b), 99.9))
+    for _, k, combo in thr:
+        a = np.concatenate(cal[("flow", k, combo)]) / thr[("flow", k, combo)]
+        ens[(k, combo)] = float(np.percentile(0.5 * (a + np.concatenate(norm_core[combo])), 99.9))
     log.info("calibration: %s", thr)
 
     def flow_method(k):
