@@ -64,11 +64,13 @@ class VoxelLesionModel:
         return self._normative
 
     def load(self) -> None:
-        """Create the sessions and read the normative model now (server start-up)."""
+        """Create the sessions, read the normative model and compute the template's features now
+        (server start-up), not during the first study."""
         self._sessions.all()
         if self._first is not None:
             self._first.all()
         _ = self.normative
+        self.priors()
 
     def grid(self) -> sitk.Image:
         return template.template_grid(self.card.spacing_mm)

@@ -228,6 +228,12 @@ def ventricle_volume(
     sp = np.asarray(spacing_zyx, float)
     if not ventricles.any():
         return 0.0
+    # nothing beyond reach_mm (+ the ball, + a voxel) of the template's ventricles can count:
+    # the same measurement in their box grown by that much, at a fraction of the voxels
+    grow = np.ceil((reach_mm + opening_mm) / sp).astype(int) + 2
+    idx = np.nonzero(ventricles)
+    box = tuple(slice(max(0, int(i.min()) - g), int(i.max()) + g + 1) for i, g in zip(idx, grow))
+    image, brain, ventricles = image[box], brain[box], ventricles[box]
     dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     near = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= reach_mm
     ball = _ball(opening_mm, sp)

@@ -3,10 +3,11 @@
 A stage is one small object (:class:`~openrecon_stroke.stages.base.Stage`): it reads
 ``study.inputs`` (volumes by contrast), ``study.params``, the typed results of earlier stages
 it declares, and returns a :class:`~openrecon_stroke.stages.base.StageResult`. The pipeline
-runs stages in order, checks each stage's declared contract, times them, and keeps going when
-one fails: the failure becomes a warning, stages that need its output are skipped with a
-reason. Neither the server nor the offline ``process`` command knows which stages exist: the
-registry (:mod:`openrecon_stroke.pipeline_registry`) does.
+runs stages in order (a stage that declares ``overlaps`` alongside the stages before it, on the
+other core), checks each stage's declared contract, times them, and keeps going when one fails:
+the failure becomes a warning, stages that need its output are skipped with a reason. Neither
+the server nor the offline ``process`` command knows which stages exist: the registry
+(:mod:`openrecon_stroke.pipeline_registry`) does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES, PIPELINES
@@ -25,6 +27,41 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Outcome:
+    """How one stage's run ended: its result, or the exception it raised; seconds it took."""
+
+    result: StageResult | None
+    error: BaseException | None
+    seconds: float
+
+
+def _run_stage(stage: Stage, study: Study) -> _Outcome:
+    """Run one stage in the calling thread, its declared reads checked (per thread)."""
+    t0 = time.perf_counter()
+    study.reading = frozenset(stage.reads + stage.optional)
+    try:
+        result = stage.run(study)
+        _check_writes(stage, result)
+        return _Outcome(result, None, time.perf_counter() - t0)
+    except Exception as e:  # handed to the pipeline, which decides what it means
+        return _Outcome(None, e, time.perf_counter() - t0)
+    finally:
+        study.reading = None
+
+
+def waves(stages: list[Stage]) -> list[list[Stage]]:
+    """Stages grouped into runs that go side by side: a stage joins the group before it when it
+    declares every stage of that group in its ``overlaps``."""
+    out: list[list[Stage]] = []
+    for stage in stages:
+        if out and all(s.name in stage.overlaps for s in out[-1]):
+            out[-1].append(stage)
+        else:
+            out.append([stage])
+    return out
+
+
+@dataclass
 class Pipeline:
     name: str
     stages: list[Stage]
@@ -32,45 +69,72 @@ class Pipeline:
     def run(self, study: Study, on_stage: Callable[[Study, list[DerivedSeries]], None] | None = None) -> Study:
         """Run every stage on ``study``. ``on_stage(study, derived)``, when given, is called after
         each stage that succeeded with the series it added (the server sends them at once, so the
-        scanner shows the brain mask while the later stages still run)."""
+        scanner shows the brain mask while the later stages still run).
+
+        Stages that declare ``overlaps`` run side by side with the stages before them (one
+        thread each; see :func:`waves`); their results are filed, and ``on_stage`` called, in
+        pipeline order either way, so the study comes out the same."""
         for stage in self.stages:
             for kind in stage.writes:
                 study.producers.setdefault(kind, stage.name)
-        for n, stage in enumerate(self.stages):
-            missing = stage.missing(study)
-            if missing:
-                msg = f"{stage.name} skipped: it needs {', '.join(missing)}, which an earlier stage did not produce"
-                study.warnings.append(msg)
-                study.stage_status[stage.name] = "skipped"
-                log.warning(msg)
+        t_start = time.perf_counter()
+        handing = 0.0  # seconds in on_stage (the server sending series)
+        stopped = False
+        for wave in waves(self.stages):
+            if stopped:
+                for stage in wave:
+                    study.stage_status[stage.name] = "skipped"
                 continue
-            t0 = time.perf_counter()
-            study.reading = frozenset(stage.reads + stage.optional)
+            runnable = []
+            for stage in wave:
+                missing = stage.missing(study)
+                if missing:
+                    msg = f"{stage.name} skipped: it needs {', '.join(missing)}, which an earlier stage did not produce"
+                    study.warnings.append(msg)
+                    study.stage_status[stage.name] = "skipped"
+                    log.warning(msg)
+                else:
+                    runnable.append(stage)
+            if not runnable:
+                continue
+            pool = ThreadPoolExecutor(len(runnable) - 1, "stage") if len(runnable) > 1 else None
             try:
-                result = stage.run(study)
-                _check_writes(stage, result)
-            except SkipStudy as e:
-                study.timings_s[stage.name] = time.perf_counter() - t0
-                study.stage_status[stage.name] = "skipped"
-                study.warnings.append(f"processing skipped: {e}")
-                log.warning("processing skipped by %s: %s", stage.name, e)
-                for later in self.stages[n + 1 :]:
-                    study.stage_status[later.name] = "skipped"
-                break
-            except Exception as e:  # a failed stage must not take the study down
-                study.timings_s[stage.name] = time.perf_counter() - t0
-                study.stage_status[stage.name] = "failed"
-                study.warnings.append(f"{stage.name} failed: {e}")
-                log.exception("stage %s failed", stage.name)
-                continue
+                later = [pool.submit(_run_stage, st, study) for st in runnable[1:]] if pool else []
+                outcomes = [_run_stage(runnable[0], study)] + [f.result() for f in later]
             finally:
-                study.reading = None
-            study.timings_s[stage.name] = time.perf_counter() - t0
-            study.stage_status[stage.name] = "ok"
-            file_result(study, result)
-            log.info("stage %s done in %.2f s", stage.name, study.timings_s[stage.name])
-            if on_stage is not None and result.derived:
-                on_stage(study, list(result.derived))
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            for stage, out in zip(runnable, outcomes):
+                if stopped:
+                    study.stage_status[stage.name] = "skipped"
+                    continue
+                study.timings_s[stage.name] = out.seconds
+                if isinstance(out.error, SkipStudy):
+                    study.stage_status[stage.name] = "skipped"
+                    study.warnings.append(f"processing skipped: {out.error}")
+                    log.warning("processing skipped by %s: %s", stage.name, out.error)
+                    stopped = True
+                elif out.error is not None:  # a failed stage must not take the study down
+                    study.stage_status[stage.name] = "failed"
+                    study.warnings.append(f"{stage.name} failed: {out.error}")
+                    log.error("stage %s failed", stage.name, exc_info=out.error)
+                else:
+                    assert out.result is not None
+                    study.stage_status[stage.name] = "ok"
+                    file_result(study, out.result)
+                    log.info("stage %s done in %.2f s", stage.name, out.seconds)
+                    if on_stage is not None and out.result.derived:
+                        t0 = time.perf_counter()
+                        on_stage(study, list(out.result.derived))
+                        handing += time.perf_counter() - t0
+        total = time.perf_counter() - t_start
+        log.info(
+            "pipeline %s ran in %.2f s (stages %.2f s, handing series on %.2f s)",
+            self.name,
+            total,
+            total - handing,
+            handing,
+        )
         return study
 
 
@@ -119,6 +183,23 @@ def unmet_reads(pipeline: Pipeline) -> list[str]:
             f"{stage.name} reads {t.__name__}, which no earlier stage writes" for t in stage.reads if t not in written
         ]
         written.update(stage.writes)
+    return out
+
+
+def overlap_conflicts(pipeline: Pipeline) -> list[str]:
+    """Wiring errors of ``overlaps``: a stage declared to run alongside a stage that writes a
+    result it reads, or alongside a stage that is not just before it."""
+    out = []
+    names = [s.name for s in pipeline.stages]
+    for i, stage in enumerate(pipeline.stages):
+        for name in stage.overlaps:
+            if name not in names[:i]:
+                out.append(f"{stage.name} overlaps {name}, which does not run before it")
+    for wave in waves(pipeline.stages):
+        for i, stage in enumerate(wave):
+            for other in wave[:i]:
+                both = set(stage.reads + stage.optional) & set(other.writes)
+                out += [f"{stage.name} runs alongside {other.name} but reads its {t.__name__}" for t in both]
     return out
 
 

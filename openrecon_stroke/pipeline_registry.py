@@ -16,7 +16,8 @@ PIPELINES: dict[str, tuple[str, ...]] = {
         "brain.Preprocess",
         "template.TemplateRegistrationStage",
         "lesion.LesionSegmentation",
-        "anomaly.AnomalyDetection",
+        "anomaly.AnomalyDetection",  # alongside the lesion stage (it declares overlaps)
+        "anomaly.AnomalyLoadSplit",
         "report.Overlay",
         "report.ReportPage",
     ),

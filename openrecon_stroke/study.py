@@ -6,6 +6,7 @@ results that later stages read (:class:`StudyResult`; the concrete ones are in
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
@@ -113,8 +114,22 @@ class Study:
     producers: dict[type, str] = field(default_factory=dict)
     #: on-disk cache of earlier series of the same study (server: other connections), or None
     cache: StudyCache | None = None
-    #: while a pipeline runs a stage: the result types that stage declares reading
-    reading: frozenset[type] | None = field(default=None, repr=False)
+    #: thread id -> the result types declared by the stage that thread runs (see :attr:`reading`)
+    _reading: dict[int, frozenset[type]] = field(default_factory=dict, repr=False)
+
+    @property
+    def reading(self) -> frozenset[type] | None:
+        """While a pipeline runs a stage in this thread: the result types that stage declares
+        reading (None outside a stage: nothing is checked). Per thread, because stages that
+        declare :attr:`~openrecon_stroke.stages.base.Stage.overlaps` run side by side."""
+        return self._reading.get(threading.get_ident())
+
+    @reading.setter
+    def reading(self, kinds: frozenset[type] | None) -> None:
+        if kinds is None:
+            self._reading.pop(threading.get_ident(), None)
+        else:
+            self._reading[threading.get_ident()] = kinds
 
     def result(self, kind: type[R]) -> R | None:
         """The earlier stages' result of type ``kind``, or None. Inside a pipeline a stage may

@@ -99,6 +99,38 @@ def mirror(a: np.ndarray) -> np.ndarray:
     return a[:, :, ::-1]
 
 
+def brain_box(brain: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``brain`` (bool, template grid), widened in x to be symmetric about
+    the grid's middle column (the mid-sagittal plane), so that :func:`mirror` of a crop is the
+    crop of the mirror. The whole grid when the brain is empty."""
+    idx = [np.flatnonzero(brain.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
+    if any(i.size == 0 for i in idx):
+        return (slice(None),) * 3
+    nx = brain.shape[2]
+    x0 = min(int(idx[2][0]), nx - 1 - int(idx[2][-1]))
+    return (
+        slice(int(idx[0][0]), int(idx[0][-1]) + 1),
+        slice(int(idx[1][0]), int(idx[1][-1]) + 1),
+        slice(x0, nx - x0),
+    )
+
+
+class _Cropped(dict):
+    """A read-only view of a dict of arrays, each cropped to ``box`` when first read."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], box: tuple[slice, ...]):
+        super().__init__()
+        self._arrays, self._box = arrays, box
+
+    def __contains__(self, key) -> bool:
+        return key in self._arrays
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if not dict.__contains__(self, key):
+            dict.__setitem__(self, key, self._arrays[key][self._box])
+        return dict.__getitem__(self, key)
+
+
 def check_names(names, inputs, has_normative: bool) -> str:
     """Why a feature list cannot be computed for these inputs ("" when it can)."""
     known = set(PRIOR_FEATURES) | {f"{c}_{f}" for c in inputs for f in IMAGE_FEATURES}
@@ -135,7 +167,20 @@ def compute(
     (:func:`openrecon_stroke.template.tissue_means`); ``priors``: the template's ``gm``, ``wm``,
     ``csf`` and ``brain`` on the same grid, and optionally its :data:`TEMPLATE_FEATURES` already
     computed (:func:`template_feature`).
+
+    Works in the brain's box (symmetric about the mid-sagittal plane, so mirroring stays exact):
+    every image feature is 0 outside the brain before it is smoothed (``mode="constant"``), so
+    the box gives the same values as the whole grid, at about half the voxels.
     """
+    box = brain_box(brain)
+    full_priors = priors
+    priors = _Cropped(priors, box)
+    if normative is not None:
+        normative = Normative(
+            {c: m[box] for c, m in normative.mean.items()}, {c: v[box] for c, v in normative.std.items()}
+        )
+    images = {c: a[box] for c, a in images.items()}
+    brain = brain[box]
     cache: dict[str, np.ndarray] = {}
     sel = brain.ravel()
     both = brain & mirror(brain)  # brain in both hemispheres: where mirror features are defined
@@ -166,7 +211,7 @@ def compute(
             f = name[len("prior_") :]
             if f in priors:  # gm, wm, csf; csf_s4 and depth where the caller keeps them
                 return priors[f]
-            return template_feature(f, priors, spacing_mm)
+            return template_feature(f, full_priors, spacing_mm)[box]  # smooths beyond the brain
         c, _, f = name.partition("_")
         if c not in images:
             raise ValueError(f"feature {name!r} needs the {c} image")

@@ -229,11 +229,13 @@ def continue_study(base, stages, **raw):
 
 @pytest.fixture(scope="session")
 def t1_analysed(t1_preprocessed):
-    """... and then the rest of the default pipeline with default parameters."""
-    from openrecon_stroke.stages.anomaly import AnomalyDetection
-    from openrecon_stroke.stages.lesion import LesionSegmentation
-    from openrecon_stroke.stages.report import Overlay, ReportPage
+    """... and then the rest of the default pipeline (from the lesion stage on, as registered)
+    with default parameters."""
+    from openrecon_stroke.pipeline import build_pipeline
+    from openrecon_stroke.pipeline_registry import DEFAULT_PIPELINE
 
-    s = continue_study(t1_preprocessed, [LesionSegmentation(), AnomalyDetection(), Overlay(), ReportPage()])
+    stages = build_pipeline(DEFAULT_PIPELINE).stages
+    first = [st.name for st in stages].index("lesion")
+    s = continue_study(t1_preprocessed, stages[first:])
     assert all(v == "ok" for v in s.stage_status.values()), s.warnings
     return s

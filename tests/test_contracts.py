@@ -4,6 +4,7 @@ the report by field, and warm-up reaches every stage without the server naming o
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ from openrecon_stroke import pipeline as pipeline_mod
 from openrecon_stroke.anomaly import AnomalyLoad
 from openrecon_stroke.geometry import Grid, Volume
 from openrecon_stroke.lesion import Lesion
-from openrecon_stroke.pipeline import Pipeline, build_pipeline, load_stage, unmet_reads
+from openrecon_stroke.pipeline import Pipeline, build_pipeline, load_stage, overlap_conflicts, unmet_reads
 from openrecon_stroke.pipeline_registry import PIPELINES
 from openrecon_stroke.stages import report
 from openrecon_stroke.stages.base import SkipStudy, Stage, StageResult
@@ -75,9 +76,73 @@ def test_every_registered_pipeline_is_wired():
         p = build_pipeline(name)
         assert [type(s) for s in p.stages] == [load_stage(spec) for spec in specs]
         assert unmet_reads(p) == [], name
+        assert overlap_conflicts(p) == [], name
         assert len({s.name for s in p.stages}) == len(p.stages), f"{name}: two stages share a name"
         for s in p.stages:
             assert not set(s.reads) & set(s.optional), f"{s.name} declares a result both required and optional"
+
+
+@dataclass
+class Other(StudyResult):
+    label: ClassVar[str] = "other"
+    value: int
+
+
+class Meets(Stage):
+    """Waits (at most 5 s) for every stage sharing ``barrier``: only stages that really run at
+    the same time get past it."""
+
+    writes = (Other,)
+
+    def __init__(self, name, barrier, value, overlaps=(), reads=(), peek=None):
+        self.name, self.barrier, self.value, self.overlaps, self.reads = name, barrier, value, overlaps, reads
+        self.peek = peek  # a type read without declaring it
+
+    def run(self, study):
+        for t in self.reads:
+            study.need(t)
+        self.barrier.wait(timeout=5)
+        if self.peek is not None:
+            study.result(self.peek)
+        if self.value < 0:
+            raise RuntimeError("broken on purpose")
+        return StageResult(findings={self.name: self.value}, warnings=[f"{self.name} ran"])
+
+
+def test_overlapping_stages_run_side_by_side_and_are_filed_in_pipeline_order():
+    meet = threading.Barrier(2)
+    first = Meets("first", meet, 1, reads=(Template,))
+    second = Meets("second", meet, 2, overlaps=("first",), reads=(Template,))
+    sent = []
+    s = Pipeline("x", [WritesTemplate(), first, second, ReadsTemplate()]).run(
+        small_study(), on_stage=lambda st, d: sent.append(d))
+    assert s.stage_status == {"template": "ok", "first": "ok", "second": "ok", "uses_template": "ok"}, s.warnings
+    assert list(s.findings)[-3:] == ["first", "second", "doubled"]
+    assert s.warnings == ["first ran", "second ran"]
+    assert s.reading is None
+    # without the declaration they run one after the other: the barrier times out
+    alone = Meets("second", threading.Barrier(2), 2)
+    s = Pipeline("x", [Meets("first", threading.Barrier(1), 1), alone]).run(small_study())
+    assert s.stage_status == {"first": "ok", "second": "failed"}
+    # a failure beside another stage fails that stage only; the declared reads are checked per thread
+    meet = threading.Barrier(2)
+    s = Pipeline("x", [WritesTemplate(), Meets("first", meet, -1), Meets("second", meet, 2, overlaps=("first",))]).run(
+        small_study())
+    assert s.stage_status == {"template": "ok", "first": "failed", "second": "ok"}
+    meet = threading.Barrier(2)
+    s = Pipeline("x", [WritesTemplate(), Meets("first", meet, 1, peek=Template),
+                       Meets("second", meet, 2, overlaps=("first",), reads=(Template,))]).run(small_study())
+    assert s.stage_status["second"] == "ok" and s.stage_status["first"] == "failed"  # first read Template undeclared
+    assert any("first failed" in w and "without declaring it" in w for w in s.warnings)
+
+
+def test_overlap_declarations_are_checked():
+    b = threading.Barrier(1)
+    writes_other = Meets("a", b, 1)
+    reads_other = Meets("b", b, 1, overlaps=("a",), reads=(Other,))
+    assert overlap_conflicts(Pipeline("x", [writes_other, reads_other])) == ["b runs alongside a but reads its Other"]
+    assert overlap_conflicts(Pipeline("x", [Meets("b", b, 1, overlaps=("a",))])) == [
+        "b overlaps a, which does not run before it"]
 
 
 def test_wiring_check_names_what_is_missing():

@@ -20,7 +20,7 @@ from openrecon_stroke.mrdfile import make_header_xml
 from openrecon_stroke.params import BY_ID, coerce
 from openrecon_stroke.runtime import model_folder
 from openrecon_stroke.pipeline import Pipeline
-from openrecon_stroke.stages.anomaly import AnomalyDetection
+from openrecon_stroke.stages.anomaly import AnomalyDetection, AnomalyLoadSplit
 from openrecon_stroke.stages.brain import Preprocess
 from openrecon_stroke.stages.lesion import LesionSegmentation, get_segmenter
 from openrecon_stroke.study import Study
@@ -156,6 +156,13 @@ def run_stage(base: Study, stage, **raw) -> Study:
     return s
 
 
+def run_anomaly(base: Study, **raw) -> Study:
+    """The anomaly map then its load split (what the report's "anomaly" finding comes from)."""
+    s = continue_study(base, [AnomalyDetection(), AnomalyLoadSplit()], **raw)
+    assert s.stage_status == {**base.stage_status, "anomaly": "ok", "anomaly_load": "ok"}, s.warnings
+    return s
+
+
 @pytest.mark.slow
 def test_lesion_threshold_and_smallest_lesion(t1_preprocessed, t1_analysed):
     """'Lesion probability at or above which a voxel is lesion' (at the default 0.2: the model
@@ -193,12 +200,12 @@ def test_anomaly_steps(t1_preprocessed):
 
     no_template = continue_study(t1_preprocessed, [])
     del no_template.results[TemplateResult]
-    one = run_stage(no_template, AnomalyDetection(), anomalysteps="1")
-    four = run_stage(no_template, AnomalyDetection())  # the default, 4
+    one = run_anomaly(no_template, anomalysteps="1")
+    four = run_anomaly(no_template)  # the default, 4
     assert one.findings["anomaly"]["steps"] == 1 and four.findings["anomaly"]["steps"] == 4
     assert "(1 Euler step)" in one.findings["models"]["anomaly"]
     assert "(4 Euler steps)" in four.findings["models"]["anomaly"]
     a1, a4 = one.get("anomaly_map", "t1").data, four.get("anomaly_map", "t1").data
     assert a1.shape == a4.shape and np.abs(a1 - a4).max() > 0.01  # a different pseudo-healthy brain
-    normative = run_stage(t1_preprocessed, AnomalyDetection(), anomalysteps="1")
+    normative = run_anomaly(t1_preprocessed, anomalysteps="1")
     assert "steps" not in normative.findings["anomaly"] and "normative" in normative.findings["models"]["anomaly"]

@@ -18,6 +18,10 @@ registration; a series whose registration failed is scored alone). Either way th
 onto every input series' grid as a ``map`` series whose value 1.0 is the threshold fixed on
 healthy brains (display window 0-2). Findings: anomaly load (total, inside the segmented lesion,
 perilesional, remote, in mL), the ventricle volume and an atrophy index.
+
+Two stages: ``anomaly`` (:class:`AnomalyDetection`: the map and every measure that needs no
+lesion mask) runs alongside ``lesion`` on the other core; ``anomaly_load``
+(:class:`AnomalyLoadSplit`) then splits the load by the lesion mask.
 """
 
 from __future__ import annotations
@@ -35,16 +39,29 @@ from ..resample import FULL, box_of, resample_array
 from ..runtime import model_folder
 from ..study import Study
 from .base import Stage, StageResult
-from .results import ANOMALY_MAP, LESION_MASK, AnomalyResult, BrainResult, SeriesRegistration, TemplateResult
+from .results import (
+    ANOMALY_MAP,
+    LESION_MASK,
+    AnomalyMapResult,
+    AnomalyResult,
+    BrainResult,
+    LesionResult,
+    SeriesRegistration,
+    TemplateResult,
+)
 
 log = logging.getLogger(__name__)
 
 
 class AnomalyDetection(Stage):
+    """The map, the ventricles and the deformation; runs alongside the lesion stage (it needs no
+    lesion mask: ``anomaly_load`` splits the load by the lesion afterwards)."""
+
     name = "anomaly"
     reads = (BrainResult,)
     optional = (SeriesRegistration, TemplateResult)
-    writes = (AnomalyResult,)
+    writes = (AnomalyMapResult,)
+    overlaps = ("lesion",)
 
     def run(self, study: Study) -> StageResult:
         tmpl = study.result(TemplateResult)
@@ -75,7 +92,8 @@ class AnomalyDetection(Stage):
         score_t.CopyInformation(template.template_grid(tmpl.spacing_mm))
         ref = tmpl.reference
         comment = f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}"
-        load = None
+        above: sitk.Image | None = None
+        lesion_ref: str | None = None
         for c in study.inputs:
             if c not in tmpl.to_template or c in tmpl.alone:
                 continue
@@ -86,15 +104,16 @@ class AnomalyDetection(Stage):
             res.derived.append(ANOMALY_MAP.on(c, r, comment))
             # the load on the reference series, or on this connection's first series when the
             # reference came from the study cache (its lesion mask is on this grid)
-            if load is None and (c == ref or ref not in study.inputs):
+            if above is None and (c == ref or ref not in study.inputs):
                 grid = study.inputs[c].grid
-                mask = postprocess(r[box], grid.voxel_volume_mm3, 1.0, 50.0)
-                les = study.get(LESION_MASK.name, c)
-                lesion = np.asarray(les.data)[box] > 0 if les is not None else None
-                load = anomaly_load(mask, lesion, tuple(grid.spacing)[::-1])
-        if load is None:  # the reference series came from the cache: measure on the template grid
-            mask = postprocess(sitk.GetArrayFromImage(score_t), tmpl.spacing_mm**3, 1.0, 50.0)
-            load = anomaly_load(mask, None, (tmpl.spacing_mm,) * 3)
+                full = np.zeros(grid.shape, np.uint8)
+                full[box] = postprocess(r[box], grid.voxel_volume_mm3, 1.0, 50.0)
+                above, lesion_ref = grid.to_sitk(full), c
+        if above is None:  # the reference series came from the cache: measure on the template grid
+            above = sitk.GetImageFromArray(
+                postprocess(sitk.GetArrayFromImage(score_t), tmpl.spacing_mm**3, 1.0, 50.0).astype(np.uint8)
+            )
+            above.CopyInformation(score_t)
         # the ventricles, on the reference series' own grid
         img = pre.n4[ref]
         brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
@@ -131,8 +150,9 @@ class AnomalyDetection(Stage):
                 d["location"] = regions.name_at(p)
                 deformation.append(d)
         res.results.append(
-            AnomalyResult(
-                load=load,
+            AnomalyMapResult(
+                above=above,
+                lesion_reference=lesion_ref,
                 csf={"ventricle_ml": round(vent_ml, 1), "atrophy_index": round(atrophy, 3)},
                 contrasts="+".join(contrasts),
                 steps=0,
@@ -187,21 +207,13 @@ class AnomalyDetection(Stage):
         sp_zyx = tuple(card.spacing_mm)[::-1]
         mask = model.mask(score, float(np.prod(card.spacing_mm)))
 
-        lesion_net = None
-        les = study.get(LESION_MASK.name, ref) if ref in study.inputs else None
-        if les is not None:
-            li = study.inputs[ref].grid.to_sitk(les.data.astype(np.uint8))
-            lesion_net = (
-                sitk.GetArrayFromImage(
-                    sitk.Resample(li, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-                )
-                > 0
-            )
-        load = anomaly_load(mask, lesion_net, sp_zyx)
+        above = sitk.GetImageFromArray(mask.astype(np.uint8))
+        above.CopyInformation(grid)
         csf = csf_measures(images["t1"], brain, sp_zyx) if "t1" in images else None
         res.results.append(
-            AnomalyResult(
-                load=load,
+            AnomalyMapResult(
+                above=above,
+                lesion_reference=ref if ref in study.inputs else None,
                 csf=csf,
                 contrasts="+".join(contrasts),
                 steps=steps,
@@ -237,6 +249,41 @@ class AnomalyDetection(Stage):
         if (model_folder("normative") / "card.json").is_file():
             get_normative().load()
         get_model().load()
+
+
+class AnomalyLoadSplit(Stage):
+    """The anomaly load (mL) split by where it lies relative to the segmented lesion: inside,
+    perilesional (within 5 mm), remote; measured on the map's own grid (:class:`AnomalyMapResult`),
+    the lesion mask brought onto it (nearest neighbour) unless it is already there."""
+
+    name = "anomaly_load"
+    reads = (AnomalyMapResult,)
+    optional = (LesionResult,)  # after the lesion stage: the split uses its mask series
+    writes = (AnomalyResult,)
+
+    def run(self, study: Study) -> StageResult:
+        m = study.need(AnomalyMapResult)
+        above = sitk.GetArrayViewFromImage(m.above) > 0
+        lesion = None
+        les = study.get(LESION_MASK.name, m.lesion_reference) if m.lesion_reference else None
+        if les is not None:
+            img = study.inputs[les.reference].grid.to_sitk(np.asarray(les.data, np.uint8))
+            if _same_grid(img, m.above):
+                lesion = np.asarray(les.data) > 0
+            else:
+                on = sitk.Resample(img, m.above, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+                lesion = sitk.GetArrayViewFromImage(on) > 0
+        load = anomaly_load(above, lesion, tuple(float(v) for v in m.above.GetSpacing())[::-1])
+        return StageResult(results=[m.with_load(load)])
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    )
 
 
 def tmpl_brain_image(tmpl: TemplateResult) -> sitk.Image:

@@ -10,7 +10,11 @@ declaration before and after running it:
 * ``optional``: results it uses when present (e.g. the T1-w/FLAIR registration);
 * ``writes``: results it may return in :attr:`StageResult.results`; returning another type
   fails the stage;
-* ``needs``: names of derived series (what goes back to the scanner) it cannot run without.
+* ``needs``: names of derived series (what goes back to the scanner) it cannot run without;
+* ``overlaps``: names of the stages just before it that it may run alongside, on the other
+  core: it reads nothing they write (the pipeline refuses a declaration that says otherwise,
+  see :func:`openrecon_stroke.pipeline.overlap_conflicts`). Results are still filed, and series
+  sent, in pipeline order.
 
 Inside :meth:`Stage.run` a stage reads results with ``study.need(Type)`` (declared in
 ``reads``: the pipeline checked it exists) or ``study.result(Type)`` (None when absent); asking
@@ -90,13 +94,14 @@ class StageResult:
 
 class Stage:
     """Base class. Subclasses set ``name`` and their contract (``reads``, ``optional``,
-    ``writes``, ``needs``) and implement :meth:`run`."""
+    ``writes``, ``needs``, ``overlaps``) and implement :meth:`run`."""
 
     name: ClassVar[str] = "stage"
     reads: ClassVar[tuple[type[StudyResult], ...]] = ()
     optional: ClassVar[tuple[type[StudyResult], ...]] = ()
     writes: ClassVar[tuple[type[StudyResult], ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()
+    overlaps: ClassVar[tuple[str, ...]] = ()
 
     def run(self, study: Study) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,17 +92,28 @@ class Preprocess(Stage):
                 )
             brains[ref] = mask
 
-        # N4 inside the (dilated) brain mask where known, else the head
-        for c, img in images.items():
-            t0 = time.perf_counter()
-            m = brains.get(c)
-            n4[c], _ = n4_correct(img, _dilated(m) if m is not None else None, self.n4)
-            timings[f"n4_{c}"] = time.perf_counter() - t0
+        # the T1-w mask that the T1-w/FLAIR registration samples (10 mm wider) is made on the
+        # other core while N4 runs: both are single-threaded ITK filters that release the GIL
+        both = {"t1", "flair"} <= set(n4) | set(images)
+        pool = ThreadPoolExecutor(1, "preprocess") if both and "t1" in brains else None
+        fixed_mask = pool.submit(_dilated, brains["t1"], 10.0) if pool is not None else None
+        try:
+            # N4 inside the (dilated) brain mask where known, else the head
+            for c, img in images.items():
+                t0 = time.perf_counter()
+                m = brains.get(c)
+                n4[c], _ = n4_correct(img, _dilated(m) if m is not None else None, self.n4)
+                timings[f"n4_{c}"] = time.perf_counter() - t0
+            wide = fixed_mask.result() if fixed_mask is not None else None
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
         # T1-w <-> FLAIR: register, check, carry the mask over
         if "t1" in n4 and "flair" in n4:
             t0 = time.perf_counter()
-            reg = register_rigid(n4["t1"], n4["flair"], fixed_mask=_dilated(brains["t1"], 10.0))
+            wide = wide if wide is not None else _dilated(brains["t1"], 10.0)
+            reg = register_rigid(n4["t1"], n4["flair"], fixed_mask=wide)
             timings["registration"] = time.perf_counter() - t0
             res.results.append(SeriesRegistration(reg))
             if reg.ok:

@@ -11,6 +11,7 @@ Each result's :meth:`findings` is what it adds to the report, in report order.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -116,14 +117,17 @@ class TemplateResult(StudyResult):
     alone: dict[str, np.ndarray] = field(default_factory=dict)
     #: region labels already carried onto a series' grid, by contrast (:meth:`regions_on`)
     _regions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _regions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def regions_on(self, contrast: str, image: sitk.Image, brain: np.ndarray) -> np.ndarray:
         """The template's region labels (:mod:`openrecon_stroke.regions`) on series ``contrast``'s
         grid (``image``), inside the box of its brain mask ``brain`` (0 elsewhere); resampled once
-        per study, whichever stage asks first (lesion location, ventricles)."""
-        if contrast not in self._regions:
-            self._regions[contrast] = regions.regions_on(image, self.to_template[contrast], box_of(brain))
-        return self._regions[contrast]
+        per study, whichever stage asks first (lesion location, ventricles: they run side by
+        side, so the second waits for the first)."""
+        with self._regions_lock:
+            if contrast not in self._regions:
+                self._regions[contrast] = regions.regions_on(image, self.to_template[contrast], box_of(brain))
+            return self._regions[contrast]
 
     def findings(self) -> dict:
         reg = self.registration
@@ -162,9 +166,45 @@ class LesionResult(StudyResult):
 
 
 @dataclass
+class AnomalyMapResult(StudyResult):
+    """Written by ``anomaly`` (which runs alongside ``lesion``, so it knows no lesion mask):
+    the map's measures, and where the map is above its threshold, for ``anomaly_load`` to split
+    by the lesion. Fields as in :class:`AnomalyResult`, but:"""
+
+    label: ClassVar[str] = "anomaly map"
+
+    #: uint8, 1 where the anomaly map is above its threshold (components under 50 mm³ removed),
+    #: on the grid where the load is measured (LPS mm: a box of an input series' grid, or the
+    #: template grid, or the flow's network grid)
+    above: sitk.Image
+    #: the input series whose lesion mask the load is split by (None: no split)
+    lesion_reference: str | None
+    csf: CsfMeasures | None
+    contrasts: str
+    steps: int
+    model: str
+    threshold: float | None = None
+    ventricle_z: float | None = None
+    deformation: list[dict] = field(default_factory=list)
+
+    def with_load(self, load: AnomalyLoad) -> AnomalyResult:
+        return AnomalyResult(
+            load=load,
+            csf=self.csf,
+            contrasts=self.contrasts,
+            steps=self.steps,
+            model=self.model,
+            threshold=self.threshold,
+            ventricle_z=self.ventricle_z,
+            deformation=self.deformation,
+        )
+
+
+@dataclass
 class AnomalyResult(StudyResult):
-    """Written by ``anomaly``: the anomaly load (mL, on the model's grid) split by where it
-    lies relative to the segmented lesion, and T1-w CSF measures when measurable."""
+    """Written by ``anomaly_load``: the anomaly load (mL, on the map's grid) split by where it
+    lies relative to the segmented lesion, T1-w CSF measures when measurable, the ventricles
+    and the deformation regions (from ``anomaly``)."""
 
     label: ClassVar[str] = "anomaly"
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+import SimpleITK as sitk
+
 from .. import template
 from ..study import Study
 from .base import Stage, StageResult
@@ -45,7 +48,7 @@ class TemplateRegistrationStage(Stage):
         res = StageResult()
         ref = brain.reference
         t0 = time.perf_counter()
-        reg = self._registration(study, ref, brain)
+        reg, reg_from_cache = self._registration(study, ref, brain)
         if not reg.ok:
             res.warnings.append(
                 f"registration to the MNI152 template failed ({reg.reason}); the stages that work in "
@@ -57,8 +60,16 @@ class TemplateRegistrationStage(Stage):
             res.warnings.append(f"template registration: {reg.reason}; anatomy is located less precisely")
         flair_to_t1 = series.flair_to_t1 if series is not None else None
         to_native, to_template = template.series_transforms(reg, ref, brain.n4, flair_to_t1)
-        images = {c: template.resample_to_template(brain.n4[c], tx, GRID_MM) for c, tx in to_native.items()}
-        mask = template.resample_to_template(brain.brain_mask[ref], to_native[ref], GRID_MM) >= 0.5
+        earlier = self._earlier_on_template(study, ref) if reg_from_cache else None
+        images = {
+            c: earlier[0] if earlier and c == ref else template.resample_to_template(brain.n4[c], tx, GRID_MM)
+            for c, tx in to_native.items()
+        }
+        if earlier:
+            mask = earlier[1]
+        else:
+            mask = template.resample_to_template(brain.brain_mask[ref], to_native[ref], GRID_MM) >= 0.5
+            self._keep_on_template(study, ref, images.get(ref), mask)
         alone: dict = {}
         for c in study.inputs:  # a series of this connection that the T1-w/FLAIR registration could not place
             if c in to_native or c not in brain.n4:
@@ -97,17 +108,44 @@ class TemplateRegistrationStage(Stage):
         return res
 
     @staticmethod
-    def _registration(study: Study, ref: str, brain: BrainResult) -> template.TemplateRegistration:
+    def _earlier_on_template(study: Study, ref: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The reference series' image and brain mask on the template grid as an earlier
+        connection resampled them (when the reference came from the study cache), else None."""
+        key = study.cache_key
+        if study.cache is None or not key or ref in study.inputs:
+            return None
+        got = study.cache.get(key, f"{ref}ontemplate")
+        if got is None or abs(float(got[1].get("spacing_mm", -1)) - GRID_MM) > 1e-6:
+            return None
+        log.info("the %s series on the template grid from the study cache", ref)
+        return sitk.GetArrayFromImage(got[0]["image"]), sitk.GetArrayFromImage(got[0]["brain"]) > 0
+
+    @staticmethod
+    def _keep_on_template(study: Study, ref: str, image: np.ndarray | None, brain: np.ndarray) -> None:
+        """Store what :meth:`_earlier_on_template` reads, for a later connection of this study
+        (no series is resampled twice onto the template grid)."""
+        key = study.cache_key
+        if study.cache is None or not key or ref not in study.inputs or image is None:
+            return
+        grid = template.template_grid(GRID_MM)
+        img, msk = sitk.GetImageFromArray(image.astype(np.float32)), sitk.GetImageFromArray(brain.astype(np.uint8))
+        img.CopyInformation(grid)
+        msk.CopyInformation(grid)
+        study.cache.put(key, f"{ref}ontemplate", {"image": img, "brain": msk}, {"spacing_mm": GRID_MM})
+
+    @staticmethod
+    def _registration(study: Study, ref: str, brain: BrainResult) -> tuple[template.TemplateRegistration, bool]:
         """The reference series' registration: from the study cache when that series came from an
-        earlier connection and its registration was stored then, else computed (and stored)."""
+        earlier connection and its registration was stored then, else computed (and stored);
+        and whether it came from the cache."""
         key = study.cache_key
         entry = f"{ref}template"
         if study.cache is not None and key and ref not in study.inputs:
             got = study.cache.get(key, entry)
             if got is not None:
                 log.info("template registration of the %s series from the study cache", ref)
-                return template.from_cache(*got)
+                return template.from_cache(*got), True
         reg = template.register(brain.n4[ref], brain.brain_mask[ref])
         if study.cache is not None and key and reg.ok and ref in study.inputs:
             study.cache.put(key, entry, *template.to_cache(reg))
-        return reg
+        return reg, False
