@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES, PIPELINES
+from .runtime import study_threads
 from .stages.base import SkipStudy, Stage, StageResult
 from .study import ContractError, DerivedSeries, Study
 
@@ -72,7 +73,9 @@ class Pipeline:
         scanner shows the brain mask while the later stages still run).
 
         Stages that declare ``overlaps`` run side by side with the stages before them (one
-        thread each; see :func:`waves`); their results are filed, and ``on_stage`` called, in
+        thread each; see :func:`waves`) when the study may use two threads or more
+        (:func:`~openrecon_stroke.runtime.study_threads`: a cohort worker limited to one thread
+        runs them one after the other); their results are filed, and ``on_stage`` called, in
         pipeline order either way, so the study comes out the same."""
         for stage in self.stages:
             for kind in stage.writes:
@@ -80,7 +83,8 @@ class Pipeline:
         t_start = time.perf_counter()
         handing = 0.0  # seconds in on_stage (the server sending series)
         stopped = False
-        for wave in waves(self.stages):
+        groups = waves(self.stages) if study_threads() >= 2 else [[st] for st in self.stages]
+        for wave in groups:
             if stopped:
                 for stage in wave:
                     study.stage_status[stage.name] = "skipped"

@@ -109,7 +109,8 @@ class Meets(Stage):
         return StageResult(findings={self.name: self.value}, warnings=[f"{self.name} ran"])
 
 
-def test_overlapping_stages_run_side_by_side_and_are_filed_in_pipeline_order():
+def test_overlapping_stages_run_side_by_side_and_are_filed_in_pipeline_order(monkeypatch):
+    monkeypatch.setenv("OPENRECON_THREADS", "2")
     meet = threading.Barrier(2)
     first = Meets("first", meet, 1, reads=(Template,))
     second = Meets("second", meet, 2, overlaps=("first",), reads=(Template,))
@@ -120,6 +121,13 @@ def test_overlapping_stages_run_side_by_side_and_are_filed_in_pipeline_order():
     assert list(s.findings)[-3:] == ["first", "second", "doubled"]
     assert s.warnings == ["first ran", "second ran"]
     assert s.reading is None
+    # a study limited to one thread (a cohort worker) runs them one after the other
+    monkeypatch.setenv("OPENRECON_THREADS", "1")
+    meet = threading.Barrier(2)
+    s = Pipeline("x", [WritesTemplate(), Meets("first", meet, 1), Meets("second", meet, 2, overlaps=("first",))]).run(
+        small_study())
+    assert s.stage_status == {"template": "ok", "first": "failed", "second": "failed"}  # nobody to meet
+    monkeypatch.setenv("OPENRECON_THREADS", "2")
     # without the declaration they run one after the other: the barrier times out
     alone = Meets("second", threading.Barrier(2), 2)
     s = Pipeline("x", [Meets("first", threading.Barrier(1), 1), alone]).run(small_study())
