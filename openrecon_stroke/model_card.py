@@ -406,8 +406,10 @@ class NormativeCard(Card):
     the files hold), the anomaly score's ``smoothing_mm`` and ``calibration`` (contrast
     combination -> raw score of the 99.9th percentile in held-out healthy brains), the healthy
     ``ventricle_ml`` range (mean, std), ``jacobian`` (spacing_mm, shape, box of
-    ``jacobian.npz``) when built, and the contrasts with left-right difference statistics
-    (``asymmetry``; their files ``<contrast>_mirror.npz`` must be listed)."""
+    ``jacobian.npz``) when built, the contrasts with left-right difference statistics
+    (``asymmetry``; their files ``<contrast>_mirror.npz`` must be listed), and per contrast the
+    healthy CSF intensity relative to white matter that images are standardised to
+    (``csf_reference``, between 0 and 1)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -420,11 +422,20 @@ class NormativeCard(Card):
     ventricle_ml: dict = field(default_factory=dict)
     jacobian: dict | None = None
     asymmetry: tuple[str, ...] = ()
+    #: contrast -> healthy brains' CSF intensity relative to their white matter, to which each
+    #: image is standardised (:func:`openrecon_stroke.normative.standardise`); absent: not done
+    csf_reference: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         if not self.contrasts or any(c not in ("t1", "flair") for c in self.contrasts):
             raise ModelCardError(f"{self.path}: contrasts must be among t1, flair; got {self.contrasts}")
+        for c, v in self.csf_reference.items():
+            if c not in self.contrasts or not 0.0 < float(v) < 1.0:
+                raise ModelCardError(
+                    f"{self.path}: csf_reference needs known contrasts and values between 0 and 1 "
+                    f"(CSF darker than white matter); got {c}: {v}"
+                )
         listed = {f.name for f in self.files}
         for c in self.asymmetry:
             if c not in self.contrasts or f"{c}_mirror.npz" not in listed:
@@ -454,6 +465,7 @@ class NormativeCard(Card):
             calibration={str(k): float(v) for k, v in d.get("calibration", {}).items()},
             ventricle_ml=dict(d.get("ventricle_ml", {})),
             asymmetry=tuple(d.get("asymmetry", ())),
+            csf_reference={str(k): float(v) for k, v in d.get("csf_reference", {}).items()},
             jacobian=None
             if jac is None
             else {

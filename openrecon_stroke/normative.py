@@ -72,6 +72,16 @@ def write_stats(file: Path, stats: Stats, box) -> None:
 PARTS = ("intensity", "asymmetry")
 
 
+def standardise(rel: np.ndarray, csf_relative: float, csf_reference: float) -> np.ndarray:
+    """A white-matter-relative image mapped linearly so that its brain's CSF intensity
+    (``csf_relative``, relative to its white matter) lands on healthy brains' (``csf_reference``)
+    while white matter stays at 1: the contrast between CSF and white matter differs from scanner
+    to scanner and sequence to sequence, and without this every CSF border of a high-contrast
+    T1-w looked abnormal. The slope is kept within 0.5-2."""
+    a = float(np.clip((1.0 - csf_reference) / max(1.0 - csf_relative, 1e-3), 0.5, 2.0))
+    return (a * rel + (1.0 - a)).astype(np.float32)
+
+
 def anomaly_score(
     rel: dict[str, np.ndarray],
     brain: np.ndarray,
@@ -127,6 +137,17 @@ class NormativeModel:
                 self.card.path.parent / f"{contrast}.npz", self.card.shape, self.card.box
             )
         return self._intensity[contrast]
+
+    def relative(self, contrast: str, image_t: np.ndarray, means: dict[str, float]) -> np.ndarray:
+        """The image (template grid) as the statistics see it: relative to the brain's white
+        matter, and :func:`standardise`-d when the card has a CSF reference for ``contrast``.
+        ``means``: the brain's tissue intensities (:func:`openrecon_stroke.template.tissue_means`)."""
+        wm = float(means.get("wm", 0.0))
+        rel = voxel_features.relative_intensity(image_t, wm)
+        ref = self.card.csf_reference.get(contrast)
+        if ref is None or wm <= 0:
+            return rel
+        return standardise(rel, float(means["csf"]) / wm, ref)
 
     def asymmetry(self, contrast: str) -> Stats | None:
         """Healthy statistics of the left-right difference of ``contrast`` (None without them)."""

@@ -136,6 +136,12 @@ def test_voxel_classifier_and_normative_cards_validate(tmp_path):
         load_card(_write(tmp_path / "i", {**asym, "files": [{"file": "t1.npz"}]}), verify=False)
     with pytest.raises(ModelCardError, match="flair"):
         load_card(_write(tmp_path / "j", {**asym, "asymmetry": ["flair"]}), verify=False)
+    # the CSF reference images are standardised to: a known contrast, CSF darker than white matter
+    assert load_card(_write(tmp_path / "k", {**norm, "csf_reference": {"t1": 0.33}}), verify=False).csf_reference == {
+        "t1": 0.33}
+    for bad in ({"flair": 0.33}, {"t1": 1.2}, {"t1": 0.0}):
+        with pytest.raises(ModelCardError, match="csf_reference"):
+            load_card(_write(tmp_path / "l", {**norm, "csf_reference": bad}), verify=False)
 
 
 def test_voxel_classifier_cascade_entry_validates(tmp_path):

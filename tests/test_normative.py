@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openrecon_stroke.normative import Stats, anomaly_score, deformation_regions, ventricle_volume
+from openrecon_stroke.normative import Stats, anomaly_score, deformation_regions, standardise, ventricle_volume
 
 
 def _sphere(shape, centre, radius):
@@ -24,6 +24,16 @@ def test_stats_z_is_the_distance_from_healthy_in_standard_deviations():
     z = s.z(value)
     assert z[1, 1, 1] == pytest.approx(-5.0, abs=1e-4)
     assert np.abs(np.delete(z.ravel(), 1 * 16 + 1 * 4 + 1)).max() < 1e-5
+
+
+def test_standardise_puts_csf_on_the_healthy_level_and_keeps_white_matter():
+    rel = np.array([0.05, 0.5, 1.0, 1.2], np.float32)  # CSF, grey matter, white matter, brighter
+    out = standardise(rel, csf_relative=0.05, csf_reference=0.33)
+    assert out[0] == pytest.approx(0.33, abs=1e-6) and out[2] == pytest.approx(1.0, abs=1e-6)
+    assert 0.33 < out[1] < 1.0 and out[3] > 1.0  # order kept
+    assert np.allclose(standardise(rel, 0.33, 0.33), rel)  # a brain like the healthy ones: unchanged
+    # an absurd CSF level (a failed tissue estimate) cannot stretch the image beyond a factor 2
+    assert np.allclose(standardise(rel, 0.95, 0.33), 2.0 * rel - 1.0)
 
 
 def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():

@@ -36,7 +36,7 @@ from cases import REAL_HEADS, list_cases, load_case, model_view  # noqa: E402
 
 from openrecon_stroke import resample, template, voxel_features  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
-from openrecon_stroke.normative import PARTS, Stats, anomaly_score, write_stats  # noqa: E402
+from openrecon_stroke.normative import PARTS, Stats, anomaly_score, standardise, write_stats  # noqa: E402
 
 log = logging.getLogger("normative")
 GRID_MM = 1.5
@@ -56,8 +56,12 @@ def healthy_cases(cache: Path, heads) -> list[tuple[str, int]]:
     return out
 
 
-def relative_images(arrays: dict, priors: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per contrast the white-matter-relative image on the template grid, and the brain mask."""
+def relative_images(
+    arrays: dict, priors: dict, csf_reference: dict | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per contrast the white-matter-relative image on the template grid (standardised to
+    ``csf_reference`` where it names the contrast, :func:`openrecon_stroke.normative.standardise`),
+    and the brain mask."""
     brain = arrays["brain"] > 0
     b = brain & (priors["brain"] > 0)
     rel = {}
@@ -67,14 +71,16 @@ def relative_images(arrays: dict, priors: dict) -> tuple[dict[str, np.ndarray], 
             continue
         m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], v["brain"] & b)
         rel[c] = voxel_features.relative_intensity(v["images"][c], m["wm"])
+        if csf_reference and c in csf_reference and m["wm"] > 0:
+            rel[c] = standardise(rel[c], m["csf"] / m["wm"], csf_reference[c])
     return rel, brain
 
 
-def accumulate(cache: Path, cases, priors) -> dict[str, list[np.ndarray]]:
+def accumulate(cache: Path, cases, priors, csf_reference: dict | None = None) -> dict[str, list[np.ndarray]]:
     acc: dict[str, list[np.ndarray]] = {}
     for head, seed in cases:
         arrays = load_case(cache, head, seed)
-        rel, brain = relative_images(arrays, priors)
+        rel, brain = relative_images(arrays, priors, csf_reference)
         les = arrays["lesion"].astype(np.float32) > 0.1
         if les.any():  # a head with lesions (--with-lesion-cases): its tissue 4 mm away from them
             brain = brain & ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
@@ -107,12 +113,27 @@ def finish(n, s1, s2, spacing_mm: float, min_std: float) -> tuple[Stats, np.ndar
     ), has
 
 
-def build_stats(cache: Path, cases, priors) -> tuple[dict[str, Stats], dict[str, np.ndarray]]:
-    acc = accumulate(cache, cases, priors)
+def build_stats(
+    cache: Path, cases, priors, csf_reference: dict | None = None
+) -> tuple[dict[str, Stats], dict[str, np.ndarray]]:
+    acc = accumulate(cache, cases, priors, csf_reference)
     stats, has = {}, {}
     for k, (n, s1, s2) in acc.items():
         stats[k], has[k] = finish(n, s1, s2, 2.0 if k == "jacobian" else GRID_MM, 0.02 if k == "jacobian" else MIN_STD)
     return stats, has
+
+
+def healthy_csf(cache: Path, cases, priors) -> dict[str, float]:
+    """Per contrast the CSF intensity relative to white matter of the healthy brains' mean image
+    (white-matter-relative, not standardised): what :func:`relative_images` standardises to."""
+    stats, _ = build_stats(cache, cases, priors)
+    inside = priors["brain"] > 0
+    out = {}
+    for c in ("t1", "flair"):
+        if c in stats:
+            m = template.tissue_means(stats[c].mean, priors["gm"], priors["wm"], priors["csf"], inside)
+            out[c] = round(m["csf"] / m["wm"], 4)
+    return out
 
 
 #: The score's parts calibrated: the shipped score, then each part alone (the ablation).
@@ -137,17 +158,17 @@ def raw_scores(
     return out
 
 
-def calibrate(cache: Path, cases, priors) -> dict[str, dict[str, float]]:
+def calibrate(cache: Path, cases, priors, csf_reference: dict | None = None) -> dict[str, dict[str, float]]:
     """99.9th percentile of each combination's score in healthy brains scored against statistics
     built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``."""
     heads = sorted({h for h, _ in cases})
     folds = [heads[0::2], heads[1::2]]
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
     for k, held in enumerate(folds):
-        stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors)
+        stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors, csf_reference)
         for head, seed in [c for c in cases if c[0] in held]:
             arrays = load_case(cache, head, seed)
-            rel, brain = relative_images(arrays, priors)
+            rel, brain = relative_images(arrays, priors, csf_reference)
             core = ndimage.binary_erosion(brain, iterations=max(1, int(round(2.0 / GRID_MM))))
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():
@@ -177,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude", nargs="*", default=[])
     ap.add_argument("--with-lesion-cases", action="store_true",
                     help="also use heads with lesions, their tissue 4 mm away from the lesions (intensity only)")
+    ap.add_argument("--standardise", action="store_true",
+                    help="standardise each image so that its CSF sits at the healthy brains' level (card "
+                    "csf_reference; measured, not shipped: see MODEL_CARD.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     heads = [h for h in args.heads if h not in args.exclude]
@@ -189,8 +213,11 @@ def main(argv=None) -> int:
     log.info("%d healthy cases of %d heads", len(cases), len({h for h, _ in cases}))
     t0 = time.perf_counter()
     priors = template.load_template(GRID_MM).arrays()
-    calibration = calibrate(args.cache, cases, priors)
-    stats, has = build_stats(args.cache, cases, priors)
+    csf_reference = healthy_csf(args.cache, cases, priors) if args.standardise else {}
+    if csf_reference:
+        log.info("healthy CSF relative to white matter: %s", csf_reference)
+    calibration = calibrate(args.cache, cases, priors, csf_reference)
+    stats, has = build_stats(args.cache, cases, priors, csf_reference)
     args.out.mkdir(parents=True, exist_ok=True)
     contrasts = [c for c in ("t1", "flair") if c in stats]
     box = box_of(sum(has[c] for c in contrasts) > 0)
@@ -212,15 +239,18 @@ def main(argv=None) -> int:
     card = {
         "kind": "normative",
         "name": "normative-mni152",
-        "version": "0.2.0",
+        "version": "0.3.0-candidate" if csf_reference else "0.2.0",
         "description": "healthy-brain statistics in MNI152 2009a sym template space: per-voxel white-matter-"
-        "relative intensity and its left-right difference (mean, std) per contrast, log-Jacobian of the "
-        "deformation to the template, calibrated anomaly threshold",
+        + ("relative intensity (standardised so that the brain's CSF sits at the healthy level)" if csf_reference
+           else "relative intensity")
+        + " and its left-right difference (mean, std) per contrast, log-Jacobian of the deformation to the "
+        "template, calibrated anomaly threshold",
         "contrasts": contrasts,
         "template": {"name": template.TEMPLATE_NAME, "spacing_mm": GRID_MM},
         "shape": shape,
         "box": box,
         "asymmetry": asymmetry,
+        **({"csf_reference": csf_reference} if csf_reference else {}),
         "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
         "smoothed",
         "smoothing_mm": SCORE_SMOOTHING_MM,

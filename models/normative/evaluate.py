@@ -49,6 +49,9 @@ from openrecon_stroke.model_card import NormativeCard  # noqa: E402
 
 log = logging.getLogger("evaluate_normative")
 MIN_MM3 = 50.0
+#: the normative card's CSF reference (set in main): every image here is standardised as the
+#: anomaly stage standardises it, the baseline's included (the same intensities as the map)
+CSF_REFERENCE: dict = {}
 
 
 def auprc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -68,7 +71,7 @@ class HistogramBaseline:
         counts: dict[str, np.ndarray] = {}
         for head, seed in cases:
             arrays = load_case(cache, head, seed)
-            rel, brain = relative_images(arrays, priors)
+            rel, brain = relative_images(arrays, priors, CSF_REFERENCE)
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():  # a head with lesions: its tissue 4 mm away from them
                 brain = brain & ~ndimage.binary_dilation(les, iterations=3)
@@ -98,7 +101,7 @@ def score_cases(methods: dict, cache: Path, cases) -> dict:
     out = {m: {"auprc": [], "dice": [], "f1": [], "healthy_ml": [], "buckets": {}} for m in methods}
     for head, seed in cases:
         arrays, side = load_case(cache, head, seed, side=True)
-        rel, brain = relative_images(arrays, template.load_template(GRID_MM).arrays())
+        rel, brain = relative_images(arrays, template.load_template(GRID_MM).arrays(), CSF_REFERENCE)
         ref = side["reference"]
         rel = {c: r for c, r in rel.items() if c in side["to_template"]}
         truth = arrays[f"native_{ref}_truth"] > 0
@@ -192,6 +195,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     nm = NormativeModel(NormativeCard.load(args.normative))
+    CSF_REFERENCE.update(nm.card.csf_reference)
     priors = template.load_template(GRID_MM).arrays()
     tcache = args.train_cache or args.cache
     train = healthy_cases(tcache, expand(args.train_heads)) or list_cases(tcache, expand(args.train_heads))
@@ -203,7 +207,7 @@ def main(argv=None) -> int:
     cal = []
     for head, seed in [c for c in train if c[0] in half]:
         arrays = load_case(tcache, head, seed)
-        rel, brain = relative_images(arrays, priors)
+        rel, brain = relative_images(arrays, priors, CSF_REFERENCE)
         core = ndimage.binary_erosion(brain, iterations=2) & ~ndimage.binary_dilation(
             arrays["lesion"].astype(np.float32) > 0.1, iterations=3)
         cal.append(base.raw(rel, brain)[core])

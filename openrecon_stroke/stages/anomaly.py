@@ -87,7 +87,7 @@ class AnomalyDetection(Stage):
         means = {
             c: template.tissue_means(tmpl.images[c], pri["gm"], pri["wm"], pri["csf"], inside_t) for c in contrasts
         }
-        rel = {c: tmpl.images[c] / (means[c]["wm"] or 1.0) for c in contrasts}
+        rel = {c: nm.relative(c, tmpl.images[c], means[c]) for c in contrasts}
         score_t = sitk.GetImageFromArray(nm.score(rel, tmpl.brain))
         score_t.CopyInformation(template.template_grid(tmpl.spacing_mm))
         ref = tmpl.reference
@@ -124,7 +124,7 @@ class AnomalyDetection(Stage):
         vent = np.isin(labels, vent_ids)
         spacing_zyx = tuple(float(v) for v in img.GetSpacing())[::-1]
         vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img)[box], brain_ref[box], vent, means[ref], spacing_zyx)
-        rel_ref = rel[ref]
+        rel_ref = tmpl.images[ref] / (means[ref]["wm"] or 1.0)  # white-matter-relative, as the thresholds
         atrophy = float(np.mean(rel_ref[inside_t] < 0.5 * (means[ref]["csf"] + means[ref]["gm"]) / means[ref]["wm"]))
         # regions larger or smaller than healthy brains, from the deformation
         deformation: list[dict] = []
