@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .model_card import AnomalyCard
+from .resample import box_of
 from .runtime import LazySessions, ModelCache, model_folder
 
 #: Network input sizes must be multiples of this (three stride-2 levels).
@@ -134,9 +135,8 @@ def anomaly_load(
         return AnomalyLoad(load_ml=total, in_lesion_ml=0.0, perilesional_ml=0.0, remote_ml=total)
     # distances only matter up to perilesional_mm: measured in the lesions' box grown by that
     # much (and a voxel), exact there, far cheaper than on the whole grid
-    grow = [int(np.ceil(perilesional_mm / s)) + 1 for s in spacing_zyx]
-    idx = np.nonzero(lesion)
-    box = tuple(slice(max(0, int(i.min()) - g), int(i.max()) + g + 1) for i, g in zip(idx, grow))
+    box = box_of(lesion, [int(np.ceil(perilesional_mm / s)) + 1 for s in spacing_zyx])
+    assert box is not None  # the lesion is not empty
     near = np.zeros(lesion.shape, bool)
     dist = ndimage.distance_transform_edt(~lesion[box], sampling=spacing_zyx)
     near[box] = (dist > 0) & (dist <= perilesional_mm)

@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from . import voxel_features
 from .model_card import ModelCardError, NormativeCard
+from .resample import box_of
 from .runtime import ModelCache, model_folder
 
 
@@ -251,9 +252,8 @@ def ventricle_volume(
         return 0.0
     # nothing beyond reach_mm (+ the ball, + a voxel) of the template's ventricles can count:
     # the same measurement in their box grown by that much, at a fraction of the voxels
-    grow = np.ceil((reach_mm + opening_mm) / sp).astype(int) + 2
-    idx = np.nonzero(ventricles)
-    box = tuple(slice(max(0, int(i.min()) - g), int(i.max()) + g + 1) for i, g in zip(idx, grow))
+    box = box_of(ventricles, [int(g) for g in np.ceil((reach_mm + opening_mm) / sp) + 2])
+    assert box is not None  # the ventricles are not empty
     image, brain, ventricles = image[box], brain[box], ventricles[box]
     dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     near = ndimage.distance_transform_edt(~ventricles, sampling=sp) <= reach_mm

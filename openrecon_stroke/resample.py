@@ -13,6 +13,8 @@ Boxes are ``(z, y, x)`` tuples of slices into ``sitk.GetArrayFromImage`` arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -21,16 +23,18 @@ Box = tuple[slice, slice, slice]
 FULL: Box = (slice(None), slice(None), slice(None))
 
 
-def box_of(mask: np.ndarray, margin: int = 1) -> Box | None:
+def box_of(mask: np.ndarray, margin: int | Sequence[int] = 1) -> Box | None:
     """Bounding box ``(z, y, x)`` of the non-zero voxels of ``mask`` plus ``margin`` voxels on each
-    side (clipped to the array); None when the mask is empty."""
+    side (one number, or one per axis z, y, x; clipped to the array); None when the mask is empty."""
+    margins = [int(margin)] * 3 if isinstance(margin, (int, np.integer)) else [int(m) for m in margin]
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         hit = np.flatnonzero(np.any(mask, axis=other))
         if hit.size == 0:
             return None
-        box.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + 1 + margin)))
+        m = margins[axis]
+        box.append(slice(max(0, int(hit[0]) - m), min(mask.shape[axis], int(hit[-1]) + 1 + m)))
     return (box[0], box[1], box[2])
 
 

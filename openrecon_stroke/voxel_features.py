@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .resample import box_of
+
 IMAGE_FEATURES = (
     "int",
     "int_s2",
@@ -103,32 +105,11 @@ def brain_box(brain: np.ndarray) -> tuple[slice, ...]:
     """The bounding box of ``brain`` (bool, template grid), widened in x to be symmetric about
     the grid's middle column (the mid-sagittal plane), so that :func:`mirror` of a crop is the
     crop of the mirror. The whole grid when the brain is empty."""
-    idx = [np.flatnonzero(brain.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
-    if any(i.size == 0 for i in idx):
+    box = box_of(brain, 0)
+    if box is None:
         return (slice(None),) * 3
-    nx = brain.shape[2]
-    x0 = min(int(idx[2][0]), nx - 1 - int(idx[2][-1]))
-    return (
-        slice(int(idx[0][0]), int(idx[0][-1]) + 1),
-        slice(int(idx[1][0]), int(idx[1][-1]) + 1),
-        slice(x0, nx - x0),
-    )
-
-
-class _Cropped(dict):
-    """A read-only view of a dict of arrays, each cropped to ``box`` when first read."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], box: tuple[slice, ...]):
-        super().__init__()
-        self._arrays, self._box = arrays, box
-
-    def __contains__(self, key) -> bool:
-        return key in self._arrays
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if not dict.__contains__(self, key):
-            dict.__setitem__(self, key, self._arrays[key][self._box])
-        return dict.__getitem__(self, key)
+    x0 = min(box[2].start, brain.shape[2] - box[2].stop)
+    return (box[0], box[1], slice(x0, brain.shape[2] - x0))
 
 
 def check_names(names, inputs, has_normative: bool) -> str:
@@ -174,7 +155,7 @@ def compute(
     """
     box = brain_box(brain)
     full_priors = priors
-    priors = _Cropped(priors, box)
+    priors = {k: v[box] for k, v in priors.items()}  # views, no copies
     if normative is not None:
         normative = Normative(
             {c: m[box] for c, m in normative.mean.items()}, {c: v[box] for c, v in normative.std.items()}

@@ -26,6 +26,7 @@ lesion mask) runs alongside ``lesion`` on the other core; ``anomaly_load``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -153,12 +154,15 @@ class AnomalyDetection(Stage):
             AnomalyMapResult(
                 above=above,
                 lesion_reference=lesion_ref,
-                csf={"ventricle_ml": round(vent_ml, 1), "atrophy_index": round(atrophy, 3)},
-                contrasts="+".join(contrasts),
-                steps=0,
-                model=f"{card.name} {card.version} (normative z-map)",
-                ventricle_z=nm.ventricle_z(vent_ml),
-                deformation=deformation,
+                measures=AnomalyResult(
+                    load=anomaly_load(sitk.GetArrayViewFromImage(above) > 0, None, _spacing_zyx(above)),
+                    csf={"ventricle_ml": round(vent_ml, 1), "atrophy_index": round(atrophy, 3)},
+                    contrasts="+".join(contrasts),
+                    steps=0,
+                    model=f"{card.name} {card.version} (normative z-map)",
+                    ventricle_z=nm.ventricle_z(vent_ml),
+                    deformation=deformation,
+                ),
             )
         )
         if card.status != "validated":
@@ -214,10 +218,13 @@ class AnomalyDetection(Stage):
             AnomalyMapResult(
                 above=above,
                 lesion_reference=ref if ref in study.inputs else None,
-                csf=csf,
-                contrasts="+".join(contrasts),
-                steps=steps,
-                model=f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})",
+                measures=AnomalyResult(
+                    load=anomaly_load(mask, None, sp_zyx),
+                    csf=csf,
+                    contrasts="+".join(contrasts),
+                    steps=steps,
+                    model=f"{card.name} {card.version} ({steps} Euler step{'s' if steps > 1 else ''})",
+                ),
             )
         )
         if card.status != "validated":
@@ -273,8 +280,12 @@ class AnomalyLoadSplit(Stage):
             else:
                 on = sitk.Resample(img, m.above, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
                 lesion = sitk.GetArrayViewFromImage(on) > 0
-        load = anomaly_load(above, lesion, tuple(float(v) for v in m.above.GetSpacing())[::-1])
-        return StageResult(results=[m.with_load(load)])
+        load = anomaly_load(above, lesion, _spacing_zyx(m.above))
+        return StageResult(results=[dataclasses.replace(m.measures, load=load)])
+
+
+def _spacing_zyx(img: sitk.Image) -> tuple[float, ...]:
+    return tuple(float(v) for v in img.GetSpacing())[::-1]
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -166,41 +166,6 @@ class LesionResult(StudyResult):
 
 
 @dataclass
-class AnomalyMapResult(StudyResult):
-    """Written by ``anomaly`` (which runs alongside ``lesion``, so it knows no lesion mask):
-    the map's measures, and where the map is above its threshold, for ``anomaly_load`` to split
-    by the lesion. Fields as in :class:`AnomalyResult`, but:"""
-
-    label: ClassVar[str] = "anomaly map"
-
-    #: uint8, 1 where the anomaly map is above its threshold (components under 50 mm³ removed),
-    #: on the grid where the load is measured (LPS mm: a box of an input series' grid, or the
-    #: template grid, or the flow's network grid)
-    above: sitk.Image
-    #: the input series whose lesion mask the load is split by (None: no split)
-    lesion_reference: str | None
-    csf: CsfMeasures | None
-    contrasts: str
-    steps: int
-    model: str
-    threshold: float | None = None
-    ventricle_z: float | None = None
-    deformation: list[dict] = field(default_factory=list)
-
-    def with_load(self, load: AnomalyLoad) -> AnomalyResult:
-        return AnomalyResult(
-            load=load,
-            csf=self.csf,
-            contrasts=self.contrasts,
-            steps=self.steps,
-            model=self.model,
-            threshold=self.threshold,
-            ventricle_z=self.ventricle_z,
-            deformation=self.deformation,
-        )
-
-
-@dataclass
 class AnomalyResult(StudyResult):
     """Written by ``anomaly_load``: the anomaly load (mL, on the map's grid) split by where it
     lies relative to the segmented lesion, T1-w CSF measures when measurable, the ventricles
@@ -234,3 +199,20 @@ class AnomalyResult(StudyResult):
         if self.deformation:
             a["deformation"] = self.deformation
         return {"anomaly": a, "models": {"anomaly": self.model}}
+
+
+@dataclass
+class AnomalyMapResult(StudyResult):
+    """Written by ``anomaly`` (which runs alongside ``lesion``, so it knows no lesion mask): every
+    anomaly measure (``measures``, its load not yet split by the lesion: all of it counted remote)
+    and where the map is above its threshold, for ``anomaly_load`` to split the load."""
+
+    label: ClassVar[str] = "anomaly map"
+
+    #: uint8, 1 where the anomaly map is above its threshold (components under 50 mm³ removed),
+    #: on the grid where the load is measured (LPS mm: an input series' grid, the template grid,
+    #: or the flow's network grid)
+    above: sitk.Image
+    #: the input series whose lesion mask the load is split by (None: no split)
+    lesion_reference: str | None
+    measures: AnomalyResult
