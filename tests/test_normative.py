@@ -146,3 +146,21 @@ def test_simulated_ventricle_growth_is_the_fraction_asked_for():
     assert changed.any() and (b[changed] == Tissue.CSF).all()  # only white / deep grey became CSF
     with pytest.raises(ValueError):
         enlarge_ventricles(labels, -0.1)
+
+
+def test_ventricle_evaluation_reads_the_volume_the_anomaly_stage_measured(monkeypatch):
+    """`models/normative/evaluate.py`'s ventricle test runs preprocessing, template and anomaly
+    stages on a phantom whose ventricles were grown, and must find the volume the anomaly stage
+    measured (it read none after the stage was split in two)."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("OPENRECON_NORMATIVE_DIR", str(repo / "models" / "normative"))  # it sets it; restored after
+    spec = importlib.util.spec_from_file_location("normative_evaluate", repo / "models/normative/evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)  # it puts models/normative and models/lesion on sys.path
+
+    (row,) = evaluate.ventricle_test(repo / "models" / "normative", ["mni"], growths=(0.2,))
+    assert row["measured_ml"] is not None
+    assert 0.7 < row["measured_ml"] / row["true_ml"] < 1.4, row
