@@ -409,7 +409,8 @@ class NormativeCard(Card):
     ``jacobian.npz``) when built, the contrasts with left-right difference statistics
     (``asymmetry``; their files ``<contrast>_mirror.npz`` must be listed), and per contrast the
     healthy CSF intensity relative to white matter that images are standardised to
-    (``csf_reference``, between 0 and 1)."""
+    (``csf_reference``, between 0 and 1) and where an image's own CSF level is measured for that
+    (``csf_measured_in``: ``brain`` or ``lateral_ventricles``)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -425,6 +426,8 @@ class NormativeCard(Card):
     #: contrast -> healthy brains' CSF intensity relative to their white matter, to which each
     #: image is standardised (:func:`openrecon_stroke.normative.standardise`); absent: not done
     csf_reference: dict = field(default_factory=dict)
+    #: where each image's own CSF level is measured (:data:`openrecon_stroke.normative.CSF_PLACES`)
+    csf_measured_in: str = "brain"
 
     def __post_init__(self):
         super().__post_init__()
@@ -436,6 +439,10 @@ class NormativeCard(Card):
                     f"{self.path}: csf_reference needs known contrasts and values between 0 and 1 "
                     f"(CSF darker than white matter); got {c}: {v}"
                 )
+        if self.csf_measured_in not in ("brain", "lateral_ventricles"):
+            raise ModelCardError(
+                f"{self.path}: csf_measured_in must be brain or lateral_ventricles, not {self.csf_measured_in!r}"
+            )
         listed = {f.name for f in self.files}
         for c in self.asymmetry:
             if c not in self.contrasts or f"{c}_mirror.npz" not in listed:
@@ -466,6 +473,7 @@ class NormativeCard(Card):
             ventricle_ml=dict(d.get("ventricle_ml", {})),
             asymmetry=tuple(d.get("asymmetry", ())),
             csf_reference={str(k): float(v) for k, v in d.get("csf_reference", {}).items()},
+            csf_measured_in=str(d.get("csf_measured_in", "brain")),
             jacobian=None
             if jac is None
             else {

@@ -37,6 +37,7 @@ from scipy import ndimage
 
 from . import voxel_features
 from .model_card import ModelCardError, NormativeCard
+from .regions import lateral_ventricles_on_template
 from .resample import box_of
 from .runtime import ModelCache, model_folder
 
@@ -73,6 +74,34 @@ def write_stats(file: Path, stats: Stats, box) -> None:
 PARTS = ("intensity", "asymmetry")
 
 
+#: Where an image's CSF level is measured for :func:`standardise` (card ``csf_measured_in``):
+#: every voxel the template calls CSF (``brain``; on a brain skull-stripped by another tool that
+#: includes its cut edge), or the template's lateral ventricles carried onto it.
+CSF_PLACES = ("brain", "lateral_ventricles")
+#: fewer ventricle voxels inside the brain than this: the image is not standardised
+MIN_VENTRICLE_VOXELS = 100
+
+
+def csf_relative(
+    image_t: np.ndarray, means: dict[str, float], brain_t: np.ndarray, measured_in: str, spacing_mm: float
+) -> float | None:
+    """The brain's CSF intensity relative to its white matter, on the template grid of
+    ``spacing_mm``: the tissue mean (``means``, :func:`openrecon_stroke.template.tissue_means`)
+    for ``brain``; for ``lateral_ventricles`` the median of ``image_t`` inside the template's
+    lateral ventricles within ``brain_t``. None when it cannot be measured."""
+    wm = float(means.get("wm", 0.0))
+    if wm <= 0:
+        return None
+    if measured_in == "brain":
+        return float(means["csf"]) / wm
+    if measured_in != "lateral_ventricles":
+        raise ValueError(f"unknown CSF place {measured_in!r} (one of {CSF_PLACES})")
+    inside = lateral_ventricles_on_template(spacing_mm) & brain_t
+    if int(inside.sum()) < MIN_VENTRICLE_VOXELS:
+        return None
+    return float(np.median(image_t[inside])) / wm
+
+
 def standardise(rel: np.ndarray, csf_relative: float, csf_reference: float) -> np.ndarray:
     """A white-matter-relative image mapped linearly so that its brain's CSF intensity
     (``csf_relative``, relative to its white matter) lands on healthy brains' (``csf_reference``)
@@ -81,6 +110,26 @@ def standardise(rel: np.ndarray, csf_relative: float, csf_reference: float) -> n
     T1-w looked abnormal. The slope is kept within 0.5-2."""
     a = float(np.clip((1.0 - csf_reference) / max(1.0 - csf_relative, 1e-3), 0.5, 2.0))
     return (a * rel + (1.0 - a)).astype(np.float32)
+
+
+def relative_image(
+    contrast: str,
+    image_t: np.ndarray,
+    means: dict[str, float],
+    brain_t: np.ndarray,
+    csf_reference: dict[str, float],
+    measured_in: str,
+    spacing_mm: float,
+) -> np.ndarray:
+    """White-matter-relative ``image_t``, :func:`standardise`-d to ``csf_reference[contrast]``
+    when that is given and the brain's CSF level can be measured (:func:`csf_relative`). The one
+    rule for the anomaly stage, the model's build and its evaluation."""
+    rel = voxel_features.relative_intensity(image_t, float(means.get("wm", 0.0)))
+    ref = csf_reference.get(contrast)
+    if ref is None:
+        return rel
+    level = csf_relative(image_t, means, brain_t, measured_in, spacing_mm)
+    return rel if level is None else standardise(rel, level, ref)
 
 
 def anomaly_score(
@@ -139,16 +188,21 @@ class NormativeModel:
             )
         return self._intensity[contrast]
 
-    def relative(self, contrast: str, image_t: np.ndarray, means: dict[str, float]) -> np.ndarray:
+    def relative(self, contrast: str, image_t: np.ndarray, means: dict[str, float], brain_t: np.ndarray) -> np.ndarray:
         """The image (template grid) as the statistics see it: relative to the brain's white
-        matter, and :func:`standardise`-d when the card has a CSF reference for ``contrast``.
-        ``means``: the brain's tissue intensities (:func:`openrecon_stroke.template.tissue_means`)."""
-        wm = float(means.get("wm", 0.0))
-        rel = voxel_features.relative_intensity(image_t, wm)
-        ref = self.card.csf_reference.get(contrast)
-        if ref is None or wm <= 0:
-            return rel
-        return standardise(rel, float(means["csf"]) / wm, ref)
+        matter, and :func:`standardise`-d when the card has a CSF reference for ``contrast``
+        (its CSF level measured where the card's ``csf_measured_in`` says, :func:`csf_relative`).
+        ``means``: the brain's tissue intensities (:func:`openrecon_stroke.template.tissue_means`);
+        ``brain_t``: the brain mask on the template grid."""
+        return relative_image(
+            contrast,
+            image_t,
+            means,
+            brain_t,
+            self.card.csf_reference,
+            self.card.csf_measured_in,
+            self.card.spacing_mm,
+        )
 
     def asymmetry(self, contrast: str) -> Stats | None:
         """Healthy statistics of the left-right difference of ``contrast`` (None without them)."""

@@ -59,3 +59,21 @@ def name_at(point_lps) -> str:
     if any(not 0 <= i < n for i, n in zip(idx, img.GetSize())):
         return ""
     return names.get(int(img[idx]), "")
+
+
+def lateral_ventricle_ids() -> list[int]:
+    """The labels of the region map's left and right lateral ventricles."""
+    return [k for k, n in load_regions()[1].items() if "lateral ventricle" in n]
+
+
+@lru_cache(maxsize=2)
+def lateral_ventricles_on_template(spacing_mm: float) -> np.ndarray:
+    """The template's lateral ventricles (boolean, read-only) on the template grid of ``spacing_mm``
+    (:func:`openrecon_stroke.template.template_grid`), nearest-neighbour from the region map."""
+    reg, _ = load_regions()
+    lab = resample_array(
+        reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    out = np.isin(lab, lateral_ventricle_ids())
+    out.flags.writeable = False
+    return out

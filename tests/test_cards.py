@@ -142,6 +142,12 @@ def test_voxel_classifier_and_normative_cards_validate(tmp_path):
     for bad in ({"flair": 0.33}, {"t1": 1.2}, {"t1": 0.0}):
         with pytest.raises(ModelCardError, match="csf_reference"):
             load_card(_write(tmp_path / "l", {**norm, "csf_reference": bad}), verify=False)
+    # where each image's own CSF level is read: the tissue means (older cards) or the ventricles
+    assert load_card(_write(tmp_path / "m", norm), verify=False).csf_measured_in == "brain"
+    vent = {**norm, "csf_reference": {"t1": 0.25}, "csf_measured_in": "lateral_ventricles"}
+    assert load_card(_write(tmp_path / "n", vent), verify=False).csf_measured_in == "lateral_ventricles"
+    with pytest.raises(ModelCardError, match="csf_measured_in"):
+        load_card(_write(tmp_path / "o", {**vent, "csf_measured_in": "sulci"}), verify=False)
 
 
 def test_voxel_classifier_cascade_entry_validates(tmp_path):

@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openrecon_stroke.normative import Stats, anomaly_score, deformation_regions, standardise, ventricle_volume
+from openrecon_stroke.normative import (
+    MIN_VENTRICLE_VOXELS,
+    Stats,
+    anomaly_score,
+    csf_relative,
+    deformation_regions,
+    relative_image,
+    standardise,
+    ventricle_volume,
+)
 
 
 def _sphere(shape, centre, radius):
@@ -34,6 +43,34 @@ def test_standardise_puts_csf_on_the_healthy_level_and_keeps_white_matter():
     assert np.allclose(standardise(rel, 0.33, 0.33), rel)  # a brain like the healthy ones: unchanged
     # an absurd CSF level (a failed tissue estimate) cannot stretch the image beyond a factor 2
     assert np.allclose(standardise(rel, 0.95, 0.33), 2.0 * rel - 1.0)
+
+
+def test_csf_level_measured_in_the_template_ventricles_not_at_a_cut_edge():
+    """On the template grid: a brain whose lateral ventricles (the template's, from the region
+    map) hold CSF at 0.2 of white matter, while the tissue means put CSF at 0.5 (e.g. a brain
+    stripped by another tool, its cut edge counted as CSF). The ventricle rule reads 0.2 and
+    standardises to the reference; the brain rule reads 0.5; too few ventricle voxels inside the
+    brain: no level, and the image is only made white-matter-relative."""
+    from openrecon_stroke.regions import lateral_ventricles_on_template
+
+    vent = lateral_ventricles_on_template(3.0)
+    assert vent.sum() >= MIN_VENTRICLE_VOXELS and not vent.flags.writeable
+    image = np.full(vent.shape, 200.0, np.float32)  # white matter 200
+    image[vent] = 40.0
+    brain = np.ones(vent.shape, bool)
+    means = {"wm": 200.0, "gm": 120.0, "csf": 100.0}
+    assert csf_relative(image, means, brain, "lateral_ventricles", 3.0) == pytest.approx(0.2)
+    assert csf_relative(image, means, brain, "brain", 3.0) == pytest.approx(0.5)
+    rel = relative_image("t1", image, means, brain, {"t1": 0.25}, "lateral_ventricles", 3.0)
+    assert rel[vent].mean() == pytest.approx(0.25, abs=1e-6) and rel[~vent].mean() == pytest.approx(1.0, abs=1e-6)
+    # FLAIR has no reference here: white-matter-relative only
+    assert np.allclose(relative_image("flair", image, means, brain, {"t1": 0.25}, "lateral_ventricles", 3.0), image / 200)
+    outside = np.zeros_like(brain)
+    assert csf_relative(image, means, outside, "lateral_ventricles", 3.0) is None
+    assert np.allclose(relative_image("t1", image, means, outside, {"t1": 0.25}, "lateral_ventricles", 3.0), image / 200)
+    assert csf_relative(image, {"wm": 0.0, "csf": 1.0}, brain, "brain", 3.0) is None
+    with pytest.raises(ValueError, match="unknown CSF place"):
+        csf_relative(image, means, brain, "sulci", 3.0)
 
 
 def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():
@@ -109,3 +146,21 @@ def test_simulated_ventricle_growth_is_the_fraction_asked_for():
     assert changed.any() and (b[changed] == Tissue.CSF).all()  # only white / deep grey became CSF
     with pytest.raises(ValueError):
         enlarge_ventricles(labels, -0.1)
+
+
+def test_ventricle_evaluation_reads_the_volume_the_anomaly_stage_measured(monkeypatch):
+    """`models/normative/evaluate.py`'s ventricle test runs preprocessing, template and anomaly
+    stages on a phantom whose ventricles were grown, and must find the volume the anomaly stage
+    measured (it read none after the stage was split in two)."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("OPENRECON_NORMATIVE_DIR", str(repo / "models" / "normative"))  # it sets it; restored after
+    spec = importlib.util.spec_from_file_location("normative_evaluate", repo / "models/normative/evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)  # it puts models/normative and models/lesion on sys.path
+
+    (row,) = evaluate.ventricle_test(repo / "models" / "normative", ["mni"], growths=(0.2,))
+    assert row["measured_ml"] is not None
+    assert 0.7 < row["measured_ml"] / row["true_ml"] < 1.4, row

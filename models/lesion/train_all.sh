@@ -29,7 +29,8 @@ $PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_15-20 --seeds 0-1 -
 [ -f "$WORK/normative/card.json" ] ||
     $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative" --exclude $VAL $TEST
 [ -f "$WORK/normative_anomaly/card.json" ] ||
-    $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative_anomaly" --with-lesion-cases --exclude $VAL $TEST
+    $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative_anomaly" --with-lesion-cases --standardise t1 \
+        --exclude $VAL $TEST
 
 # 3. lesion voxel classifiers, one hard-negative round
 [ -f "$WORK/models/fusion/card.json" ] ||
@@ -57,6 +58,7 @@ $PY models/lesion/evaluate_voxel.py "$WORK/loo" --loo --cache "$CACHE" --heads c
 for h in chris_t1 gd_t1 flair_real; do  # the anomaly map on each real head, statistics built without it
     [ -f "$WORK/loo/$h/normative_anomaly/card.json" ] ||
         $PY models/normative/build.py --cache "$CACHE" --out "$WORK/loo/$h/normative_anomaly" --with-lesion-cases \
+            --standardise t1 \
             --exclude $VAL $TEST "$h"
     $PY models/normative/evaluate.py "$WORK/loo/$h/normative_anomaly" --cache "$CACHE" --heads "$h" \
         --json "$WORK/eval_normative_$h.json"

@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,31 @@ from cases import REAL_HEADS, list_cases, load_case, model_view  # noqa: E402
 
 from openrecon_stroke import resample, template, voxel_features  # noqa: E402
 from openrecon_stroke.model_card import file_sha256  # noqa: E402
-from openrecon_stroke.normative import PARTS, Stats, anomaly_score, standardise, write_stats  # noqa: E402
+from openrecon_stroke.normative import (  # noqa: E402
+    CSF_PLACES,
+    PARTS,
+    Stats,
+    anomaly_score,
+    csf_relative,
+    relative_image,
+    write_stats,
+)
 
 log = logging.getLogger("normative")
 GRID_MM = 1.5
+
+
+@dataclass(frozen=True)
+class CsfRule:
+    """How images are standardised before statistics and scores (the card's ``csf_reference``
+    and ``csf_measured_in``): the healthy CSF level per contrast (none: not standardised) and
+    where each image's own level is measured."""
+
+    reference: dict = field(default_factory=dict)
+    measured_in: str = "brain"
+
+
+NOT_STANDARDISED = CsfRule()
 HEADS = tuple(f"synthseg_{i:02d}" for i in range(1, 15)) + ("mni",) + tuple(REAL_HEADS)
 SMOOTH_STATS_MM = 2.0
 MIN_STD = 0.04
@@ -57,11 +79,11 @@ def healthy_cases(cache: Path, heads) -> list[tuple[str, int]]:
 
 
 def relative_images(
-    arrays: dict, priors: dict, csf_reference: dict | None = None
+    arrays: dict, priors: dict, csf: CsfRule = NOT_STANDARDISED
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per contrast the white-matter-relative image on the template grid (standardised to
-    ``csf_reference`` where it names the contrast, :func:`openrecon_stroke.normative.standardise`),
-    and the brain mask."""
+    """Per contrast the white-matter-relative image on the template grid, standardised by
+    ``csf`` as the anomaly stage does (:func:`openrecon_stroke.normative.relative_image`), and
+    the brain mask."""
     brain = arrays["brain"] > 0
     b = brain & (priors["brain"] > 0)
     rel = {}
@@ -69,18 +91,17 @@ def relative_images(
         v = model_view(arrays, (c,))
         if v is None:
             continue
-        m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], v["brain"] & b)
-        rel[c] = voxel_features.relative_intensity(v["images"][c], m["wm"])
-        if csf_reference and c in csf_reference and m["wm"] > 0:
-            rel[c] = standardise(rel[c], m["csf"] / m["wm"], csf_reference[c])
+        inside = v["brain"] & b
+        m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], inside)
+        rel[c] = relative_image(c, v["images"][c], m, inside, csf.reference, csf.measured_in, GRID_MM)
     return rel, brain
 
 
-def accumulate(cache: Path, cases, priors, csf_reference: dict | None = None) -> dict[str, list[np.ndarray]]:
+def accumulate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> dict[str, list[np.ndarray]]:
     acc: dict[str, list[np.ndarray]] = {}
     for head, seed in cases:
         arrays = load_case(cache, head, seed)
-        rel, brain = relative_images(arrays, priors, csf_reference)
+        rel, brain = relative_images(arrays, priors, csf)
         les = arrays["lesion"].astype(np.float32) > 0.1
         if les.any():  # a head with lesions (--with-lesion-cases): its tissue 4 mm away from them
             brain = brain & ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
@@ -114,26 +135,43 @@ def finish(n, s1, s2, spacing_mm: float, min_std: float) -> tuple[Stats, np.ndar
 
 
 def build_stats(
-    cache: Path, cases, priors, csf_reference: dict | None = None
+    cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED
 ) -> tuple[dict[str, Stats], dict[str, np.ndarray]]:
-    acc = accumulate(cache, cases, priors, csf_reference)
+    acc = accumulate(cache, cases, priors, csf)
     stats, has = {}, {}
     for k, (n, s1, s2) in acc.items():
         stats[k], has[k] = finish(n, s1, s2, 2.0 if k == "jacobian" else GRID_MM, 0.02 if k == "jacobian" else MIN_STD)
     return stats, has
 
 
-def healthy_csf(cache: Path, cases, priors) -> dict[str, float]:
-    """Per contrast the CSF intensity relative to white matter of the healthy brains' mean image
-    (white-matter-relative, not standardised): what :func:`relative_images` standardises to."""
-    stats, _ = build_stats(cache, cases, priors)
-    inside = priors["brain"] > 0
+def healthy_csf(cache: Path, cases, priors, measured_in: str, contrasts) -> dict[str, float]:
+    """Per contrast of ``contrasts`` the healthy CSF level relative to white matter that
+    :func:`relative_images` standardises to: for ``brain``, the CSF of the healthy brains' mean
+    image (white-matter-relative, not standardised); for ``lateral_ventricles``, the median over
+    the cases of each brain's own level there (:func:`openrecon_stroke.normative.csf_relative`)."""
     out = {}
-    for c in ("t1", "flair"):
-        if c in stats:
-            m = template.tissue_means(stats[c].mean, priors["gm"], priors["wm"], priors["csf"], inside)
-            out[c] = round(m["csf"] / m["wm"], 4)
-    return out
+    if measured_in == "brain":
+        stats, _ = build_stats(cache, cases, priors)
+        inside = priors["brain"] > 0
+        for c in contrasts:
+            if c in stats:
+                m = template.tissue_means(stats[c].mean, priors["gm"], priors["wm"], priors["csf"], inside)
+                out[c] = round(m["csf"] / m["wm"], 4)
+        return out
+    levels: dict[str, list[float]] = {}
+    for head, seed in cases:
+        arrays = load_case(cache, head, seed)
+        b = (arrays["brain"] > 0) & (priors["brain"] > 0)
+        for c in contrasts:
+            v = model_view(arrays, (c,))
+            if v is None:
+                continue
+            inside = v["brain"] & b
+            m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], inside)
+            level = csf_relative(v["images"][c], m, inside, measured_in, GRID_MM)
+            if level is not None:
+                levels.setdefault(c, []).append(level)
+    return {c: round(float(np.median(v)), 4) for c, v in levels.items()}
 
 
 #: The score's parts calibrated: the shipped score, then each part alone (the ablation).
@@ -158,17 +196,17 @@ def raw_scores(
     return out
 
 
-def calibrate(cache: Path, cases, priors, csf_reference: dict | None = None) -> dict[str, dict[str, float]]:
+def calibrate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> dict[str, dict[str, float]]:
     """99.9th percentile of each combination's score in healthy brains scored against statistics
     built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``."""
     heads = sorted({h for h, _ in cases})
     folds = [heads[0::2], heads[1::2]]
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
     for k, held in enumerate(folds):
-        stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors, csf_reference)
+        stats, _ = build_stats(cache, [c for c in cases if c[0] not in held], priors, csf)
         for head, seed in [c for c in cases if c[0] in held]:
             arrays = load_case(cache, head, seed)
-            rel, brain = relative_images(arrays, priors, csf_reference)
+            rel, brain = relative_images(arrays, priors, csf)
             core = ndimage.binary_erosion(brain, iterations=max(1, int(round(2.0 / GRID_MM))))
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():
@@ -198,9 +236,11 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude", nargs="*", default=[])
     ap.add_argument("--with-lesion-cases", action="store_true",
                     help="also use heads with lesions, their tissue 4 mm away from the lesions (intensity only)")
-    ap.add_argument("--standardise", action="store_true",
-                    help="standardise each image so that its CSF sits at the healthy brains' level (card "
-                    "csf_reference; measured, not shipped: see MODEL_CARD.md)")
+    ap.add_argument("--standardise", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
+                    help="standardise the images of these contrasts (none named: both) so that their CSF sits at "
+                    "the healthy brains' level (card csf_reference; see MODEL_CARD.md)")
+    ap.add_argument("--csf-in", choices=CSF_PLACES, default="lateral_ventricles",
+                    help="where each image's CSF level is measured for --standardise (card csf_measured_in)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     heads = [h for h in args.heads if h not in args.exclude]
@@ -213,11 +253,14 @@ def main(argv=None) -> int:
     log.info("%d healthy cases of %d heads", len(cases), len({h for h, _ in cases}))
     t0 = time.perf_counter()
     priors = template.load_template(GRID_MM).arrays()
-    csf_reference = healthy_csf(args.cache, cases, priors) if args.standardise else {}
-    if csf_reference:
-        log.info("healthy CSF relative to white matter: %s", csf_reference)
-    calibration = calibrate(args.cache, cases, priors, csf_reference)
-    stats, has = build_stats(args.cache, cases, priors, csf_reference)
+    csf = NOT_STANDARDISED
+    if args.standardise is not None:
+        reference = healthy_csf(args.cache, cases, priors, args.csf_in, args.standardise or ["t1", "flair"])
+        log.info("healthy CSF relative to white matter (%s): %s", args.csf_in, reference)
+        csf = CsfRule(reference, args.csf_in)
+    csf_reference = csf.reference
+    calibration = calibrate(args.cache, cases, priors, csf)
+    stats, has = build_stats(args.cache, cases, priors, csf)
     args.out.mkdir(parents=True, exist_ok=True)
     contrasts = [c for c in ("t1", "flair") if c in stats]
     box = box_of(sum(has[c] for c in contrasts) > 0)
@@ -239,9 +282,10 @@ def main(argv=None) -> int:
     card = {
         "kind": "normative",
         "name": "normative-mni152",
-        "version": "0.3.0-candidate" if csf_reference else "0.2.0",
+        "version": "0.3.0" if csf_reference else "0.2.0",
         "description": "healthy-brain statistics in MNI152 2009a sym template space: per-voxel white-matter-"
-        + ("relative intensity (standardised so that the brain's CSF sits at the healthy level)" if csf_reference
+        + (f"relative intensity (the {'/'.join(sorted(csf_reference))} standardised so that the brain's CSF, "
+           f"measured in the {csf.measured_in.replace('_', ' ')}, sits at the healthy level)" if csf_reference
            else "relative intensity")
         + " and its left-right difference (mean, std) per contrast, log-Jacobian of the deformation to the "
         "template, calibrated anomaly threshold",
@@ -250,7 +294,7 @@ def main(argv=None) -> int:
         "shape": shape,
         "box": box,
         "asymmetry": asymmetry,
-        **({"csf_reference": csf_reference} if csf_reference else {}),
+        **({"csf_reference": csf_reference, "csf_measured_in": csf.measured_in} if csf_reference else {}),
         "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
         "smoothed",
         "smoothing_mm": SCORE_SMOOTHING_MM,

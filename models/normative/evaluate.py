@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "models" / "lesion"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build import GRID_MM, healthy_cases, relative_images  # noqa: E402
+from build import GRID_MM, CsfRule, healthy_cases, relative_images  # noqa: E402
 from cases import expand, head_source, list_cases, load_case  # noqa: E402
 from openrecon_stroke import template, voxel_features  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
@@ -49,9 +49,9 @@ from openrecon_stroke.model_card import NormativeCard  # noqa: E402
 
 log = logging.getLogger("evaluate_normative")
 MIN_MM3 = 50.0
-#: the normative card's CSF reference (set in main): every image here is standardised as the
-#: anomaly stage standardises it, the baseline's included (the same intensities as the map)
-CSF_REFERENCE: dict = {}
+#: the normative card's CSF standardisation (set in main): every image here is standardised as
+#: the anomaly stage standardises it, the baseline's included (the same intensities as the map)
+CSF_RULE = CsfRule()
 
 
 def auprc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -71,7 +71,7 @@ class HistogramBaseline:
         counts: dict[str, np.ndarray] = {}
         for head, seed in cases:
             arrays = load_case(cache, head, seed)
-            rel, brain = relative_images(arrays, priors, CSF_REFERENCE)
+            rel, brain = relative_images(arrays, priors, CSF_RULE)
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():  # a head with lesions: its tissue 4 mm away from them
                 brain = brain & ~ndimage.binary_dilation(les, iterations=3)
@@ -101,7 +101,7 @@ def score_cases(methods: dict, cache: Path, cases) -> dict:
     out = {m: {"auprc": [], "dice": [], "f1": [], "healthy_ml": [], "buckets": {}} for m in methods}
     for head, seed in cases:
         arrays, side = load_case(cache, head, seed, side=True)
-        rel, brain = relative_images(arrays, template.load_template(GRID_MM).arrays(), CSF_REFERENCE)
+        rel, brain = relative_images(arrays, template.load_template(GRID_MM).arrays(), CSF_RULE)
         ref = side["reference"]
         rel = {c: r for c, r in rel.items() if c in side["to_template"]}
         truth = arrays[f"native_{ref}_truth"] > 0
@@ -154,7 +154,7 @@ def ventricle_test(folder: Path, heads: list[str], growths=(0.0, 0.2, 0.5)) -> l
     from openrecon_stroke.stages.anomaly import AnomalyDetection
     from openrecon_stroke.stages.basic import InputCheck
     from openrecon_stroke.stages.brain import Preprocess
-    from openrecon_stroke.stages.results import AnomalyResult
+    from openrecon_stroke.stages.results import AnomalyMapResult
     from openrecon_stroke.stages.template import TemplateRegistrationStage
     from openrecon_stroke.study import Study
     from simulator.phantom import make_study
@@ -168,7 +168,8 @@ def ventricle_test(folder: Path, heads: list[str], growths=(0.0, 0.2, 0.5)) -> l
             study = Study(inputs={"t1": st["series"]["t1"]["volume"]})
             pipe = Pipeline("ventricles", [InputCheck(), Preprocess(), TemplateRegistrationStage(), AnomalyDetection()])
             pipe.run(study)
-            a = study.result(AnomalyResult)
+            m = study.result(AnomalyMapResult)  # the measures before the load is split by a lesion mask
+            a = m.measures if m is not None else None
             measured = a.csf["ventricle_ml"] if a is not None and a.csf else None
             rows.append({"head": head, "growth": g, "true_ml": round(st["ventricle_ml"], 1), "measured_ml": measured,
                          "ventricle_z": a.ventricle_z if a is not None else None,
@@ -195,7 +196,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     nm = NormativeModel(NormativeCard.load(args.normative))
-    CSF_REFERENCE.update(nm.card.csf_reference)
+    global CSF_RULE
+    CSF_RULE = CsfRule(dict(nm.card.csf_reference), nm.card.csf_measured_in)
     priors = template.load_template(GRID_MM).arrays()
     tcache = args.train_cache or args.cache
     train = healthy_cases(tcache, expand(args.train_heads)) or list_cases(tcache, expand(args.train_heads))
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     cal = []
     for head, seed in [c for c in train if c[0] in half]:
         arrays = load_case(tcache, head, seed)
-        rel, brain = relative_images(arrays, priors, CSF_REFERENCE)
+        rel, brain = relative_images(arrays, priors, CSF_RULE)
         core = ndimage.binary_erosion(brain, iterations=2) & ~ndimage.binary_dilation(
             arrays["lesion"].astype(np.float32) > 0.1, iterations=3)
         cal.append(base.raw(rel, brain)[core])

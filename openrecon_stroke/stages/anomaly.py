@@ -88,7 +88,7 @@ class AnomalyDetection(Stage):
         means = {
             c: template.tissue_means(tmpl.images[c], pri["gm"], pri["wm"], pri["csf"], inside_t) for c in contrasts
         }
-        rel = {c: nm.relative(c, tmpl.images[c], means[c]) for c in contrasts}
+        rel = {c: nm.relative(c, tmpl.images[c], means[c], inside_t) for c in contrasts}
         score_t = sitk.GetImageFromArray(nm.score(rel, tmpl.brain))
         score_t.CopyInformation(template.template_grid(tmpl.spacing_mm))
         ref = tmpl.reference
@@ -120,9 +120,7 @@ class AnomalyDetection(Stage):
         brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
         box = box_of(brain_ref) or FULL
         labels = tmpl.regions_on(ref, img, brain_ref)[box]
-        names = regions.load_regions()[1]
-        vent_ids = [k for k, n in names.items() if "lateral ventricle" in n]
-        vent = np.isin(labels, vent_ids)
+        vent = np.isin(labels, regions.lateral_ventricle_ids())
         spacing_zyx = tuple(float(v) for v in img.GetSpacing())[::-1]
         vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img)[box], brain_ref[box], vent, means[ref], spacing_zyx)
         rel_ref = tmpl.images[ref] / (means[ref]["wm"] or 1.0)  # white-matter-relative, as the thresholds
