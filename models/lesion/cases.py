@@ -119,9 +119,10 @@ def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:
 
 
 def synthetic_study(
-    head: str, seed: int, lesions: int | None
+    head: str, seed: int, lesions: int | None, ventricle_growth: float = 0.0
 ) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, float]:
-    """Volumes, truth masks and lesions of a synthetic study, and its true lateral-ventricle volume (mL)."""
+    """Volumes, truth masks and lesions of a synthetic study (its lateral ventricles grown by
+    ``ventricle_growth`` of their volume), and its true lateral-ventricle volume (mL)."""
     from simulator.phantom import make_study
 
     rng = np.random.default_rng([seed, 1501])
@@ -142,6 +143,7 @@ def synthetic_study(
             series=(c,),
             n_lesions=lesions if kinds is None else len(kinds),
             kinds=kinds,
+            ventricle_growth=ventricle_growth,
         )
         s = st["series"][c]
         vols[c] = s["volume"]
@@ -195,14 +197,16 @@ def real_study(
     return {contrast: vol}, {contrast: sitk.GetArrayFromImage(mask)}, les, given
 
 
-def make_case(head: str, seed: int, lesions: int | None, flair_alone: bool = True) -> tuple[dict, dict]:
+def make_case(
+    head: str, seed: int, lesions: int | None, flair_alone: bool = True, ventricle_growth: float = 0.0
+) -> tuple[dict, dict]:
     """Arrays (template space and native truth) and the pickled native-side objects of one case."""
     t0 = time.perf_counter()
     ventricle_ml, given = None, None
     if head in REAL_HEADS:
         vols, truth, les, given = real_study(head, seed, lesions)
     else:
-        vols, truth, les, ventricle_ml = synthetic_study(head, seed, lesions)
+        vols, truth, les, ventricle_ml = synthetic_study(head, seed, lesions, ventricle_growth)
     t1 = time.perf_counter()
     shared = preprocess(vols, given)
     ref, reg = register_study(shared)
@@ -294,11 +298,13 @@ def load_case(cache: Path, head: str, seed: int, side: bool = False):
         return arrays, pickle.load(f)
 
 
-def ensure_case(cache: Path, head: str, seed: int, lesions: int | None, flair_alone: bool = True) -> Path:
+def ensure_case(
+    cache: Path, head: str, seed: int, lesions: int | None, flair_alone: bool = True, ventricle_growth: float = 0.0
+) -> Path:
     p = case_path(cache, head, seed)
     if p.exists() and p.with_suffix(".pkl").exists():
         return p
-    arrays, side = make_case(head, seed, lesions, flair_alone)
+    arrays, side = make_case(head, seed, lesions, flair_alone, ventricle_growth)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.stem + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -339,6 +345,13 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0-3", help="seeds of cases with lesions, e.g. 0-3")
     p.add_argument("--healthy-seeds", default="100", help="seeds of healthy cases (no lesion), e.g. 100,101")
     p.add_argument(
+        "--ventricle-growth",
+        type=float,
+        default=0.0,
+        help="synthetic heads: lateral ventricles grown by this fraction of their volume (e.g. 0.4 with "
+        "--seeds '' --healthy-seeds 200: healthy heads with enlarged ventricles, as negatives for training)",
+    )
+    p.add_argument(
         "--no-flair-alone",
         action="store_true",
         help="skip the FLAIR-alone preprocessing (HD-BET and registration on the FLAIR itself)",
@@ -362,6 +375,7 @@ def main(argv=None) -> int:
                 s,
                 n if n == 0 else (None if h not in REAL_HEADS else int(1 + s % 3)),
                 not args.no_flair_alone,
+                args.ventricle_growth,
             )
         except Exception as e:  # keep going: one bad case must not stop the set
             log.exception("case %s seed %d failed", h, s)
