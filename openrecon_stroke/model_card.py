@@ -399,6 +399,13 @@ class Cascade:
         return c
 
 
+#: Where an image's CSF level is measured for the normative model's standardisation (card
+#: ``csf_measured_in``, :func:`openrecon_stroke.normative.csf_relative`): every voxel the template
+#: calls CSF (``brain``; on a brain skull-stripped by another tool that includes its cut edge),
+#: or the template's lateral ventricles carried onto it.
+CSF_PLACES = ("brain", "lateral_ventricles")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NormativeCard(Card):
     """Healthy-brain statistics in template space (:mod:`openrecon_stroke.normative`):
@@ -426,7 +433,7 @@ class NormativeCard(Card):
     #: contrast -> healthy brains' CSF intensity relative to their white matter, to which each
     #: image is standardised (:func:`openrecon_stroke.normative.standardise`); absent: not done
     csf_reference: dict = field(default_factory=dict)
-    #: where each image's own CSF level is measured (:data:`openrecon_stroke.normative.CSF_PLACES`)
+    #: where each image's own CSF level is measured (one of :data:`CSF_PLACES`)
     csf_measured_in: str = "brain"
 
     def __post_init__(self):
@@ -439,9 +446,9 @@ class NormativeCard(Card):
                     f"{self.path}: csf_reference needs known contrasts and values between 0 and 1 "
                     f"(CSF darker than white matter); got {c}: {v}"
                 )
-        if self.csf_measured_in not in ("brain", "lateral_ventricles"):
+        if self.csf_measured_in not in CSF_PLACES:
             raise ModelCardError(
-                f"{self.path}: csf_measured_in must be brain or lateral_ventricles, not {self.csf_measured_in!r}"
+                f"{self.path}: csf_measured_in must be one of {', '.join(CSF_PLACES)}, not {self.csf_measured_in!r}"
             )
         listed = {f.name for f in self.files}
         for c in self.asymmetry:

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import voxel_features
-from .model_card import ModelCardError, NormativeCard
+from .model_card import CSF_PLACES, ModelCardError, NormativeCard
 from .regions import lateral_ventricles_on_template
 from .resample import box_of
 from .runtime import ModelCache, model_folder
@@ -74,10 +74,6 @@ def write_stats(file: Path, stats: Stats, box) -> None:
 PARTS = ("intensity", "asymmetry")
 
 
-#: Where an image's CSF level is measured for :func:`standardise` (card ``csf_measured_in``):
-#: every voxel the template calls CSF (``brain``; on a brain skull-stripped by another tool that
-#: includes its cut edge), or the template's lateral ventricles carried onto it.
-CSF_PLACES = ("brain", "lateral_ventricles")
 #: fewer ventricle voxels inside the brain than this: the image is not standardised
 MIN_VENTRICLE_VOXELS = 100
 
@@ -225,6 +221,8 @@ class NormativeModel:
             self.intensity(c)
             self.asymmetry(c)
         self.jacobian()
+        if self.card.csf_reference and self.card.csf_measured_in == "lateral_ventricles":
+            lateral_ventricles_on_template(self.card.spacing_mm)  # 0.15 s: at warm-up, not in a study
 
     def as_features(self) -> voxel_features.Normative:
         """The intensity statistics in the form the lesion features read."""
