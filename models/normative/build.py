@@ -78,23 +78,31 @@ def healthy_cases(cache: Path, heads) -> list[tuple[str, int]]:
     return out
 
 
+def contrast_views(arrays: dict, priors: dict, contrasts=("t1", "flair")):
+    """Per contrast of ``contrasts`` present in the case: ``(contrast, image on the template grid,
+    its tissue means, the brain it is measured in)`` (the case's brain for that contrast, inside
+    the template's brain)."""
+    b = (arrays["brain"] > 0) & (priors["brain"] > 0)
+    for c in contrasts:
+        v = model_view(arrays, (c,))
+        if v is None:
+            continue
+        inside = v["brain"] & b
+        image = v["images"][c]
+        yield c, image, template.tissue_means(image, priors["gm"], priors["wm"], priors["csf"], inside), inside
+
+
 def relative_images(
     arrays: dict, priors: dict, csf: CsfRule = NOT_STANDARDISED
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per contrast the white-matter-relative image on the template grid, standardised by
     ``csf`` as the anomaly stage does (:func:`openrecon_stroke.normative.relative_image`), and
     the brain mask."""
-    brain = arrays["brain"] > 0
-    b = brain & (priors["brain"] > 0)
-    rel = {}
-    for c in ("t1", "flair"):
-        v = model_view(arrays, (c,))
-        if v is None:
-            continue
-        inside = v["brain"] & b
-        m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], inside)
-        rel[c] = relative_image(c, v["images"][c], m, inside, csf.reference, csf.measured_in, GRID_MM)
-    return rel, brain
+    rel = {
+        c: relative_image(c, image, m, inside, csf.reference, csf.measured_in, GRID_MM)
+        for c, image, m, inside in contrast_views(arrays, priors)
+    }
+    return rel, arrays["brain"] > 0
 
 
 def accumulate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> dict[str, list[np.ndarray]]:
@@ -160,15 +168,8 @@ def healthy_csf(cache: Path, cases, priors, measured_in: str, contrasts) -> dict
         return out
     levels: dict[str, list[float]] = {}
     for head, seed in cases:
-        arrays = load_case(cache, head, seed)
-        b = (arrays["brain"] > 0) & (priors["brain"] > 0)
-        for c in contrasts:
-            v = model_view(arrays, (c,))
-            if v is None:
-                continue
-            inside = v["brain"] & b
-            m = template.tissue_means(v["images"][c], priors["gm"], priors["wm"], priors["csf"], inside)
-            level = csf_relative(v["images"][c], m, inside, measured_in, GRID_MM)
+        for c, image, m, inside in contrast_views(load_case(cache, head, seed), priors, contrasts):
+            level = csf_relative(image, m, inside, measured_in, GRID_MM)
             if level is not None:
                 levels.setdefault(c, []).append(level)
     return {c: round(float(np.median(v)), 4) for c, v in levels.items()}
