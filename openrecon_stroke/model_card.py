@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -63,6 +64,7 @@ from .nnunet import SCHEME as NNUNET_SCHEME
 from .nnunet import NnUNetPreprocessing
 
 C = TypeVar("C", bound="Card")
+S = TypeVar("S")
 
 ACTIVATIONS = ("softmax", "sigmoid", "probability")
 NORMALISATIONS = ("zscore_brain", "zscore")
@@ -374,6 +376,14 @@ class VoxelClassifierCard(Card):
             verify_model_file(self.candidate_filter.file, self.candidate_filter.sha256, self.path)
 
 
+def _section(card_file: Path, what: str, build: Callable[[], S]) -> S:
+    """``build()`` a card section, a missing or malformed field reported as ``card_file: what (...)``."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelCardError(f"{card_file}: {what} ({e})") from e
+
+
 @dataclass(frozen=True)
 class Cascade:
     """``cascade`` of a voxel-classifier card: ``file`` holds the model's first ``trees`` trees
@@ -390,18 +400,17 @@ class Cascade:
 
     @classmethod
     def parse(cls, card_file: Path, d: dict) -> Cascade:
-        try:
-            c = cls(
+        c = _section(
+            card_file,
+            "cascade needs file, trees, min_probability and safe_probability",
+            lambda: cls(
                 file=card_file.parent / str(d["file"]),
                 sha256=str(d.get("sha256", "")),
                 trees=int(d["trees"]),
                 min_probability=float(d["min_probability"]),
                 safe_probability=float(d["safe_probability"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(
-                f"{card_file}: cascade needs file, trees, min_probability and safe_probability ({e})"
-            ) from e
+            ),
+        )
         if c.trees < 1 or not 0 <= c.min_probability < c.safe_probability < 1:
             raise ModelCardError(
                 f"{card_file}: cascade needs trees >= 1 and 0 <= min_probability < safe_probability < 1"
@@ -426,19 +435,18 @@ class CandidateFilter:
 
     @classmethod
     def parse(cls, card_file: Path, d: dict) -> CandidateFilter:
-        try:
-            f = cls(
+        f = _section(
+            card_file,
+            "candidate_filter needs file, features, threshold and min_probability",
+            lambda: cls(
                 file=card_file.parent / str(d["file"]),
                 sha256=str(d.get("sha256", "")),
                 features=tuple(str(n) for n in d["features"]),
                 threshold=float(d["threshold"]),
                 seed_probability=float(d.get("seed_probability") or 0.0),
                 min_probability=float(d["min_probability"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(
-                f"{card_file}: candidate_filter needs file, features, threshold and min_probability ({e})"
-            ) from e
+            ),
+        )
         if not (0 < f.threshold < 1 and 0 <= f.seed_probability < 1 and 0 <= f.min_probability < 1):
             raise ModelCardError(
                 f"{card_file}: candidate_filter needs 0 < threshold < 1, seed_probability and min_probability in [0, 1)"
