@@ -15,6 +15,9 @@ The model card (``card.json``, ``"kind": "voxel_classifier"``,
 * ``cascade`` (optional, :class:`~openrecon_stroke.model_card.Cascade`): a file with the
   model's first trees, run on every voxel; the whole model runs only where they reach its
   ``min_probability`` (calibrated on training heads by ``models/lesion/cascade.py``);
+* ``candidate_filter`` (optional, :class:`~openrecon_stroke.model_card.CandidateFilter`): a
+  classifier over whole lesion candidates (:mod:`openrecon_stroke.lesion_candidates`); the
+  candidates it rejects are removed from the probability map;
 * ``smoothing_mm`` (optional): Gaussian smoothing of the probability map in template space;
 * ``threshold``, ``min_lesion_mm3``, ``status``, ``status_note``, ``training``, ``metrics``.
 
@@ -26,13 +29,17 @@ series' own grid (:meth:`VoxelLesionModel.on_grid`).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import SimpleITK as sitk
 
-from . import template, voxel_features
+from . import lesion_candidates, template, voxel_features
 from .model_card import ModelCardError, VoxelClassifierCard
 from .resample import Box, resample_array
 from .runtime import LazySessions
+
+log = logging.getLogger(__name__)
 
 #: Rows per ONNX Runtime call (bounds memory: rows x features x 4 bytes).
 BLOCK_ROWS = 200_000
@@ -46,6 +53,8 @@ class VoxelLesionModel:
         self._sessions = LazySessions(card.files)
         # the cascade's first trees
         self._first = LazySessions([card.cascade.file]) if card.cascade is not None else None
+        f = card.candidate_filter
+        self._filter = LazySessions([f.file]) if f is not None else None
         self._priors: dict[str, np.ndarray] | None = None
         self._normative: voxel_features.Normative | None = None
 
@@ -69,6 +78,9 @@ class VoxelLesionModel:
         self._sessions.all()
         if self._first is not None:
             self._first.all()
+        if self._filter is not None:
+            self._filter.all()
+            lesion_candidates.ventricle_distance_mm(self.card.spacing_mm)
         _ = self.normative
         self.priors()
 
@@ -82,7 +94,7 @@ class VoxelLesionModel:
             sp = self.card.spacing_mm
             pri = template.load_template(sp).arrays()
             for f in voxel_features.TEMPLATE_FEATURES:
-                if f"prior_{f}" in self.card.features:
+                if f"prior_{f}" in self.card.features or (f == "depth" and self.card.candidate_filter):
                     pri[f] = voxel_features.template_feature(f, pri, sp)
             self._priors = pri
         return self._priors
@@ -127,21 +139,70 @@ class VoxelLesionModel:
         return p
 
     def probability_arrays(
-        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True
+        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True, candidates: bool = True
     ) -> np.ndarray:
         """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
-        already on that grid and the brain mask there (``cascade``: see :meth:`classify`)."""
+        already on that grid and the brain mask there (``cascade``: see :meth:`classify`; with
+        ``candidates`` and the card's ``candidate_filter``, the candidates it rejects are set to 0)."""
+        x = self.features(images_t, brain_t)
+        out = self._probability(x, brain_t, cascade)
+        f = self.card.candidate_filter
+        if f is not None and candidates:
+            lab, ids = lesion_candidates.label(
+                out, f.threshold, f.seed_probability, self.card.min_lesion_mm3, self.card.spacing_mm
+            )
+            judged = self.judge_candidates(x, out, brain_t, lab, ids)
+            drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
+            if drop:
+                gone = np.isin(lab, drop)
+                vox_ml = self.card.spacing_mm**3 / 1000
+                sizes = np.bincount(lab[gone], minlength=max(drop) + 1)
+                log.info(
+                    "candidate filter: %d of %d lesion candidates removed (template space: %s; cut %.3f)",
+                    len(drop),
+                    len(ids),
+                    ", ".join(
+                        f"{sizes[k] * vox_ml:.2f} mL at p={q:.3f}" for k, q in zip(ids, judged) if q < f.min_probability
+                    ),
+                    f.min_probability,
+                )
+                out[gone] = 0.0
+        return out
+
+    def _probability(self, x: np.ndarray, brain_t: np.ndarray, cascade: bool) -> np.ndarray:
         out = np.zeros(brain_t.shape, np.float32)
-        out[brain_t] = self.classify(self.features(images_t, brain_t), cascade)
+        out[brain_t] = self.classify(x, cascade)
         if self.card.smoothing_mm > 0:
             out = voxel_features.smooth_in(out, brain_t, self.card.smoothing_mm, self.card.spacing_mm)
         return out
 
+    def candidates(
+        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, threshold: float, seed: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """The voxel feature rows, the unfiltered probability on the template grid, its component
+        labels and the labels that are candidates at ``threshold`` / ``seed``
+        (:func:`openrecon_stroke.lesion_candidates.label`)."""
+        x = self.features(images_t, brain_t)
+        prob = self._probability(x, brain_t, True)
+        lab, ids = lesion_candidates.label(prob, threshold, seed, self.card.min_lesion_mm3, self.card.spacing_mm)
+        return x, prob, lab, ids
+
+    def judge_candidates(
+        self, x: np.ndarray, prob: np.ndarray, brain_t: np.ndarray, lab: np.ndarray, ids: list[int]
+    ) -> np.ndarray:
+        """The candidate filter's probability that each candidate in ``ids`` is a lesion."""
+        if not ids or self._filter is None:
+            return np.ones(len(ids), np.float32)
+        inputs = self.card.inputs
+        vox = lesion_candidates.voxel_arrays(x, list(self.card.features), brain_t, inputs)
+        rows = lesion_candidates.describe(prob, lab, ids, brain_t, vox, inputs, self.priors(), self.card.spacing_mm)
+        return self._classify(self._filter.all(), rows)
+
     def probability_image(
-        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True
+        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True, candidates: bool = True
     ) -> sitk.Image:
         """:meth:`probability_arrays` as a SimpleITK image on the template grid."""
-        out = sitk.GetImageFromArray(self.probability_arrays(images_t, brain_t, cascade))
+        out = sitk.GetImageFromArray(self.probability_arrays(images_t, brain_t, cascade, candidates))
         out.CopyInformation(self.grid())
         return out
 

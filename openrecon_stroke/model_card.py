@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -63,6 +64,7 @@ from .nnunet import SCHEME as NNUNET_SCHEME
 from .nnunet import NnUNetPreprocessing
 
 C = TypeVar("C", bound="Card")
+S = TypeVar("S")
 
 ACTIVATIONS = ("softmax", "sigmoid", "probability")
 NORMALISATIONS = ("zscore_brain", "zscore")
@@ -322,10 +324,15 @@ class VoxelClassifierCard(Card):
     #: a two-step prediction (optional, :class:`Cascade`): the first trees on every voxel, the
     #: whole model only where they reach the cascade's probability
     cascade: Cascade | None = None
+    #: a second classifier over whole lesion candidates (optional, :class:`CandidateFilter`)
+    candidate_filter: CandidateFilter | None = None
 
     def __post_init__(self):
         super().__post_init__()
         from .voxel_features import check_names
+
+        if self.candidate_filter is not None:
+            self.candidate_filter.check(self)
 
         if self.cascade is not None and len(self.files) != 1:
             raise ModelCardError(
@@ -356,12 +363,25 @@ class VoxelClassifierCard(Card):
             min_lesion_mm3=float(d.get("min_lesion_mm3", 10.0)),
             seed_probability=float(d["seed_probability"]) if d.get("seed_probability") is not None else None,
             cascade=Cascade.parse(common["path"], d["cascade"]) if d.get("cascade") else None,
+            candidate_filter=(
+                CandidateFilter.parse(common["path"], d["candidate_filter"]) if d.get("candidate_filter") else None
+            ),
         )
 
     def verify_files(self) -> None:
         super().verify_files()
         if self.cascade is not None:
             verify_model_file(self.cascade.file, self.cascade.sha256, self.path)
+        if self.candidate_filter is not None:
+            verify_model_file(self.candidate_filter.file, self.candidate_filter.sha256, self.path)
+
+
+def _section(card_file: Path, what: str, build: Callable[[], S]) -> S:
+    """``build()`` a card section, a missing or malformed field reported as ``card_file: what (...)``."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelCardError(f"{card_file}: {what} ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -380,23 +400,70 @@ class Cascade:
 
     @classmethod
     def parse(cls, card_file: Path, d: dict) -> Cascade:
-        try:
-            c = cls(
+        c = _section(
+            card_file,
+            "cascade needs file, trees, min_probability and safe_probability",
+            lambda: cls(
                 file=card_file.parent / str(d["file"]),
                 sha256=str(d.get("sha256", "")),
                 trees=int(d["trees"]),
                 min_probability=float(d["min_probability"]),
                 safe_probability=float(d["safe_probability"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(
-                f"{card_file}: cascade needs file, trees, min_probability and safe_probability ({e})"
-            ) from e
+            ),
+        )
         if c.trees < 1 or not 0 <= c.min_probability < c.safe_probability < 1:
             raise ModelCardError(
                 f"{card_file}: cascade needs trees >= 1 and 0 <= min_probability < safe_probability < 1"
             )
         return c
+
+
+@dataclass(frozen=True)
+class CandidateFilter:
+    """``candidate_filter`` of a voxel-classifier card: ``file`` is a classifier over lesion
+    candidates (:mod:`openrecon_stroke.lesion_candidates`: components of ``probability >=
+    threshold`` whose peak reaches ``seed_probability``), columns ``features`` in that order
+    (``models/lesion/candidate_train.py`` trains it on out-of-fold candidates). A candidate it
+    gives less than ``min_probability`` (chosen on validation heads) is removed from the map."""
+
+    file: Path
+    sha256: str
+    features: tuple[str, ...]
+    threshold: float
+    seed_probability: float
+    min_probability: float
+
+    @classmethod
+    def parse(cls, card_file: Path, d: dict) -> CandidateFilter:
+        f = _section(
+            card_file,
+            "candidate_filter needs file, features, threshold and min_probability",
+            lambda: cls(
+                file=card_file.parent / str(d["file"]),
+                sha256=str(d.get("sha256", "")),
+                features=tuple(str(n) for n in d["features"]),
+                threshold=float(d["threshold"]),
+                seed_probability=float(d.get("seed_probability") or 0.0),
+                min_probability=float(d["min_probability"]),
+            ),
+        )
+        if not (0 < f.threshold < 1 and 0 <= f.seed_probability < 1 and 0 <= f.min_probability < 1):
+            raise ModelCardError(
+                f"{card_file}: candidate_filter needs 0 < threshold < 1, seed_probability and min_probability in [0, 1)"
+            )
+        return f
+
+    def check(self, card: VoxelClassifierCard) -> None:
+        """The filter's columns are the candidate features of the card's contrasts, and the card's
+        voxel features include those a candidate description reads."""
+        from . import lesion_candidates as lc
+
+        if list(self.features) != lc.feature_names(card.inputs):
+            want = lc.feature_names(card.inputs)
+            raise ModelCardError(f"{card.path}: candidate_filter features must be {want}, got {list(self.features)}")
+        missing = [f"{c}_{f}" for c in card.inputs for f in lc.VOXEL_FEATURES if f"{c}_{f}" not in card.features]
+        if missing:
+            raise ModelCardError(f"{card.path}: candidate_filter needs the voxel features {missing}")
 
 
 #: Where an image's CSF level is measured for the normative model's standardisation (card

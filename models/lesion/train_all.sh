@@ -37,6 +37,21 @@ $PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_15-20 --seeds 0-1 -
     $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/normative" --out "$WORK/models" \
         --exclude $VAL --hard-rounds 1
 
+# 3b. out-of-fold models for the fusion card's candidate filter (models/lesion/candidate_train.py):
+#     the training heads in three folds, each fold's normative and voxel model built without its heads
+#     (a FLAIR filter was measured and not shipped: models/lesion/MODEL_CARD.md)
+declare -A FOLD
+FOLD[a]="synthseg_01 synthseg_02 synthseg_03 synthseg_04 chris_t1"
+FOLD[b]="synthseg_05 synthseg_06 synthseg_07 synthseg_08 gd_t1 mni"
+FOLD[c]="synthseg_09 synthseg_10 synthseg_11 synthseg_12 flair_real"
+for f in a b c; do
+    [ -f "$WORK/folds/$f/normative/card.json" ] ||
+        $PY models/normative/build.py --cache "$CACHE" --out "$WORK/folds/$f/normative" --exclude $VAL $TEST ${FOLD[$f]}
+    [ -f "$WORK/folds/$f/fusion/card.json" ] ||
+        $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/folds/$f/normative" \
+            --out "$WORK/folds/$f" --exclude $VAL ${FOLD[$f]} --inputs fusion --hard-rounds 1
+done
+
 # 4. evaluation: validation (choose), test (report), anomaly map and ventricles
 GRID="--thresholds 0.3,0.4,0.5,0.6,0.7 --seeds 0,0.8,0.9,0.95"
 $PY models/lesion/evaluate_voxel.py "$WORK/models" --cache "$CACHE" --heads $VAL $GRID --json "$WORK/eval_val.json"
@@ -70,3 +85,7 @@ echo "then cut and calibrate each card's cascade on the training heads, checked 
 echo "  for m in t1 flair fusion; do $PY models/lesion/cascade.py models/lesion/\$m --cache $CACHE \\"
 echo "    --heads chris_t1 flair_real gd_t1 mni synthseg_01-12 --per-head 2 --check $TEST \\"
 echo "    --trees 140 --safe 0.2 --margin 0.5 --skip-fraction 0.0001 --write; done"
+echo "then train the fusion card's candidate filter on the out-of-fold candidates:"
+echo "  $PY models/lesion/candidate_train.py models/lesion/fusion --cache $CACHE --margin 0.25 \\"
+echo "    --fold $WORK/folds/a/fusion ${FOLD[a]} --fold $WORK/folds/b/fusion ${FOLD[b]} \\"
+echo "    --fold $WORK/folds/c/fusion ${FOLD[c]} --write"

@@ -244,7 +244,12 @@ class LesionSegmentation(Stage):
             # the cascade is calibrated not to skip voxels at its safe probability or above: used
             # only at thresholds from there up
             use_cascade = card.cascade is None or thr >= card.cascade.safe_probability
-            prob_t = model.probability_image({c: tmpl.images[c] for c in card.inputs}, brain_t, cascade=use_cascade)
+            # candidates are judged as components at the filter's own threshold: at a lower one
+            # a rejected candidate's fringe would remain, so the filter is off there
+            use_filter = card.candidate_filter is None or thr >= card.candidate_filter.threshold
+            prob_t = model.probability_image(
+                {c: tmpl.images[c] for c in card.inputs}, brain_t, cascade=use_cascade, candidates=use_filter
+            )
             for c in targets:
                 img = brain.n4[c]
                 inside = sitk.GetArrayViewFromImage(brain.brain_mask[c]) > 0

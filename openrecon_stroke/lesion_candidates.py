@@ -1,0 +1,158 @@
+"""Lesion candidates: the connected parts of a template-space lesion probability, each described
+as a reader would judge it, for a second classifier that keeps or drops each one.
+
+A voxel classifier judges one voxel at a time, from its neighbourhood. Some healthy anatomy looks
+like a lesion voxel by voxel (an occipital horn larger on one side looks like a CSF-like cavity in
+white matter, with a darker mirror) but not as a whole: no gliotic rim around it, the same shape
+on both sides, joined to the ventricles. Each candidate here is one 26-connected component of
+``probability >= threshold`` whose peak reaches ``seed`` and that is at least ``min_mm3`` large;
+:func:`describe` gives one row per candidate (columns :func:`feature_names`):
+
+* ``log_ml``: log10 of its volume (mL); ``p_max``, ``p_mean``: the voxel probabilities in it;
+* ``p_mirror``: mean probability at the mirrored voxels (other hemisphere);
+* ``extent``: its voxels over its bounding box's; ``edge``: fraction of its 3 mm shell outside
+  the brain mask;
+* ``prior_csf``, ``prior_wm``, ``prior_depth``: the template's CSF and white-matter probability
+  and depth below the brain surface (mm), mean over it; ``vent_mm``: distance from the template's
+  lateral ventricles to its nearest voxel (mm);
+* per contrast ``c``: ``c_int``, ``c_z``, ``c_mirror``: mean white-matter-relative intensity,
+  normative z-score and mirror difference inside (the voxel features of the same names);
+  ``c_shell``, ``c_shell_p90``: mean and 90th percentile of the relative intensity in the
+  3 mm shell around it, inside the brain; ``c_rim``: shell mean minus inside mean.
+
+Arrays are ``(nz, ny, nx)`` on the template grid (LPS, x mirrored by flipping the last axis:
+:func:`openrecon_stroke.voxel_features.mirror`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+from .voxel_features import mirror
+
+GLOBAL_FEATURES = (
+    "log_ml",
+    "p_max",
+    "p_mean",
+    "p_mirror",
+    "extent",
+    "edge",
+    "prior_csf",
+    "prior_wm",
+    "prior_depth",
+    "vent_mm",
+)
+CONTRAST_FEATURES = ("int", "z", "mirror", "shell", "shell_p90", "rim")
+#: Voxel features a candidate description reads, per contrast (the card's model must have them).
+VOXEL_FEATURES = ("int", "z", "mirror")
+#: Shell around a candidate: dilation steps of one voxel (3 mm on the 1.5 mm grid).
+SHELL_STEPS = 2
+
+
+def feature_names(inputs: tuple[str, ...] | list[str]) -> list[str]:
+    """Column names of :func:`describe`'s rows for a model with these contrasts."""
+    return list(GLOBAL_FEATURES) + [f"{c}_{f}" for c in inputs for f in CONTRAST_FEATURES]
+
+
+@lru_cache(maxsize=2)
+def ventricle_distance_mm(spacing_mm: float) -> np.ndarray:
+    """Distance (mm) of every template-grid voxel to the template's lateral ventricles
+    (:func:`openrecon_stroke.regions.lateral_ventricles_on_template`); read-only."""
+    from .regions import lateral_ventricles_on_template
+
+    vent = lateral_ventricles_on_template(spacing_mm)
+    d = ndimage.distance_transform_edt(~vent, sampling=spacing_mm).astype(np.float32)
+    d.flags.writeable = False
+    return d
+
+
+def label(
+    prob: np.ndarray, threshold: float, seed: float, min_mm3: float, spacing_mm: float
+) -> tuple[np.ndarray, list[int]]:
+    """Components of ``prob >= threshold`` (26-connected) and the labels of those that are
+    candidates (peak ``>= seed``, at least ``min_mm3``)."""
+    lab, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return lab, []
+    idx = np.arange(1, n + 1)
+    inside = lab > 0  # only the labelled voxels (ndimage.maximum would sort the whole grid)
+    labels = lab[inside]
+    size = np.bincount(labels, minlength=n + 1)[1:] * spacing_mm**3
+    peak = np.zeros(n + 1, np.float32)
+    np.maximum.at(peak, labels, prob[inside])
+    keep = (size >= min_mm3) & (peak[1:] >= seed)
+    return lab, [int(k) for k in idx[keep]]
+
+
+def describe(
+    prob: np.ndarray,
+    lab: np.ndarray,
+    ids: list[int],
+    brain: np.ndarray,
+    voxel: dict[str, np.ndarray],
+    inputs: tuple[str, ...] | list[str],
+    priors: dict[str, np.ndarray],
+    spacing_mm: float,
+) -> np.ndarray:
+    """Rows ``(len(ids), len(feature_names(inputs)))`` float32, one per candidate label in ``ids``.
+
+    ``voxel``: the voxel features :data:`VOXEL_FEATURES` of each contrast as whole-grid arrays,
+    keyed ``<contrast>_<feature>`` (0 outside the brain); ``priors``: the template's ``csf``,
+    ``wm`` and ``depth`` on the grid."""
+    names = feature_names(inputs)
+    out = np.zeros((len(ids), len(names)), np.float32)
+    if not ids:
+        return out
+    vent = ventricle_distance_mm(spacing_mm)
+    pm = mirror(prob)
+    objs = ndimage.find_objects(lab)
+    pad = SHELL_STEPS + 1
+    for row, k in enumerate(ids):
+        sl = objs[k - 1]
+        box = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(sl, lab.shape))
+        comp = lab[box] == k
+        n_vox = int(comp.sum())
+        grown = ndimage.binary_dilation(comp, iterations=SHELL_STEPS)
+        ring = grown & ~comp
+        shell = ring & brain[box]
+        f: dict[str, float] = {
+            "log_ml": float(np.log10(n_vox * spacing_mm**3 / 1000.0)),
+            "p_max": float(prob[box][comp].max()),
+            "p_mean": float(prob[box][comp].mean()),
+            "p_mirror": float(pm[box][comp].mean()),
+            "extent": n_vox / float(np.prod([s.stop - s.start for s in sl])),
+            "edge": 1.0 - float(shell.sum()) / max(int(ring.sum()), 1),
+            "prior_csf": float(priors["csf"][box][comp].mean()),
+            "prior_wm": float(priors["wm"][box][comp].mean()),
+            "prior_depth": float(priors["depth"][box][comp].mean()),
+            "vent_mm": float(vent[box][comp].min()),
+        }
+        for c in inputs:
+            inside = voxel[f"{c}_int"][box][comp]
+            around = voxel[f"{c}_int"][box][shell]
+            f[f"{c}_int"] = float(inside.mean())
+            f[f"{c}_z"] = float(voxel[f"{c}_z"][box][comp].mean())
+            f[f"{c}_mirror"] = float(voxel[f"{c}_mirror"][box][comp].mean())
+            f[f"{c}_shell"] = float(around.mean()) if around.size else f[f"{c}_int"]
+            f[f"{c}_shell_p90"] = float(np.percentile(around, 90)) if around.size else f[f"{c}_int"]
+            f[f"{c}_rim"] = f[f"{c}_shell"] - f[f"{c}_int"]
+        out[row] = [f[n] for n in names]
+    return out
+
+
+def voxel_arrays(x: np.ndarray, names: list[str], brain: np.ndarray, inputs) -> dict[str, np.ndarray]:
+    """The :data:`VOXEL_FEATURES` columns of a voxel feature matrix (rows in
+    ``np.flatnonzero(brain)`` order, columns ``names``) as whole-grid arrays."""
+    out = {}
+    for c in inputs:
+        for f in VOXEL_FEATURES:
+            key = f"{c}_{f}"
+            if key not in names:
+                raise ValueError(f"candidate features need the voxel feature {key!r}, which the model lacks")
+            a = np.zeros(brain.shape, np.float32)
+            a[brain] = x[:, names.index(key)]
+            out[key] = a
+    return out

@@ -1,0 +1,172 @@
+"""Lesion candidates (components of a template-space probability) and the candidate filter."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openrecon_stroke import lesion_candidates as lc
+from openrecon_stroke.model_card import ModelCardError, VoxelClassifierCard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ball(shape, centre, r):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r
+
+
+def test_label_keeps_components_that_are_large_and_certain_enough():
+    shape = (30, 30, 40)
+    prob = np.zeros(shape, np.float32)
+    prob[_ball(shape, (15, 15, 10), 4)] = 0.95  # certain, 257 voxels
+    prob[_ball(shape, (15, 15, 30), 4)] = 0.6  # below the seed
+    prob[5, 5, 20] = 0.99  # one voxel: 3.4 mm3 on a 1.5 mm grid, under 10 mm3
+    lab, ids = lc.label(prob, 0.3, 0.9, 10.0, 1.5)
+    assert len(ids) == 1 and lab[15, 15, 10] == ids[0]
+    lab2, ids2 = lc.label(prob, 0.3, 0.0, 1.0, 1.5)
+    assert len(ids2) == 3
+
+
+def test_describe_reads_inside_shell_and_mirror():
+    """A dark ball in white matter (relative intensity 0.4 in 1.0): inside 0.4, shell 1.0, rim 0.6;
+    a ball at the mirrored place with half the probability gives p_mirror 0.5 of p."""
+    shape = (30, 32, 40)  # x mirrored by flipping the last axis
+    brain = np.ones(shape, bool)
+    ball = _ball(shape, (15, 16, 10), 4)
+    prob = np.where(ball, 0.9, 0.0).astype(np.float32)
+    prob[:, :, ::-1][ball] = 0.45
+    rel = np.where(ball, 0.4, 1.0).astype(np.float32)
+    vox = {"flair_int": rel, "flair_z": np.where(ball, -5.0, 0.0).astype(np.float32)}
+    vox["flair_mirror"] = rel - rel[:, :, ::-1]
+    priors = {k: np.full(shape, v, np.float32) for k, v in (("csf", 0.1), ("wm", 0.8), ("depth", 20.0))}
+    lab, ids = lc.label(prob, 0.3, 0.5, 10.0, 1.5)
+    assert len(ids) == 1
+    row = dict(zip(lc.feature_names(("flair",)), lc.describe(prob, lab, ids, brain, vox, ("flair",), priors, 1.5)[0]))
+    n = int(ball.sum())
+    assert row["log_ml"] == pytest.approx(np.log10(n * 1.5**3 / 1000), abs=1e-5)
+    assert row["p_max"] == pytest.approx(0.9) and row["p_mirror"] == pytest.approx(0.45)
+    assert row["flair_int"] == pytest.approx(0.4) and row["flair_z"] == pytest.approx(-5.0)
+    assert row["flair_shell"] == pytest.approx(1.0) and row["flair_rim"] == pytest.approx(0.6)
+    assert row["flair_mirror"] == pytest.approx(-0.6, abs=1e-5)
+    assert row["edge"] == 0.0 and row["prior_wm"] == pytest.approx(0.8) and row["prior_depth"] == pytest.approx(20.0)
+    # the same ball cut by the brain's edge: part of its shell lies outside the brain
+    brain2 = brain.copy()
+    brain2[:, :, :8] = False
+    row2 = lc.describe(prob, lab, ids, brain2, vox, ("flair",), priors, 1.5)[0]
+    assert row2[lc.feature_names(("flair",)).index("edge")] > 0.1
+
+
+def test_card_rejects_a_candidate_filter_that_does_not_fit(tmp_path):
+    src = REPO / "models" / "lesion" / "flair"
+    d = json.loads((src / "card.json").read_text())
+    d["normative"] = str((src / d["normative"]).resolve())
+    for f in d["files"]:
+        (tmp_path / f["file"]).write_bytes((src / f["file"]).read_bytes())
+    d.pop("cascade", None)
+    (tmp_path / "candidates.onnx").write_bytes(b"x")
+    good = {
+        "file": "candidates.onnx",
+        "sha256": "",
+        "features": lc.feature_names(("flair",)),
+        "threshold": 0.3,
+        "seed_probability": 0.9,
+        "min_probability": 0.1,
+    }
+    for bad, msg in (
+        ({**good, "features": lc.feature_names(("t1",))}, "features must be"),
+        ({**good, "threshold": 1.5}, "0 < threshold < 1"),
+        ({k: v for k, v in good.items() if k != "min_probability"}, "needs file, features"),
+    ):
+        (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": bad}))
+        with pytest.raises(ModelCardError, match=msg):
+            VoxelClassifierCard.load(tmp_path)
+    (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": good}))
+    assert VoxelClassifierCard.load(tmp_path).candidate_filter.min_probability == 0.1
+    d["features"] = [f for f in d["features"] if f != "flair_mirror"]
+    (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": good}))
+    with pytest.raises(ModelCardError, match="needs the voxel features"):
+        VoxelClassifierCard.load(tmp_path)
+
+
+def _painted_head(card, model):
+    """Template-space images of the card's contrasts made from the template's tissue maps, with a
+    CSF-like cavity (bright gliotic rim on FLAIR) in the right hemisphere's white matter."""
+    pri = model.priors()
+    brain = pri["brain"] > 0.5
+    rng = np.random.default_rng(1)
+    level = {"t1": (0.75, 1.0, 0.25), "flair": (1.1, 1.0, 0.3)}
+    images = {}
+    for c in card.inputs:
+        gm, wm, csf = level[c]
+        img = 500 * (gm * pri["gm"] + wm * pri["wm"] + csf * pri["csf"])
+        images[c] = (img * (1 + 0.03 * rng.standard_normal(img.shape))).astype(np.float32)
+    zz, yy, xx = np.nonzero((pri["wm"] > 0.9) & brain)
+    k = int(np.argmax(xx))
+    centre = (zz[k], yy[k], xx[k] - 8)
+    cav, rim = _ball(brain.shape, centre, 5), _ball(brain.shape, centre, 7)
+    for c in card.inputs:
+        if c == "flair":
+            images[c][rim & ~cav] = 1.6 * level[c][1] * 500
+        images[c][cav] = level[c][2] * 500
+    return images, brain, centre
+
+
+def _shipped_with_filter():
+    for name in ("fusion", "flair", "t1"):
+        card = VoxelClassifierCard.load(REPO / "models" / "lesion" / name)
+        if card.candidate_filter is not None:
+            return name, card
+    pytest.skip("no shipped lesion card has a candidate filter")
+
+
+def test_shipped_candidate_filter_keeps_a_clear_cavity_and_changes_only_whole_candidates():
+    """The filtered map equals the unfiltered one except on whole candidates, each of which the
+    filter judged under its cut; the painted cavity (a clear lesion) is kept."""
+    from openrecon_stroke.lesion_voxel import VoxelLesionModel
+
+    _, card = _shipped_with_filter()
+    f = card.candidate_filter
+    model = VoxelLesionModel(card)
+    images, brain, centre = _painted_head(card, model)
+    whole = model.probability_arrays(images, brain, candidates=False)
+    got = model.probability_arrays(images, brain)
+    lab, ids = lc.label(whole, f.threshold, f.seed_probability, card.min_lesion_mm3, card.spacing_mm)
+    assert lab[centre] in ids, "the painted cavity is a candidate"
+    judged = dict(zip(ids, model.judge_candidates(model.features(images, brain), whole, brain, lab, ids)))
+    assert judged[lab[centre]] >= f.min_probability
+    removed = [k for k, q in judged.items() if q < f.min_probability]
+    assert (got[np.isin(lab, removed)] == 0).all()
+    np.testing.assert_array_equal(got[~np.isin(lab, removed)], whole[~np.isin(lab, removed)])
+
+
+def test_candidate_filter_with_the_highest_cut_removes_every_candidate_and_nothing_else(tmp_path):
+    """The shipped filter with its cut raised to just under 1: every candidate goes, whole, and
+    every other voxel keeps its probability; the filter is off with ``candidates=False``."""
+    import shutil
+
+    from openrecon_stroke.lesion_voxel import VoxelLesionModel
+
+    name, card = _shipped_with_filter()
+    src = REPO / "models" / "lesion" / name
+    d = json.loads((src / "card.json").read_text())
+    d["normative"] = str((src / d["normative"]).resolve())
+    for f in (
+        [e["file"] for e in d["files"]]
+        + [d["candidate_filter"]["file"]]
+        + ([d["cascade"]["file"]] if d.get("cascade") else [])
+    ):
+        shutil.copy(src / f, tmp_path / f)
+    d["candidate_filter"]["min_probability"] = 0.999999
+    (tmp_path / "card.json").write_text(json.dumps(d))
+    strict = VoxelLesionModel(VoxelClassifierCard.load(tmp_path))
+    f = strict.card.candidate_filter
+    images, brain, centre = _painted_head(strict.card, strict)
+    whole = strict.probability_arrays(images, brain, candidates=False)
+    got = strict.probability_arrays(images, brain)
+    lab, ids = lc.label(whole, f.threshold, f.seed_probability, strict.card.min_lesion_mm3, strict.card.spacing_mm)
+    assert ids and lab[centre] in ids
+    gone = np.isin(lab, ids)
+    assert (got[gone] == 0).all() and (whole[gone] >= f.threshold).all()
+    np.testing.assert_array_equal(got[~gone], whole[~gone])
