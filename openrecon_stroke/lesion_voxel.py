@@ -144,29 +144,26 @@ class VoxelLesionModel:
         """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
         already on that grid and the brain mask there (``cascade``: see :meth:`classify`; with
         ``candidates`` and the card's ``candidate_filter``, the candidates it rejects are set to 0)."""
-        x = self.features(images_t, brain_t)
-        out = self._probability(x, brain_t, cascade)
         f = self.card.candidate_filter
-        if f is not None and candidates:
-            lab, ids = lesion_candidates.label(
-                out, f.threshold, f.seed_probability, self.card.min_lesion_mm3, self.card.spacing_mm
+        if f is None or not candidates:
+            return self._probability(self.features(images_t, brain_t), brain_t, cascade)
+        x, out, lab, ids = self.candidates(images_t, brain_t, f.threshold, f.seed_probability, cascade)
+        judged = self.judge_candidates(x, out, brain_t, lab, ids)
+        drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
+        if drop:
+            gone = np.isin(lab, drop)
+            vox_ml = self.card.spacing_mm**3 / 1000
+            sizes = np.bincount(lab[gone], minlength=max(drop) + 1)
+            log.info(
+                "candidate filter: %d of %d lesion candidates removed (template space: %s; cut %.3f)",
+                len(drop),
+                len(ids),
+                ", ".join(
+                    f"{sizes[k] * vox_ml:.2f} mL at p={q:.3f}" for k, q in zip(ids, judged) if q < f.min_probability
+                ),
+                f.min_probability,
             )
-            judged = self.judge_candidates(x, out, brain_t, lab, ids)
-            drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
-            if drop:
-                gone = np.isin(lab, drop)
-                vox_ml = self.card.spacing_mm**3 / 1000
-                sizes = np.bincount(lab[gone], minlength=max(drop) + 1)
-                log.info(
-                    "candidate filter: %d of %d lesion candidates removed (template space: %s; cut %.3f)",
-                    len(drop),
-                    len(ids),
-                    ", ".join(
-                        f"{sizes[k] * vox_ml:.2f} mL at p={q:.3f}" for k, q in zip(ids, judged) if q < f.min_probability
-                    ),
-                    f.min_probability,
-                )
-                out[gone] = 0.0
+            out[gone] = 0.0
         return out
 
     def _probability(self, x: np.ndarray, brain_t: np.ndarray, cascade: bool) -> np.ndarray:
@@ -177,13 +174,18 @@ class VoxelLesionModel:
         return out
 
     def candidates(
-        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, threshold: float, seed: float
+        self,
+        images_t: dict[str, np.ndarray],
+        brain_t: np.ndarray,
+        threshold: float,
+        seed: float,
+        cascade: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """The voxel feature rows, the unfiltered probability on the template grid, its component
         labels and the labels that are candidates at ``threshold`` / ``seed``
         (:func:`openrecon_stroke.lesion_candidates.label`)."""
         x = self.features(images_t, brain_t)
-        prob = self._probability(x, brain_t, True)
+        prob = self._probability(x, brain_t, cascade)
         lab, ids = lesion_candidates.label(prob, threshold, seed, self.card.min_lesion_mm3, self.card.spacing_mm)
         return x, prob, lab, ids
 
