@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import nnunet
+from . import lesion_candidates, nnunet
 from .model_card import ModelCard
 from .runtime import LazySessions
 from .sliding_window import predict
@@ -126,17 +126,10 @@ def postprocess(
     """Binary mask: ``prob >= threshold``, 26-connected components under ``min_lesion_mm3`` removed;
     with ``seed``, also the components whose highest probability stays below ``seed`` (hysteresis:
     a lesion must be certain somewhere, its border may be less so)."""
-    mask = prob >= threshold
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel()) * voxel_mm3
-    keep = sizes >= min_lesion_mm3
-    if seed is not None and seed > threshold:
-        peak = np.zeros(n + 1, prob.dtype)
-        np.maximum.at(peak, lab.ravel(), prob.ravel())
-        keep &= peak >= seed
-    keep[0] = False
+    # a seed at or under the threshold holds for every component already
+    lab, ids = lesion_candidates.label(prob, threshold, seed if seed is not None else 0.0, min_lesion_mm3, voxel_mm3)
+    keep = np.zeros(int(lab.max()) + 1, bool)
+    keep[ids] = True
     return keep[lab]
 
 

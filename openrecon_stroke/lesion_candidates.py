@@ -70,21 +70,20 @@ def ventricle_distance_mm(spacing_mm: float) -> np.ndarray:
 
 
 def label(
-    prob: np.ndarray, threshold: float, seed: float, min_mm3: float, spacing_mm: float
+    prob: np.ndarray, threshold: float, seed: float, min_mm3: float, voxel_mm3: float
 ) -> tuple[np.ndarray, list[int]]:
     """Components of ``prob >= threshold`` (26-connected) and the labels of those that are
-    candidates (peak ``>= seed``, at least ``min_mm3``)."""
+    candidates (peak ``>= seed``, at least ``min_mm3``; ``voxel_mm3``: one voxel's volume)."""
     lab, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return lab, []
-    idx = np.arange(1, n + 1)
     inside = lab > 0  # only the labelled voxels (ndimage.maximum would sort the whole grid)
     labels = lab[inside]
-    size = np.bincount(labels, minlength=n + 1)[1:] * spacing_mm**3
-    peak = np.zeros(n + 1, np.float32)
+    size = np.bincount(labels, minlength=n + 1) * voxel_mm3
+    peak = np.zeros(n + 1, prob.dtype)
     np.maximum.at(peak, labels, prob[inside])
-    keep = (size >= min_mm3) & (peak[1:] >= seed)
-    return lab, [int(k) for k in idx[keep]]
+    keep = (size >= min_mm3) & (peak >= seed)
+    return lab, [int(k) for k in np.flatnonzero(keep[1:]) + 1]
 
 
 def describe(

@@ -186,7 +186,7 @@ class VoxelLesionModel:
         (:func:`openrecon_stroke.lesion_candidates.label`)."""
         x = self.features(images_t, brain_t)
         prob = self._probability(x, brain_t, cascade)
-        lab, ids = lesion_candidates.label(prob, threshold, seed, self.card.min_lesion_mm3, self.card.spacing_mm)
+        lab, ids = lesion_candidates.label(prob, threshold, seed, self.card.min_lesion_mm3, self.card.spacing_mm**3)
         return x, prob, lab, ids
 
     def judge_candidates(

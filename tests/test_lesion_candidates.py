@@ -23,9 +23,9 @@ def test_label_keeps_components_that_are_large_and_certain_enough():
     prob[_ball(shape, (15, 15, 10), 4)] = 0.95  # certain, 257 voxels
     prob[_ball(shape, (15, 15, 30), 4)] = 0.6  # below the seed
     prob[5, 5, 20] = 0.99  # one voxel: 3.4 mm3 on a 1.5 mm grid, under 10 mm3
-    lab, ids = lc.label(prob, 0.3, 0.9, 10.0, 1.5)
+    lab, ids = lc.label(prob, 0.3, 0.9, 10.0, 1.5**3)
     assert len(ids) == 1 and lab[15, 15, 10] == ids[0]
-    lab2, ids2 = lc.label(prob, 0.3, 0.0, 1.0, 1.5)
+    lab2, ids2 = lc.label(prob, 0.3, 0.0, 1.0, 1.5**3)
     assert len(ids2) == 3
 
 
@@ -41,7 +41,7 @@ def test_describe_reads_inside_shell_and_mirror():
     vox = {"flair_int": rel, "flair_z": np.where(ball, -5.0, 0.0).astype(np.float32)}
     vox["flair_mirror"] = rel - rel[:, :, ::-1]
     priors = {k: np.full(shape, v, np.float32) for k, v in (("csf", 0.1), ("wm", 0.8), ("depth", 20.0))}
-    lab, ids = lc.label(prob, 0.3, 0.5, 10.0, 1.5)
+    lab, ids = lc.label(prob, 0.3, 0.5, 10.0, 1.5**3)
     assert len(ids) == 1
     row = dict(zip(lc.feature_names(("flair",)), lc.describe(prob, lab, ids, brain, vox, ("flair",), priors, 1.5)[0]))
     n = int(ball.sum())
@@ -132,7 +132,7 @@ def test_shipped_candidate_filter_keeps_a_clear_cavity_and_changes_only_whole_ca
     images, brain, centre = _painted_head(card, model)
     whole = model.probability_arrays(images, brain, candidates=False)
     got = model.probability_arrays(images, brain)
-    lab, ids = lc.label(whole, f.threshold, f.seed_probability, card.min_lesion_mm3, card.spacing_mm)
+    lab, ids = lc.label(whole, f.threshold, f.seed_probability, card.min_lesion_mm3, card.spacing_mm**3)
     assert lab[centre] in ids, "the painted cavity is a candidate"
     judged = dict(zip(ids, model.judge_candidates(model.features(images, brain), whole, brain, lab, ids)))
     assert judged[lab[centre]] >= f.min_probability
@@ -165,7 +165,7 @@ def test_candidate_filter_with_the_highest_cut_removes_every_candidate_and_nothi
     images, brain, centre = _painted_head(strict.card, strict)
     whole = strict.probability_arrays(images, brain, candidates=False)
     got = strict.probability_arrays(images, brain)
-    lab, ids = lc.label(whole, f.threshold, f.seed_probability, strict.card.min_lesion_mm3, strict.card.spacing_mm)
+    lab, ids = lc.label(whole, f.threshold, f.seed_probability, strict.card.min_lesion_mm3, strict.card.spacing_mm**3)
     assert ids and lab[centre] in ids
     gone = np.isin(lab, ids)
     assert (got[gone] == 0).all() and (whole[gone] >= f.threshold).all()
