@@ -174,7 +174,7 @@ class BrainExtractor:
         src = sitk.Cast(image, sitk.sitkFloat32)
         # the cubic B-spline between axis-parallel grids (axial, sagittal, coronal series) as three
         # matrix products, else (oblique series, other interpolators) ITK's resampler
-        data = resample_parallel(src, ref, 3) if self.card.resample_image == "bspline3" else None
+        data = resample_parallel(src, ref) if self.card.resample_image == "bspline3" else None
         if data is None:
             interp = _INTERPOLATORS[self.card.resample_image]
             res = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)

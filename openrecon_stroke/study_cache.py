@@ -103,7 +103,7 @@ class StudyCache:
             log.warning("study cache entry %s_%s could not be written (%s)", key, contrast, e)
 
     def wait(self, timeout_s: float = 60.0) -> None:
-        """Wait for every write :meth:`put_later` has started (tests, orderly shutdown)."""
+        """Wait for every write :meth:`put_later` has started (for tests)."""
         with self._lock:
             pending = list(self._pending.values())
         for f in pending:

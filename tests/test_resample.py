@@ -63,7 +63,7 @@ def test_separable_bspline_matches_itk_between_axis_parallel_grids(seed):
     # the reference's first voxel somewhere inside the source, so that it overlaps and overhangs
     ref.SetOrigin(src.TransformContinuousIndexToPhysicalPoint((rng.random(3) * (n - 1)).tolist()))
     want = sitk.GetArrayFromImage(sitk.Resample(src, ref, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32))
-    got = resample_parallel(src, ref, 3)
+    got = resample_parallel(src, ref)
     assert got is not None and got.shape == want.shape and got.dtype == np.float32
     assert (want != 0).any()  # it overlaps the source (most seeds also overhang it: 0 there)
     np.testing.assert_allclose(got, want, atol=1e-3)
@@ -71,7 +71,7 @@ def test_separable_bspline_matches_itk_between_axis_parallel_grids(seed):
 
 def test_separable_bspline_declines_oblique_grids():
     src, ref, _ = _oblique_pair()
-    assert resample_parallel(src, ref, 3) is None
+    assert resample_parallel(src, ref) is None
 
 
 def test_pipeline_hands_each_stage_series_over_as_it_is_done(stroke_phantom):
