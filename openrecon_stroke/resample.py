@@ -67,3 +67,104 @@ def resample_array(
     out = np.full(tuple(ref.GetSize())[::-1], default, dtype=part.dtype)
     out[box] = part
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# separable resampling between grids whose axes are parallel
+# --------------------------------------------------------------------------------------------
+#: direction cosines closer than this count as parallel (DICOM stores them to about 1e-6; over a
+#: 300 mm field of view the points move by at most 3e-4 mm)
+PARALLEL_TOLERANCE = 1e-6
+
+
+def _axis_pairs(src: sitk.Image, ref: sitk.Image) -> list[tuple[int, float]] | None:
+    """For each axis of ``ref`` (x, y, z), the axis of ``src`` parallel to it and the sign, or
+    None when the two grids are not axis-parallel (an oblique slice stack, a rotated grid)."""
+    d_src = np.asarray(src.GetDirection(), float).reshape(3, 3)
+    d_ref = np.asarray(ref.GetDirection(), float).reshape(3, 3)
+    pairs = []
+    for a in range(3):
+        dots = d_src.T @ d_ref[:, a]
+        b = int(np.argmax(np.abs(dots)))
+        sign = float(np.sign(dots[b]))
+        if np.max(np.abs(d_src[:, b] * sign - d_ref[:, a])) > PARALLEL_TOLERANCE:
+            return None
+        pairs.append((b, sign))
+    if sorted(b for b, _ in pairs) != [0, 1, 2]:
+        return None
+    return pairs
+
+
+def _mirror(j: np.ndarray, n: int) -> np.ndarray:
+    """Whole-sample mirror of indices into ``range(n)`` (``-1 -> 1``, ``n -> n - 2``), as ITK's
+    B-spline interpolator and decomposition treat the image border."""
+    if n == 1:
+        return np.zeros_like(j)
+    period = 2 * (n - 1)
+    k = np.abs(j) % period
+    return np.where(k >= n, period - k, k)
+
+
+def _bspline3(u: np.ndarray) -> np.ndarray:
+    """The cubic B-spline at offsets ``u``."""
+    a = np.abs(u)
+    return np.where(a < 1, 2 / 3 - a**2 + a**3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
+
+
+def bspline_matrix(n_in: int, positions: np.ndarray) -> np.ndarray:
+    """``(len(positions), n_in)`` float64 matrix that interpolates a signal of ``n_in`` samples at
+    the continuous indices ``positions`` with the cubic B-spline, ITK's decomposition (prefilter)
+    folded in, whole-sample mirror at the border. Rows of positions outside
+    ``[-0.5, n_in - 0.5]`` are 0 (outside the image: the default value)."""
+    t = np.asarray(positions, float)
+    m = np.zeros((t.size, n_in))
+    rows = np.arange(t.size)
+    base = np.floor(t).astype(int) - 1
+    for k in range(4):
+        j = base + k
+        np.add.at(m, (rows, _mirror(j, n_in)), _bspline3(t - j))
+    if n_in > 1:  # samples = P @ coefficients (mirror border), so the coefficients are P^-1 @ samples
+        p = np.zeros((n_in, n_in))
+        i = np.arange(n_in)
+        for off, w in ((-1, 1 / 6), (0, 4 / 6), (1, 1 / 6)):
+            np.add.at(p, (i, _mirror(i + off, n_in)), w)
+        m = m @ np.linalg.inv(p)
+    m[(t < -0.5) | (t > n_in - 0.5)] = 0.0
+    return m
+
+
+def resample_parallel(src: sitk.Image, ref: sitk.Image) -> np.ndarray | None:
+    """``src`` resampled with the cubic B-spline onto ``ref``'s grid as a ``(z, y, x)`` float32
+    array when the two grids' axes are parallel (any flips and axis order; the common case: an
+    axial, sagittal or coronal series onto a grid in another storage order), else None.
+
+    The same values as ``sitk.Resample(src, ref, sitk.Transform(), sitk.sitkBSpline, 0.0)``
+    (float32 rounding apart) in about a third of the time on two cores:
+    interpolation along parallel axes is separable, so it is three small matrix products (the
+    B-spline prefilter of the whole source image folded in) instead of ITK's prefilter pass and
+    a 64-point interpolation per voxel. (For linear interpolation ITK is already faster.)"""
+    pairs = _axis_pairs(src, ref)
+    if pairs is None or src.GetDimension() != 3 or src.GetNumberOfComponentsPerPixel() != 1:
+        return None
+    d_src = np.asarray(src.GetDirection(), float).reshape(3, 3)
+    o_src, o_ref = np.asarray(src.GetOrigin(), float), np.asarray(ref.GetOrigin(), float)
+    sp_src, sp_ref = np.asarray(src.GetSpacing(), float), np.asarray(ref.GetSpacing(), float)
+    n_src, n_ref = src.GetSize(), ref.GetSize()
+    mats = {}
+    for a in range(3):  # the interpolation along each ref axis, from the source axis parallel to it
+        b, sign = pairs[a]
+        start = float(d_src[:, b] @ (o_ref - o_src)) / sp_src[b]
+        pos = start + sign * sp_ref[a] * np.arange(n_ref[a]) / sp_src[b]
+        mats[a] = bspline_matrix(n_src[b], pos)
+    # numpy axis k of the working array holds ref axis ``axes[k]`` (x = 0, y = 1, z = 2); the
+    # axis that shrinks most goes first, so the later products see fewer voxels
+    out = np.asarray(sitk.GetArrayViewFromImage(src), dtype=np.float64)
+    ref_axis_of = {b: a for a, (b, _) in enumerate(pairs)}  # source axis -> the ref axis parallel to it
+    axes = [ref_axis_of[b] for b in (2, 1, 0)]
+    for a in sorted(range(3), key=lambda a: mats[a].shape[0] / mats[a].shape[1]):
+        k = axes.index(a)
+        moved = np.moveaxis(out, k, 0)
+        res = mats[a] @ moved.reshape(moved.shape[0], -1)
+        out = np.moveaxis(res.reshape((res.shape[0],) + moved.shape[1:]), 0, k)
+    out = np.transpose(out, [axes.index(a) for a in (2, 1, 0)])
+    return np.ascontiguousarray(out, dtype=np.float32)

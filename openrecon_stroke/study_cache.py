@@ -7,6 +7,11 @@ patient id) and contrast. Each entry is a folder holding SimpleITK images (``.mh
 exact geometry) and ``meta.json``; it is written to a temporary folder and renamed, so a
 reader never sees half an entry. Entries expire after ``ttl_s``; beyond ``max_entries`` the
 oldest go first. An unreadable entry is deleted and reported, never fatal.
+
+A series' entries are written while its connection still runs, but the scanner need not wait for
+the disk: :meth:`StudyCache.put_later` writes on the cache's own writer thread, and :meth:`get`
+of an entry still being written waits for it (the next series of a study arrives minutes later
+on a scanner; a write that fails is reported and the entry is simply absent).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -42,6 +48,8 @@ class StudyCache:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: dict[Path, Future] = {}
 
     def _dir(self, key: str, contrast: str) -> Path:
         if not key.isalnum() or not contrast.isalnum():
@@ -70,9 +78,49 @@ class StudyCache:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    def get(self, key: str, contrast: str) -> tuple[dict[str, sitk.Image], dict] | None:
-        """The stored images and meta, or None (absent, expired, or unreadable)."""
+    def put_later(self, key: str, contrast: str, images: dict[str, sitk.Image], meta: dict) -> None:
+        """:meth:`put` on the cache's writer thread; returns at once. The images must not be
+        changed afterwards (SimpleITK filters make new images; nothing here writes into one).
+        A :meth:`get` of the same entry waits for the write; a failed write is logged."""
+        d = self._dir(key, contrast)  # a bad key fails here, in the caller
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, "study-cache")
+            fut = self._writer.submit(self._write, key, contrast, images, meta)
+            self._pending[d] = fut
+
+        def done(f: Future) -> None:
+            with self._lock:
+                if self._pending.get(d) is f:
+                    del self._pending[d]
+
+        fut.add_done_callback(done)
+
+    def _write(self, key: str, contrast: str, images: dict[str, sitk.Image], meta: dict) -> None:
+        try:
+            self.put(key, contrast, images, meta)
+        except Exception as e:  # the entry is absent; a later series is analysed without it
+            log.warning("study cache entry %s_%s could not be written (%s)", key, contrast, e)
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        """Wait for every write :meth:`put_later` has started (for tests)."""
+        with self._lock:
+            pending = list(self._pending.values())
+        for f in pending:
+            f.result(timeout=timeout_s)
+
+    def get(self, key: str, contrast: str, wait_s: float = 60.0) -> tuple[dict[str, sitk.Image], dict] | None:
+        """The stored images and meta, or None (absent, expired, or unreadable). An entry that
+        :meth:`put_later` is still writing is waited for, at most ``wait_s`` seconds."""
         d = self._dir(key, contrast)
+        with self._lock:
+            fut = self._pending.get(d)
+        if fut is not None:
+            try:
+                fut.result(timeout=wait_s)
+            except TimeoutError:
+                log.warning("study cache entry %s is still being written after %.0f s; not used", d.name, wait_s)
+                return None
         with self._lock:
             if not d.exists():
                 return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -138,3 +139,31 @@ def test_cache_put_get_expiry_eviction_and_corruption(tmp_path, caplog):
     assert old.get("k2", "t1") is None  # expired
     with pytest.raises(ValueError):
         c.put("../x", "t1", {}, {})
+
+
+def test_cache_put_later_is_waited_for_and_a_failed_write_is_reported(tmp_path, caplog, monkeypatch):
+    g = Grid((4, 5, 6), (1.0, 1.0, 1.0), rotation(0, 0, 0), (0.0, 0.0, 0.0))
+    img = g.to_sitk(np.arange(120, dtype=np.float32).reshape(g.shape))
+    c = StudyCache(tmp_path)
+    real_put = StudyCache.put
+    started, release = threading.Event(), threading.Event()
+
+    def slow_put(self, *a):
+        started.set()
+        release.wait(10)
+        return real_put(self, *a)
+
+    monkeypatch.setattr(StudyCache, "put", slow_put)
+    c.put_later("k1", "t1", {"image": img}, {"note": "later"})
+    assert started.wait(10) and not (tmp_path / "k1_t1").exists()  # still being written
+    threading.Timer(0.2, release.set).start()
+    got, meta = c.get("k1", "t1")  # waits for the writer
+    assert meta == {"note": "later"}
+    assert np.array_equal(sitk.GetArrayFromImage(got["image"]), sitk.GetArrayFromImage(img))
+    # a write that fails leaves no entry and says why; the caller never sees the exception
+    monkeypatch.setattr(StudyCache, "put", real_put)
+    c.put_later("k2", "t1", {"bad name": img}, {})
+    c.wait()
+    assert c.get("k2", "t1") is None and "could not be written" in caplog.text
+    with pytest.raises(ValueError):
+        c.put_later("../x", "t1", {}, {})

@@ -12,6 +12,9 @@ there, times ``--margin``.
     .venv/bin/python models/lesion/candidate_train.py models/lesion/flair --cache CASES \\
         --fold FOLD_A/flair synthseg_01-04 chris_t1 --fold FOLD_B/flair ... \\
         --val synthseg_13 synthseg_14 [--write]
+
+``--cache`` takes several case caches (e.g. the main one, more lesion cases in the real heads,
+healthy heads with enlarged ventricles): the training candidates come from all of them.
 """
 
 from __future__ import annotations
@@ -116,7 +119,9 @@ def train(x: np.ndarray, y: np.ndarray, ml: np.ndarray, rounds: int, seed: int =
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="the shipped model's folder (its card gets the filter)")
-    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, nargs="+", required=True,
+                    help="case caches; training candidates come from every one (each fold's heads), "
+                         "validation candidates from the first")
     ap.add_argument("--fold", nargs="+", action="append", required=True, metavar=("MODEL", "HEAD"),
                     help="an out-of-fold model folder and the heads it never saw (repeat per fold)")
     ap.add_argument("--val", nargs="+", default=["synthseg_13", "synthseg_14"])
@@ -137,12 +142,12 @@ def main(argv=None) -> int:
         if tuple(m.card.features) != tuple(shipped.card.features):
             log.error("%s has other features than %s", folder, args.model)
             return 2
-        parts.append(kept(args.keep, m, args.cache, heads, thr, seed))
+        parts += [kept(args.keep, m, cache, heads, thr, seed) for cache in args.cache]
     tr = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     log.info("training candidates: %d (%d true)", len(tr["y"]), int(tr["y"].sum()))
     t0 = time.perf_counter()
     booster = train(tr["x"], tr["y"], tr["ml"], args.rounds)
-    val = kept(args.keep, shipped, args.cache, expand(args.val), thr, seed)
+    val = kept(args.keep, shipped, args.cache[0], expand(args.val), thr, seed)
     pv = booster.predict(val["x"]) if len(val["y"]) else np.zeros(0)
     lowest_true = float(pv[val["y"]].min()) if val["y"].any() else 0.5
     cut = round(lowest_true * args.margin, 5)

@@ -15,6 +15,8 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 CACHE=${CACHE:-$HOME/.cache/openrecon-stroke/lesion-cases}
 WORK=${WORK:-$CACHE/build}
+CACHE_REAL_EXTRA=${CACHE_REAL_EXTRA:-$CACHE-real-extra}
+CACHE_VENTRICLES=${CACHE_VENTRICLES:-$CACHE-ventricles}
 VAL="synthseg_13 synthseg_14"
 TEST="synthseg_15 synthseg_16 synthseg_17 synthseg_18 synthseg_19 synthseg_20"
 
@@ -23,6 +25,14 @@ $PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_01-14 --seeds 0-2 -
 $PY models/lesion/cases.py --cache "$CACHE" --heads mni --seeds 0-2 --healthy-seeds 100 --no-flair-alone
 $PY models/lesion/cases.py --cache "$CACHE" --heads chris_t1 gd_t1 flair_real --seeds 0-3 --healthy-seeds 100
 $PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_15-20 --seeds 0-1 --healthy-seeds 100
+
+# 1b. cases only the T1-w card's candidate filter learns from (kept apart: no voxel model sees them):
+#     more lesions in the two real T1-w heads (gd_t1 seed 4 fails its template check and is left
+#     out), and healthy heads with both lateral ventricles grown by 40 %
+$PY models/lesion/cases.py --cache "$CACHE_REAL_EXTRA" --heads chris_t1 --seeds 4-9 --healthy-seeds ""
+$PY models/lesion/cases.py --cache "$CACHE_REAL_EXTRA" --heads gd_t1 --seeds 5-9 --healthy-seeds ""
+$PY models/lesion/cases.py --cache "$CACHE_VENTRICLES" --heads synthseg_01-12 --seeds "" --healthy-seeds 200 \
+    --ventricle-growth 0.4
 
 # 2. normative models (never the validation or test heads): healthy heads only, for the lesion
 #    models' z-features; and with the lesion heads' tissue away from their lesions, for the anomaly map
@@ -37,8 +47,8 @@ $PY models/lesion/cases.py --cache "$CACHE" --heads synthseg_15-20 --seeds 0-1 -
     $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/normative" --out "$WORK/models" \
         --exclude $VAL --hard-rounds 1
 
-# 3b. out-of-fold models for the fusion card's candidate filter (models/lesion/candidate_train.py):
-#     the training heads in three folds, each fold's normative and voxel model built without its heads
+# 3b. out-of-fold models for the T1-w and fusion cards' candidate filters (models/lesion/candidate_train.py):
+#     the training heads in three folds, each fold's normative and voxel models built without its heads
 #     (a FLAIR filter was measured and not shipped: models/lesion/MODEL_CARD.md)
 declare -A FOLD
 FOLD[a]="synthseg_01 synthseg_02 synthseg_03 synthseg_04 chris_t1"
@@ -47,9 +57,11 @@ FOLD[c]="synthseg_09 synthseg_10 synthseg_11 synthseg_12 flair_real"
 for f in a b c; do
     [ -f "$WORK/folds/$f/normative/card.json" ] ||
         $PY models/normative/build.py --cache "$CACHE" --out "$WORK/folds/$f/normative" --exclude $VAL $TEST ${FOLD[$f]}
-    [ -f "$WORK/folds/$f/fusion/card.json" ] ||
-        $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/folds/$f/normative" \
-            --out "$WORK/folds/$f" --exclude $VAL ${FOLD[$f]} --inputs fusion --hard-rounds 1
+    for inp in t1 fusion; do
+        [ -f "$WORK/folds/$f/$inp/card.json" ] ||
+            $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/folds/$f/normative" \
+                --out "$WORK/folds/$f" --exclude $VAL ${FOLD[$f]} --inputs $inp --hard-rounds 1
+    done
 done
 
 # 4. evaluation: validation (choose), test (report), anomaly map and ventricles
@@ -85,7 +97,10 @@ echo "then cut and calibrate each card's cascade on the training heads, checked 
 echo "  for m in t1 flair fusion; do $PY models/lesion/cascade.py models/lesion/\$m --cache $CACHE \\"
 echo "    --heads chris_t1 flair_real gd_t1 mni synthseg_01-12 --per-head 2 --check $TEST \\"
 echo "    --trees 140 --safe 0.2 --margin 0.5 --skip-fraction 0.0001 --write; done"
-echo "then train the fusion card's candidate filter on the out-of-fold candidates:"
+echo "then train the T1-w and fusion cards' candidate filters on the out-of-fold candidates:"
+echo "  $PY models/lesion/candidate_train.py models/lesion/t1 --cache $CACHE $CACHE_REAL_EXTRA $CACHE_VENTRICLES \\"
+echo "    --margin 0.25 --fold $WORK/folds/a/t1 ${FOLD[a]} --fold $WORK/folds/b/t1 ${FOLD[b]} \\"
+echo "    --fold $WORK/folds/c/t1 ${FOLD[c]} --write"
 echo "  $PY models/lesion/candidate_train.py models/lesion/fusion --cache $CACHE --margin 0.25 \\"
 echo "    --fold $WORK/folds/a/fusion ${FOLD[a]} --fold $WORK/folds/b/fusion ${FOLD[b]} \\"
 echo "    --fold $WORK/folds/c/fusion ${FOLD[c]} --write"

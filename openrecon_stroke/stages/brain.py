@@ -157,7 +157,7 @@ class Preprocess(Stage):
 
         if study.cache is not None and key:
             for c in images:
-                study.cache.put(
+                study.cache.put_later(
                     key, c, {"n4": n4[c], "brain_mask": brains[c]}, {"description": study.inputs[c].description}
                 )
         elif study.cache is not None and len(images) == 1:

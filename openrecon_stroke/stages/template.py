@@ -131,7 +131,7 @@ class TemplateRegistrationStage(Stage):
         img, msk = sitk.GetImageFromArray(image.astype(np.float32)), sitk.GetImageFromArray(brain.astype(np.uint8))
         img.CopyInformation(grid)
         msk.CopyInformation(grid)
-        study.cache.put(key, f"{ref}ontemplate", {"image": img, "brain": msk}, {"spacing_mm": GRID_MM})
+        study.cache.put_later(key, f"{ref}ontemplate", {"image": img, "brain": msk}, {"spacing_mm": GRID_MM})
 
     @staticmethod
     def _registration(study: Study, ref: str, brain: BrainResult) -> tuple[template.TemplateRegistration, bool]:
@@ -147,5 +147,5 @@ class TemplateRegistrationStage(Stage):
                 return template.from_cache(*got), True
         reg = template.register(brain.n4[ref], brain.brain_mask[ref])
         if study.cache is not None and key and reg.ok and ref in study.inputs:
-            study.cache.put(key, entry, *template.to_cache(reg))
+            study.cache.put_later(key, entry, *template.to_cache(reg))
         return reg, False
