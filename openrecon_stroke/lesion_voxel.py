@@ -48,13 +48,15 @@ BLOCK_ROWS = 200_000
 class VoxelLesionModel:
     """A voxel-classifier card with its ONNX Runtime sessions and normative model (loaded once)."""
 
-    def __init__(self, card: VoxelClassifierCard):
+    def __init__(self, card: VoxelClassifierCard, threads: int | None = None):
+        """``threads``: intra-op threads of its ONNX Runtime sessions (default: the study's,
+        :func:`~openrecon_stroke.runtime.study_threads`)."""
         self.card = card
-        self._sessions = LazySessions(card.files)
+        self._sessions = LazySessions(card.files, threads=threads)
         # the cascade's first trees
-        self._first = LazySessions([card.cascade.file]) if card.cascade is not None else None
+        self._first = LazySessions([card.cascade.file], threads=threads) if card.cascade is not None else None
         f = card.candidate_filter
-        self._filter = LazySessions([f.file]) if f is not None else None
+        self._filter = LazySessions([f.file], threads=threads) if f is not None else None
         self._priors: dict[str, np.ndarray] | None = None
         self._normative: voxel_features.Normative | None = None
 
