@@ -12,7 +12,8 @@ Pipeline (HD-BET's own recipe, done in physical space so that any input grid wor
 2. z-score the whole resampled volume (as HD-BET); then (speed-up, card ``crop_to_head``) crop
    to the head's bounding box + 12 mm and pad with 0 at the upper end to a multiple of 16
    (HD-BET pads the whole volume to a multiple of 16 and at least 128 per axis; with the crop
-   the minimum is 96);
+   the minimum is 96); in ``fast`` mode an axis of the grid may be a little coarser where that
+   spares a step of padding (card ``modes.fast.fit_spacing_max_mm``, :meth:`BrainExtractor.fit_spacing`);
 3. run one or more folds (optionally with mirroring along all three axes) and average the
    softmax; the brain probability is resampled (linear) back onto the *input* grid,
    thresholded at 0.5 and reduced to its largest 26-connected component.
