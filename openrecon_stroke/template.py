@@ -44,6 +44,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .resample import same_grid
+
 log = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "MNI ICBM152 2009a nonlinear symmetric"
@@ -218,19 +220,10 @@ class TemplateRegistration:
         return lps_to_mni(out)
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-6)
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=1e-9)
-        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-9)
-    )
-
-
 def _mask_on(mask: sitk.Image, ref: sitk.Image) -> sitk.Image:
     """``mask > 0`` as float32 (0/1) on ``ref``'s grid (nearest neighbour; no resampling when
     the mask is on that grid already, as the series' brain mask always is)."""
-    if not _same_grid(mask, ref):
+    if not same_grid(mask, ref):
         mask = sitk.Resample(mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.Cast(mask > 0, sitk.sitkFloat32)
 
@@ -481,17 +474,15 @@ def register(
 
     try:
         fits = affine_candidates(moving, moving_mask, tmpl)
-        first = judge(next(fits))
-        fit = first
+        fit = first = judge(next(fits))
         # a fit that fails its check: the next-best coarse starts, up to AFFINE_TRIES in all
-        for k in range(2, AFFINE_TRIES + 1):
-            if not fit[-1]:
-                break
-            fit = judge(next(fits))
-            if not fit[-1]:
-                log.info("affine registration: the best start failed its check; start %d passed", k)
+        tried = 1
+        while fit[-1] and tried < AFFINE_TRIES:
+            fit, tried = judge(next(fits)), tried + 1
         if fit[-1]:
             fit = first  # none passed: report the best start's reasons
+        elif tried > 1:
+            log.info("affine registration: the best start failed its check; start %d passed", tried)
     except (RuntimeError, StopIteration) as e:  # the optimiser found nothing to work on
         return TemplateRegistration(
             "none", None, None, None, None, 1.0, {}, False, f"affine registration failed ({e})", {}
