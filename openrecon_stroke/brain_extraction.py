@@ -12,7 +12,8 @@ Pipeline (HD-BET's own recipe, done in physical space so that any input grid wor
 2. z-score the whole resampled volume (as HD-BET); then (speed-up, card ``crop_to_head``) crop
    to the head's bounding box + 12 mm and pad with 0 at the upper end to a multiple of 16
    (HD-BET pads the whole volume to a multiple of 16 and at least 128 per axis; with the crop
-   the minimum is 96);
+   the minimum is 96); in ``fast`` mode an axis of the grid may be a little coarser where that
+   spares a step of padding (card ``modes.fast.fit_spacing_max_mm``, :meth:`BrainExtractor.fit_spacing`);
 3. run one or more folds (optionally with mirroring along all three axes) and average the
    softmax; the brain probability is resampled (linear) back onto the *input* grid,
    thresholded at 0.5 and reduced to its largest 26-connected component.
@@ -77,10 +78,16 @@ class BrainExtractor:
             return np.full(3, self.card.modes[folds][2], dtype=np.float64)
         return self.spacing
 
+    def fit_spacing_max(self, folds: int | str) -> float | None:
+        """A mode's largest network spacing (mm) for :meth:`fit_spacing`, or None (the grid as is)."""
+        if isinstance(folds, str) and folds in self.card.modes:
+            return self.card.modes[folds][3]
+        return None
+
     def resolve(self, folds: int | str, tta: bool | None) -> tuple[int, bool]:
         modes = self.card.modes
         if isinstance(folds, str) and folds in modes:
-            n, default_tta, _ = modes[folds]
+            n, default_tta = modes[folds][:2]
             n = self.n_folds if n == "all" else min(int(n), self.n_folds)
         elif isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
             n, default_tta = int(folds), False
@@ -120,12 +127,12 @@ class BrainExtractor:
         mins = (self.crop.min_shape if cropped else self.card.pad_min_shape) or (0, 0, 0)
         return tuple(max(int(np.ceil(s / k) * k), int(m)) for s, m in zip(shape, mins))
 
-    def head_box(self, raw: np.ndarray, spacing_zyx) -> tuple[slice, ...] | None:
+    def head_box(self, raw: np.ndarray, spacing_zyx, step: int = 2) -> tuple[slice, ...] | None:
         """Bounding box (+ margin) of the head in a (z, y, x) array of raw intensities: the
-        largest connected component above ``threshold_fraction_of_p99`` x 99th percentile."""
+        largest connected component above ``threshold_fraction_of_p99`` x 99th percentile
+        (found on a ``step`` x subsampled copy; the margin absorbs the error)."""
         if not self.crop.enabled:
             return None
-        step = 2  # find the box on a 2x subsampled copy; the margin absorbs the error
         small = raw[::step, ::step, ::step]
         thr = self.crop.threshold_fraction_of_p99 * float(np.percentile(small, 99))
         fg = small > thr
@@ -140,6 +147,52 @@ class BrainExtractor:
             hi = min(raw.shape[a], (int(idx[a].max()) + 1) * step + margin[a])
             box.append(slice(lo, hi))
         return tuple(box)
+
+    def fit_spacing(
+        self, image: sitk.Image, spacing: np.ndarray, max_mm: float
+    ) -> tuple[np.ndarray, tuple[slice, ...]] | None:
+        """A network spacing per axis (x, y, z mm), each between ``spacing`` and ``max_mm``, at
+        which the padded head box has fewer voxels than at ``spacing``, and that box on the grid
+        of that spacing (:meth:`network_grid`); None where no axis gains.
+
+        The network's input is the head box padded up to a multiple of ``pad_divisible_by``
+        (16) per axis, so a head box of 129 voxels costs 144. A slightly coarser spacing along
+        that axis (here 1.77 instead of 1.75 mm on a 226 mm head) brings it to 128: the network
+        does 11 % less work for a grid 1 % coarser on one axis. The head box is found once, on a
+        copy at twice ``spacing`` (linear interpolation), in millimetres along the network axes."""
+        if not self.crop.enabled:
+            return None
+        coarse = self.network_grid(image, 2.0 * np.asarray(spacing, dtype=np.float64))
+        raw = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), coarse, sitk.Transform(), sitk.sitkLinear, 0.0)
+        sp_c = np.asarray(coarse.GetSpacing(), dtype=np.float64)[::-1]  # z, y, x
+        box_c = self.head_box(sitk.GetArrayViewFromImage(raw), sp_c, step=1)
+        if box_c is None:
+            return None
+        extent = np.asarray(coarse.GetSize(), dtype=np.float64)[::-1] * sp_c
+        base = np.asarray(spacing, dtype=np.float64)[::-1]
+        k = self.card.pad_divisible_by
+        mins = self.crop.min_shape or (0, 0, 0)
+
+        def padded(a: int, s: float) -> tuple[int, slice]:
+            n = max(1, int(np.round(extent[a] / s)))
+            s_eff = extent[a] / n
+            lo = max(0, int(np.floor(box_c[a].start * sp_c[a] / s_eff + 1e-6)))
+            hi = min(n, int(np.ceil(box_c[a].stop * sp_c[a] / s_eff - 1e-6)))
+            return max(int(np.ceil((hi - lo) / k) * k), int(mins[a])), slice(lo, hi)
+
+        out_sp, out_box, gain = [], [], False
+        for a in range(3):
+            best = (padded(a, base[a]), base[a])
+            for s in np.arange(base[a], max_mm + 1e-9, 0.005):
+                p = padded(a, float(s))
+                if p[0] < best[0][0]:
+                    best = (p, float(s))
+            gain |= best[1] != base[a]
+            out_sp.append(best[1])
+            out_box.append(best[0][1])
+        if not gain:
+            return None
+        return np.asarray(out_sp[::-1]), tuple(out_box)
 
     def predict_array(self, data: np.ndarray, n_folds: int, tta: bool, cropped: bool = False) -> np.ndarray:
         """Brain probability for a normalised (z, y, x) array on the network grid."""
@@ -163,14 +216,19 @@ class BrainExtractor:
         return acc[: shp[0], : shp[1], : shp[2]]
 
     def network_input(
-        self, image: sitk.Image, spacing: np.ndarray | None = None
+        self, image: sitk.Image, spacing: np.ndarray | None = None, fit_max_mm: float | None = None
     ) -> tuple[np.ndarray, tuple[slice, ...] | None, sitk.Image]:
         """``(data, box, grid)``: the image resampled onto the network grid ``grid`` (see
         :meth:`network_grid`) and z-scored over the whole field of view, as HD-BET does; ``box``
-        is the head's bounding box in ``data`` (card ``crop_to_head``) or None."""
+        is the head's bounding box in ``data`` (card ``crop_to_head``) or None. With
+        ``fit_max_mm``, the spacing may grow per axis up to it where the padded box shrinks
+        (:meth:`fit_spacing`)."""
         if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("brain extraction needs a scalar 3D image")
-        ref = self.network_grid(image, spacing)
+        fitted = None
+        if fit_max_mm is not None:
+            fitted = self.fit_spacing(image, self.spacing if spacing is None else spacing, fit_max_mm)
+        ref = self.network_grid(image, fitted[0] if fitted is not None else spacing)
         src = sitk.Cast(image, sitk.sitkFloat32)
         # the cubic B-spline between axis-parallel grids (axial, sagittal, coronal series) as three
         # matrix products, else (oblique series, other interpolators) ITK's resampler
@@ -179,7 +237,7 @@ class BrainExtractor:
             interp = _INTERPOLATORS[self.card.resample_image]
             res = sitk.Resample(src, ref, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
             data = sitk.GetArrayFromImage(res).astype(np.float32)
-        box = self.head_box(data, ref.GetSpacing()[::-1])
+        box = fitted[1] if fitted is not None else self.head_box(data, ref.GetSpacing()[::-1])
         data -= data.mean(dtype=np.float64)  # statistics of the whole field of view, as HD-BET
         sd = data.std(dtype=np.float64)
         data /= sd if sd > 0 else 1.0
@@ -188,7 +246,7 @@ class BrainExtractor:
     def probability(self, image: sitk.Image, folds: int | str = "fast", tta: bool | None = None) -> sitk.Image:
         """Brain probability (float32) on the network grid (see :meth:`network_grid`)."""
         n_folds, tta = self.resolve(folds, tta)
-        data, box, ref = self.network_input(image, self.grid_spacing(folds))
+        data, box, ref = self.network_input(image, self.grid_spacing(folds), self.fit_spacing_max(folds))
         if box is None:
             prob = self.predict_array(data, n_folds, tta)
         else:

@@ -588,7 +588,9 @@ class BrainExtractionCard(Card):
     resample_image: str
     mask_back: str
     postprocess: str
-    #: mode -> (folds: a count or "all", mirroring, network grid spacing in mm or None = the card grid)
+    #: mode -> (folds: a count or "all", mirroring, network grid spacing in mm or None = the card
+    #: grid, largest spacing in mm to which an axis may grow where that shrinks the padded input
+    #: or None)
     modes: dict
 
     @classmethod
@@ -619,6 +621,9 @@ class BrainExtractionCard(Card):
                     v["folds"] if v["folds"] == "all" else int(v["folds"]),
                     bool(v["tta"]),
                     _positive(v["spacing_mm"], f"modes.{k}.spacing_mm") if v.get("spacing_mm") is not None else None,
+                    _positive(v["fit_spacing_max_mm"], f"modes.{k}.fit_spacing_max_mm")
+                    if v.get("fit_spacing_max_mm") is not None
+                    else None,
                 )
                 for k, v in modes.items()
             },
@@ -641,7 +646,10 @@ def _floats3(v) -> tuple[float, float, float]:
 
 
 def _positive(v, what: str) -> float:
-    x = float(v)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive number of mm, got {v!r}") from None
     if not (np.isfinite(x) and x > 0):
         raise ValueError(f"{what} must be a positive number of mm, got {v!r}")
     return x

@@ -49,6 +49,17 @@ def sub_grid(ref: sitk.Image, box: Box) -> sitk.Image:
     return sub
 
 
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether two images lie on one voxel grid (size, and origin / spacing / direction to
+    1e-4 mm / 1e-6), so that resampling one onto the other would change nothing."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    )
+
+
 def resample_array(
     src: sitk.Image,
     ref: sitk.Image,

@@ -94,9 +94,40 @@ def test_card_drives_runner():
     # the card's grid per mode: fast on its own coarser grid, accurate and fold counts on HD-BET's
     assert ex.grid_spacing("fast").tolist() == [1.75] * 3
     assert ex.grid_spacing("accurate").tolist() == ex.grid_spacing(1).tolist() == [1.5] * 3
+    # fast may coarsen an axis up to the card's cap where that saves a padding step
+    assert ex.fit_spacing_max("fast") == 1.9
+    assert ex.fit_spacing_max("accurate") is None and ex.fit_spacing_max(1) is None
     for bad in ("medium", 0, ex.n_folds + 1, True):
         with pytest.raises(ValueError):
             ex.resolve(bad, None)
+
+
+@needs_models
+def test_fitted_spacing_drops_a_padding_step():
+    """A head 226 mm long on one axis needs 130 voxels at 1.75 mm, padded to 144; at 1.77 mm it
+    fits in 128. The fitted grid coarsens that axis only, within the cap, and its head box
+    still holds the whole head."""
+    ex = be.get_extractor()
+    size = (150, 226, 160)  # x, y, z voxels of 1 mm
+    head = np.zeros(size[::-1], np.float32)
+    head[4:-4, 1:-1, 6:-6] = 100.0  # the head touches the field of view's ends along y
+    img = sitk.GetImageFromArray(head)
+    base = np.full(3, 1.75)
+    data, box, _ = ex.network_input(img, base)
+    assert [b.stop - b.start for b in box][1] > 128  # padded to 144 at 1.75 mm
+    assert ex.fit_spacing(img, base, 1.75) is None  # no room to grow: as before
+    sp, fbox = ex.fit_spacing(img, base, 1.9)
+    assert sp[0] == sp[2] == 1.75 and 1.75 < sp[1] <= 1.9
+    data_f, box_f, ref_f = ex.network_input(img, base, 1.9)
+    assert box_f == fbox
+    lengths = [b.stop - b.start for b in box_f]
+    assert lengths[1] == 128 and np.prod(ex._pad_shape(lengths, True)) < np.prod(ex._pad_shape([b.stop - b.start for b in box], True))
+    # every head voxel's centre falls inside the fitted box
+    zz, yy, xx = np.nonzero(head[::8, ::8, ::8] > 0)
+    for z, y, x in zip(zz * 8, yy * 8, xx * 8):
+        idx = ref_f.TransformPhysicalPointToContinuousIndex(img.TransformIndexToPhysicalPoint((int(x), int(y), int(z))))
+        for a, b in zip(idx[::-1], box_f):
+            assert b.start - 0.5 <= a <= b.stop - 0.5
 
 
 @needs_models

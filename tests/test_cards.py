@@ -61,13 +61,18 @@ def test_brain_extraction_card_is_typed(tmp_path):
     if not (src / "card.json").is_file():
         pytest.skip("models/hdbet not built")
     card = BrainExtractionCard.load(src, verify=False)
-    assert card.modes["fast"] == (1, False, 1.75) and card.modes["accurate"] == ("all", True, None)
+    assert card.modes["fast"] == (1, False, 1.75, 1.9) and card.modes["accurate"] == ("all", True, None, None)
     assert card.crop.enabled and card.pad_divisible_by == 16 and card.spacing_mm == (1.5, 1.5, 1.5)
     assert card.session_options() == {"low_memory": True, "fold_weights": True}
     d = _copy_card(src, tmp_path)
     del d["padding"]
     (tmp_path / "card.json").write_text(json.dumps(d))
     with pytest.raises(ModelCardError, match="lacks the required key 'padding'"):
+        load_card(tmp_path, verify=False)
+    d = _copy_card(src, tmp_path)
+    d["modes"]["fast"]["fit_spacing_max_mm"] = "wide"
+    (tmp_path / "card.json").write_text(json.dumps(d))
+    with pytest.raises((ModelCardError, ValueError), match="fit_spacing_max_mm"):
         load_card(tmp_path, verify=False)
     _copy_card(src, tmp_path)
     with pytest.raises(ModelCardError, match="is missing"):  # the model files are not beside this copy

@@ -93,6 +93,7 @@ def small_grid_extractor(tmp_path, monkeypatch):
     # both modes on one grid here, so that the test compares networks and mirrorings only (the
     # fast mode's own coarser grid is checked in test_brain_extraction.py)
     card["modes"]["fast"].pop("spacing_mm", None)
+    card["modes"]["fast"].pop("fit_spacing_max_mm", None)
     for f in card["files"]:
         f["file"] = str(real / f["file"])
     (tmp_path / "card.json").write_text(json.dumps(card))

@@ -129,3 +129,42 @@ def test_registration_stored_in_the_study_cache_is_rebuilt_exactly(tmp_path):
     for p in [(0.0, -18.0, 10.0), (30.0, 20.0, 40.0), (-40.0, -60.0, -10.0)]:
         np.testing.assert_allclose(back.to_native.TransformPoint(p), reg.to_native.TransformPoint(p), atol=1e-4)
         np.testing.assert_allclose(back.to_template.TransformPoint(p), reg.to_template.TransformPoint(p), atol=1e-4)
+
+
+def _upside_down(truth: sitk.Similarity3DTransform) -> sitk.AffineTransform:
+    """``truth`` turned 90 degrees about the left-right axis: a fit in the wrong basin."""
+    bad = sitk.AffineTransform(3)
+    bad.SetCenter(truth.GetCenter())
+    r = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    bad.SetMatrix(tuple((r @ np.array(truth.GetMatrix()).reshape(3, 3)).flatten()))
+    bad.SetTranslation(truth.GetTranslation())
+    return bad
+
+
+@pytest.mark.slow
+def test_an_affine_fit_that_fails_its_check_is_followed_by_the_next_start(monkeypatch, caplog):
+    """When the best coarse start ends in the wrong basin (here forced: the first fit is the
+    brain turned 90 degrees), the next-best start is refined and used; when every fit tried is
+    wrong, the first one's reasons are reported."""
+    image, mask, truth = _known_subject("flair")
+    real = template.affine_candidates
+
+    def wrong_first(*args, **kwargs):
+        yield _upside_down(truth)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(template, "affine_candidates", wrong_first)
+    with caplog.at_level("INFO", logger="openrecon_stroke.template"):
+        reg = template.register(image, mask, deformable=False)
+    assert reg.ok and reg.kind == "affine", reg.reason
+    assert reg.summary["affine_correlation"] > 0.8
+    assert abs(reg.affine_det ** (1 / 3) - 1.08) < 0.03
+    assert "start 2 passed" in caplog.text
+
+    def always_wrong(*args, **kwargs):
+        for _ in range(template.AFFINE_TRIES + 1):
+            yield _upside_down(truth)
+
+    monkeypatch.setattr(template, "affine_candidates", always_wrong)
+    reg = template.register(image, mask, deformable=False)
+    assert not reg.ok and reg.kind == "none" and "failed its check" in reg.reason

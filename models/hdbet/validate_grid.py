@@ -38,22 +38,35 @@ FULL_HEADS = ("chris_t1", "chris_pd")
 STRIPPED = ("mr_gd_t1_contrast_brain", "flair_brain_extracted")
 
 
-def ours(img: sitk.Image, spacing_mm: float) -> tuple[np.ndarray, float]:
-    """Fold 0, no mirroring, on a grid of ``spacing_mm``; (mask, seconds)."""
+def parse_grid(g: str) -> tuple[float, float | None]:
+    """``"1.75"``: that spacing; ``"1.75:1.9"``: 1.75 mm, each axis free to grow up to 1.9 mm
+    where that shrinks the padded input (the card's ``fit_spacing_max_mm``)."""
+    a, _, b = g.partition(":")
+    return float(a), float(b) if b else None
+
+
+def ours(img: sitk.Image, grid: str) -> tuple[np.ndarray, float, list[int]]:
+    """Fold 0, no mirroring, on the grid ``grid`` (:func:`parse_grid`); (mask, seconds, the
+    network's padded input shape)."""
+    spacing_mm, fit = parse_grid(grid)
     ex = be.get_extractor()
-    saved = ex.spacing
+    data, box, _ = ex.network_input(img, np.full(3, spacing_mm), fit)
+    shape = list(ex._pad_shape([b.stop - b.start for b in box], True) if box else ex._pad_shape(data.shape))
+    saved = ex.spacing, ex.fit_spacing_max
     ex.spacing = np.full(3, spacing_mm)
+    ex.fit_spacing_max = lambda folds: fit  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
         m = sitk.GetArrayFromImage(ex.extract(img, folds=1)) > 0  # an explicit count: ex.spacing
-        return m, time.perf_counter() - t0
+        return m, time.perf_counter() - t0, shape
     finally:
-        ex.spacing = saved
+        ex.spacing, ex.fit_spacing_max = saved
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grids", type=float, nargs="+", default=[1.5, 1.75, 2.0])
+    ap.add_argument("--grids", nargs="+", default=["1.5", "1.75", "2.0"],
+                    help="spacings in mm; A:B = A, each axis free to grow up to B mm (see parse_grid)")
     ap.add_argument("--synthetic", type=int, default=4, help="synthetic heads (SynthSeg maps 01..N)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("OPENRECON_SHARED_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--json", type=Path)
@@ -75,9 +88,9 @@ def main(argv=None) -> int:
         ref = sitk.GetArrayFromImage(be.hd_bet_reference(img)) > 0 if have_torch else None
         strip = sitk.GetArrayFromImage(img) > 0 if name in STRIPPED else None
         for g in args.grids:
-            m, s = ours(img, g)
+            m, s, shape = ours(img, g)
             row = {"head": name, "kind": "real, skull-stripped" if strip is not None else "real, full head",
-                   "grid_mm": g, "seconds": round(s, 2),
+                   "grid_mm": g, "input_shape": shape, "seconds": round(s, 2),
                    "dice_pytorch": round(dice(m, ref), 4) if ref is not None else None,
                    "dice_independent": round(dice(m, strip), 4) if strip is not None else None}
             rows.append(row)
@@ -92,18 +105,19 @@ def main(argv=None) -> int:
                 img = s["volume"].to_sitk()
                 truth = s["brain_mask"] > 0
                 for g in args.grids:
-                    m, sec = ours(img, g)
+                    m, sec, shape = ours(img, g)
                     row = {"head": f"{mp.name.split('.')[0]}_{c}", "kind": "synthetic, exact mask", "grid_mm": g,
-                           "seconds": round(sec, 2), "dice_pytorch": None, "dice_independent": round(dice(m, truth), 4)}
+                           "input_shape": shape, "seconds": round(sec, 2), "dice_pytorch": None, "dice_independent": round(dice(m, truth), 4)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print(f"\n{'grid mm':>8s} {'Dice to PyTorch, full heads (min)':>34s} {'Dice to exact masks, synthetic (mean, min)':>44s}")
+    print(f"\n{'grid mm':>10s} {'Dice to PyTorch, full heads (min)':>34s} {'Dice to exact masks, synthetic (mean, min)':>44s}")
     for g in args.grids:
         pt = [r["dice_pytorch"] for r in rows if r["grid_mm"] == g and r["kind"] == "real, full head" and r["dice_pytorch"] is not None]
         ind = [r["dice_independent"] for r in rows if r["grid_mm"] == g and r["kind"].startswith("synthetic")]
         a = f"{', '.join(f'{v:.4f}' for v in pt)} ({min(pt):.4f})" if pt else "-"
         b = f"{np.mean(ind):.4f}, {min(ind):.4f} (n={len(ind)})" if ind else "-"
-        print(f"{g:8.2f} {a:>34s} {b:>44s}")
+        vox = [int(np.prod(r["input_shape"])) for r in rows if r["grid_mm"] == g]
+        print(f"{g:>10s} {a:>34s} {b:>44s}   network input {np.mean(vox) / 1e6:.2f} M voxels mean")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -36,7 +36,7 @@ from .. import regions, template
 from ..anomaly import anomaly_load, csf_measures, get_model
 from ..lesion import brain_box_grid, normalise, postprocess
 from ..normative import deformation_regions, get_normative, ventricle_volume
-from ..resample import FULL, box_of, resample_array
+from ..resample import FULL, box_of, resample_array, same_grid
 from ..runtime import model_folder
 from ..study import Study
 from .base import Stage, StageResult
@@ -273,7 +273,7 @@ class AnomalyLoadSplit(Stage):
         les = study.get(LESION_MASK.name, m.lesion_reference) if m.lesion_reference else None
         if les is not None:
             img = study.inputs[les.reference].grid.to_sitk(np.asarray(les.data, np.uint8))
-            if _same_grid(img, m.above):
+            if same_grid(img, m.above):
                 lesion = np.asarray(les.data) > 0
             else:
                 on = sitk.Resample(img, m.above, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -284,15 +284,6 @@ class AnomalyLoadSplit(Stage):
 
 def _spacing_zyx(img: sitk.Image) -> tuple[float, ...]:
     return tuple(float(v) for v in img.GetSpacing())[::-1]
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
-    )
 
 
 def tmpl_brain_image(tmpl: TemplateResult) -> sitk.Image:
