@@ -29,9 +29,9 @@ mask), so values near the brain's edge are not pulled towards 0 by the backgroun
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
