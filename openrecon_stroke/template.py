@@ -177,10 +177,9 @@ class DemonsSettings:
     template's CSF, are masked from the cost (see the module docstring).
     """
 
-    #: fewer were measured and not adopted (2026-12-01, 18 held-out test cases made again with 40
-    #: and 25: 0.5 s less on the demo, but the FLAIR model's false lesion on healthy heads grew,
-    #: 14.6 -> 16.3 mL on map 16 and 0 -> 0.5 and 1.0 mL on maps 17 and 18, and the anomaly map's
-    #: largest on a healthy head 2.65 -> 3.43 mL: the deformation follows a head's own ventricles less)
+    #: 40 + 25 and 60 + 80 were measured and not adopted (2026-12-01, models/lesion/MODEL_CARD.md):
+    #: fewer save 0.5 s but add false lesion on healthy heads (FLAIR, map 16: 14.6 -> 16.3 mL);
+    #: more help every figure a little for 1.0 s more
     iterations: tuple[int, ...] = (60, 40)
     shrink: tuple[int, ...] = (4, 2)
     smoothing_mm: float = 3.0
