@@ -30,6 +30,7 @@ series' own grid (:meth:`VoxelLesionModel.on_grid`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,15 +44,19 @@ log = logging.getLogger(__name__)
 
 #: Rows per ONNX Runtime call (bounds memory: rows x features x 4 bytes).
 BLOCK_ROWS = 200_000
+#: Fewest rows per call when the rows are split between workers.
+MIN_BLOCK_ROWS = 8_192
 
 
 class VoxelLesionModel:
     """A voxel-classifier card with its ONNX Runtime sessions and normative model (loaded once)."""
 
-    def __init__(self, card: VoxelClassifierCard, threads: int | None = None):
+    def __init__(self, card: VoxelClassifierCard, threads: int | None = None, workers: int = 1):
         """``threads``: intra-op threads of its ONNX Runtime sessions (default: the study's,
-        :func:`~openrecon_stroke.runtime.study_threads`)."""
+        :func:`~openrecon_stroke.runtime.study_threads`); ``workers``: feature columns computed
+        and blocks of rows classified at once (each block on ``threads``)."""
         self.card = card
+        self.workers = max(1, workers)
         self._sessions = LazySessions(card.files, threads=threads)
         # the cascade's first trees
         self._first = LazySessions([card.cascade.file], threads=threads) if card.cascade is not None else None
@@ -110,7 +115,7 @@ class VoxelLesionModel:
             for c in self.card.inputs
         }
         return voxel_features.compute(
-            self.card.features, images_t, brain_t, means, pri, self.card.spacing_mm, self.normative
+            self.card.features, images_t, brain_t, means, pri, self.card.spacing_mm, self.normative, self.workers
         )
 
     def classify(self, x: np.ndarray, cascade: bool = True) -> np.ndarray:
@@ -129,14 +134,27 @@ class VoxelLesionModel:
         return p
 
     def _classify(self, sessions: list, x: np.ndarray) -> np.ndarray:
-        p = np.zeros(x.shape[0], np.float32)
+        """Mean probability of the ``sessions`` on the rows of ``x``, in blocks of rows; with
+        ``workers`` > 1 the blocks run side by side (ONNX Runtime releases the GIL), so the
+        classifier takes a core another stage has left free."""
+        n = x.shape[0]
+        p = np.zeros(n, np.float32)
+        step = min(BLOCK_ROWS, max(MIN_BLOCK_ROWS, -(-n // (4 * self.workers))))
         for s in sessions:
             name = s.get_inputs()[0].name
             out_names = [o.name for o in s.get_outputs()]
-            col = out_names.index("probabilities") if "probabilities" in out_names else len(out_names) - 1
-            for a in range(0, x.shape[0], BLOCK_ROWS):
-                prob = s.run([out_names[col]], {name: x[a : a + BLOCK_ROWS]})[0]
-                p[a : a + BLOCK_ROWS] += np.asarray(prob)[:, self.card.channel]
+            out = out_names[out_names.index("probabilities") if "probabilities" in out_names else -1]
+
+            def block(a: int, s=s, name=name, out=out) -> None:
+                p[a : a + step] += np.asarray(s.run([out], {name: x[a : a + step]})[0])[:, self.card.channel]
+
+            starts = range(0, n, step)
+            if self.workers > 1 and len(starts) > 1:
+                with ThreadPoolExecutor(min(self.workers, len(starts)), "lesion-rows") as pool:
+                    list(pool.map(block, starts))
+            else:
+                for a in starts:
+                    block(a)
         p /= len(sessions)
         return p
 

@@ -28,6 +28,9 @@ mask), so values near the brain's edge are not pulled towards 0 by the backgroun
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +142,7 @@ def compute(
     priors: dict[str, np.ndarray],
     spacing_mm: float,
     normative: Normative | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Feature matrix ``(n_brain_voxels, len(names))`` float32, rows in ``np.flatnonzero(brain)``
     order.
@@ -152,6 +156,10 @@ def compute(
     Works in the brain's box (symmetric about the mid-sagittal plane, so mirroring stays exact):
     every image feature is 0 outside the brain before it is smoothed (``mode="constant"``), so
     the box gives the same values as the whole grid, at about half the voxels.
+
+    ``workers`` > 1 computes the columns side by side (SciPy's filters release the GIL); the
+    pieces columns share (intensity, z-score, smoothed masks) are made once, and the result is
+    the same as with one worker.
     """
     box = brain_box(brain)
     full_priors = priors
@@ -162,30 +170,24 @@ def compute(
         )
     images = {c: a[box] for c, a in images.items()}
     brain = brain[box]
-    cache: dict[str, np.ndarray] = {}
+    memo = _Memo()
     sel = brain.ravel()
     both = brain & mirror(brain)  # brain in both hemispheres: where mirror features are defined
-    dens: dict[tuple[str, float], np.ndarray] = {}
 
     def smooth(a: np.ndarray, where: str, sigma_mm: float) -> np.ndarray:
         mask = brain if where == "brain" else both
-        if (where, sigma_mm) not in dens:
-            dens[(where, sigma_mm)] = smoothed_mask(mask, sigma_mm, spacing_mm)
-        return smooth_in(a, mask, sigma_mm, spacing_mm, dens[(where, sigma_mm)])
+        den = memo.get(("den", where, sigma_mm), lambda: smoothed_mask(mask, sigma_mm, spacing_mm))
+        return smooth_in(a, mask, sigma_mm, spacing_mm, den)
 
     def rel(c):
-        k = f"{c}_int"
-        if k not in cache:
-            cache[k] = np.where(brain, relative_intensity(images[c], means[c]["wm"]), 0).astype(np.float32)
-        return cache[k]
+        return memo.get(
+            ("int", c), lambda: np.where(brain, relative_intensity(images[c], means[c]["wm"]), 0).astype(np.float32)
+        )
 
     def z(c):
-        k = f"{c}_z"
-        if k not in cache:
-            if normative is None:
-                raise ValueError(f"feature {k} needs a normative model")
-            cache[k] = np.where(brain, normative.z(c, rel(c)), 0).astype(np.float32)
-        return cache[k]
+        if normative is None:
+            raise ValueError(f"feature {c}_z needs a normative model")
+        return memo.get(("z", c), lambda: np.where(brain, normative.z(c, rel(c)), 0).astype(np.float32))
 
     def one(name: str) -> np.ndarray:
         if name.startswith("prior_"):
@@ -222,6 +224,33 @@ def compute(
         raise ValueError(f"unknown feature {name!r}")
 
     out = np.empty((int(sel.sum()), len(names)), np.float32)
-    for j, n in enumerate(names):
-        out[:, j] = one(n).ravel()[sel]
+
+    def column(j: int) -> None:
+        out[:, j] = one(names[j]).ravel()[sel]
+
+    if workers > 1 and len(names) > 1:
+        # the slowest columns (two smoothings each) first, so that no worker is left with one at the end
+        order = sorted(range(len(names)), key=lambda j: not names[j].endswith("lstd3"))
+        with ThreadPoolExecutor(min(workers, len(names)), "features") as pool:
+            list(pool.map(column, order))
+    else:
+        for j in range(len(names)):
+            column(j)
     return out
+
+
+class _Memo:
+    """Values made once by whichever thread asks first; the others wait for it."""
+
+    def __init__(self) -> None:
+        self._values: dict = {}
+        self._locks: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, make: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = make()
+            return self._values[key]

@@ -228,3 +228,18 @@ def test_shipped_cascade_runs_the_whole_model_wherever_its_first_trees_reach_the
     np.testing.assert_allclose(both[ran], full[ran], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(both[~ran], first[~ran])
     assert not np.allclose(first, full)  # the cut file is not the whole model
+
+
+def test_rows_classified_side_by_side_match_one_worker():
+    """Blocks of rows on two workers (the lesion stage's setting on 2 cores) give exactly the
+    probabilities of one worker, cascade and all, for any number of rows."""
+    from openrecon_stroke.lesion_voxel import VoxelLesionModel
+    from openrecon_stroke.model_card import VoxelClassifierCard
+
+    card = VoxelClassifierCard.load(REPO / "models" / "lesion" / "fusion")
+    one, two = VoxelLesionModel(card, threads=1), VoxelLesionModel(card, threads=1, workers=2)
+    rng = np.random.default_rng(1)
+    for n in (1, 9000, 41000):
+        x = rng.normal(0, 1.5, (n, len(card.features))).astype(np.float32)
+        np.testing.assert_array_equal(two.classify(x), one.classify(x))
+        np.testing.assert_array_equal(two.classify(x, cascade=False), one.classify(x, cascade=False))
