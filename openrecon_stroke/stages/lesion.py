@@ -61,11 +61,11 @@ MODEL_FOLDERS = {("t1", "flair"): "fusion", ("t1",): "t1", ("flair",): "flair"}
 def _load_model(folder: Path) -> LesionSegmenter | VoxelLesionModel:
     card: Card = load_card(folder)
     if isinstance(card, VoxelClassifierCard):
-        # the anomaly stage runs beside this one (its ``overlaps``): each tree-ensemble session
-        # takes half the cores (ONNX Runtime's own threads spin while they wait, which the other
-        # stage pays for; demo, medians of 4 interleaved runs: T1-w connection's lesion+anomaly
-        # 2.91 -> 2.55 s), and blocks of rows run on two such sessions at once, so the classifier
-        # also takes the cores the anomaly stage leaves when it is done
+        # the anomaly stage runs beside this one (its ``overlaps``): each session call takes half
+        # the cores (ONNX Runtime's own threads spin while they wait, which the other stage pays
+        # for; demo, medians of 4 interleaved runs: T1-w connection's lesion+anomaly 2.91 -> 2.55 s),
+        # and feature columns and blocks of rows go to two workers, so the stage also takes the
+        # cores the anomaly stage leaves when it is done (lesion+anomaly 4.41 -> 3.72 s, T1-w)
         threads = max(1, study_threads() // 2)
         return VoxelLesionModel(card, threads=threads, workers=max(1, study_threads() // threads))
     if isinstance(card, ModelCard):
