@@ -362,24 +362,30 @@ def ventricle_volume(
     core = ndimage.binary_dilation(np.isin(pieces, keep[keep > 0]), ball) & dark
     if not core.any():
         return 0.0
-    # partial volume
+    # partial volume, in the box of the core, its shell and the tissue band beyond (the tissue
+    # level is smoothed in that box grown by the Gaussian's reach, so it is the same as on the
+    # whole grid there)
     csf = float(np.median(image[core]))
-    tissue = brain & (image > csf + 0.6 * (means["gm"] - csf))
+    reach = np.ceil((shell_mm + 3.0) / sp) + 1
+    around = box_of(core, [int(g) for g in reach])
+    wide = box_of(core, [int(g) for g in reach + np.ceil(4.0 * tissue_mm / sp) + 1])
+    assert around is not None and wide is not None
+    img_w, brain_w = image[wide], brain[wide]
+    tissue = brain_w & (img_w > csf + 0.6 * (means["gm"] - csf))
     sigma = tissue_mm / sp
-    num = ndimage.gaussian_filter(np.where(tissue, image, 0.0).astype(np.float32), sigma)
+    num = ndimage.gaussian_filter(np.where(tissue, img_w, 0.0).astype(np.float32), sigma)
     den = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
     level = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
     level = np.where(level > csf, level, means["wm"])
-    fraction = np.clip((level - image) / np.maximum(level - csf, 1e-6), 0.0, 1.0)
-    around = box_of(core, [int(g) for g in np.ceil((shell_mm + 3.0) / sp) + 1])
-    assert around is not None
+    fraction_w = np.clip((level - img_w) / np.maximum(level - csf, 1e-6), 0.0, 1.0)
+    # ``around`` inside ``wide``
+    fr = fraction_w[tuple(slice(a.start - w.start, a.stop - w.start) for a, w in zip(around, wide))]
     out = ndimage.distance_transform_edt(~core[around], sampling=sp)
     inside = brain[around]
     shell = (out > 0) & (out <= shell_mm) & inside
     band = (out > shell_mm + 1.0) & (out <= shell_mm + 3.0) & inside
-    fr = fraction[around]
     floor = float(fr[band].mean()) if band.any() else 0.0
-    total = float(fraction[core].sum()) + float(np.clip(fr[shell] - floor, 0.0, None).sum())
+    total = float(fr[core[around]].sum()) + float(np.clip(fr[shell] - floor, 0.0, None).sum())
     return total * float(np.prod(sp)) / 1000.0
 
 
