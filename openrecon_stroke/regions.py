@@ -66,6 +66,16 @@ def lateral_ventricle_ids() -> list[int]:
     return [k for k, n in load_regions()[1].items() if "lateral ventricle" in n]
 
 
+def side_ids() -> tuple[list[int], list[int]]:
+    """The labels of the region map's left-hemisphere and right-hemisphere regions (the
+    brainstem, on the midline, is in neither)."""
+    names = load_regions()[1]
+    return (
+        [k for k, n in names.items() if n.startswith("left ")],
+        [k for k, n in names.items() if n.startswith("right ")],
+    )
+
+
 @lru_cache(maxsize=2)
 def lateral_ventricles_on_template(spacing_mm: float) -> np.ndarray:
     """The template's lateral ventricles (boolean, read-only) on the template grid of ``spacing_mm``

@@ -97,23 +97,66 @@ def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():
         anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0, ("mirror",))
 
 
+def _region_map(shape, template_vent):
+    """A region map as carried onto a series: left half (x < mid) left white matter, right half
+    right white matter, the template's ventricles labelled by side."""
+    from openrecon_stroke import regions
+
+    names = {v: k for k, v in regions.load_regions()[1].items()}
+    lab = np.zeros(shape, np.int16)
+    mid = shape[2] // 2
+    lab[..., :mid] = names["left deep white matter"]
+    lab[..., mid:] = names["right deep white matter"]
+    lab[template_vent & (np.indices(shape)[2] < mid)] = names["left lateral ventricle"]
+    lab[template_vent & (np.indices(shape)[2] >= mid)] = names["right lateral ventricle"]
+    return lab
+
+
 def test_ventricle_volume_measures_dark_voxels_near_the_template_ventricles():
     shape, sp = (60, 60, 60), (1.0, 1.0, 1.0)
     brain = _sphere(shape, (30, 30, 30), 27)
     image = np.where(brain, 1.0, 0.0).astype(np.float32)  # white matter
-    true_vent = _sphere(shape, (30, 30, 30), 8)
+    true_vent = _sphere(shape, (30, 30, 18), 7) | _sphere(shape, (30, 30, 42), 7)  # left and right
     image[true_vent] = 0.3  # CSF
-    remote_csf = _sphere(shape, (30, 30, 52), 3)  # a sulcus far from the ventricles
+    remote_csf = _sphere(shape, (52, 30, 18), 3)  # a sulcus far from the ventricles
     image[remote_csf] = 0.3
-    template_vent = _sphere(shape, (30, 30, 30), 6)  # the template's (smaller) ventricles
+    template_vent = _sphere(shape, (30, 30, 18), 5) | _sphere(shape, (30, 30, 42), 5)  # smaller
+    labels = _region_map(shape, template_vent)
     means = {"csf": 0.3, "gm": 0.7, "wm": 1.0}
-    ml = ventricle_volume(image, brain, template_vent, means, sp)
-    assert ml == pytest.approx(true_vent.sum() / 1000.0, rel=0.02)  # measured whole, sulcus left out
+    truth = true_vent.sum() / 1000.0
+    ml = ventricle_volume(image, brain, labels, means, sp)
+    assert ml == pytest.approx(truth, rel=0.03)  # measured whole, sulcus left out
     # a sulcus joined to the ventricles by a 1 mm bridge is still left out (the opening cuts it)
-    image[30, 30, 38:50] = 0.3
-    assert ventricle_volume(image, brain, template_vent, means, sp) == pytest.approx(ml, rel=0.02)
+    image[30, 30, 18:] = np.where(true_vent[30, 30, 18:], 0.3, image[30, 30, 18:])
+    image[37:50, 30, 18] = 0.3
+    assert ventricle_volume(image, brain, labels, means, sp) == pytest.approx(ml, rel=0.03)
+    # CSF on the midline (the interhemispheric fissure), touching both ventricles: left out
+    fissure = np.zeros(shape, bool)
+    fissure[10:40, 22:38, 28:32] = True
+    image[fissure & brain] = 0.3
+    assert ventricle_volume(image, brain, labels, means, sp) == pytest.approx(ml, rel=0.03)
     # no ventricles carried over (failed registration): nothing measured
-    assert ventricle_volume(image, brain, np.zeros(shape, bool), means, sp) == 0.0
+    assert ventricle_volume(image, brain, np.zeros(shape, np.int16), means, sp) == 0.0
+
+
+def test_ventricle_volume_counts_partial_volume_at_the_walls():
+    """A ventricle seen at a coarser resolution (each wall voxel part CSF, part tissue) measures
+    its true volume, not only its fully dark voxels."""
+    from scipy import ndimage
+
+    shape, sp = (60, 60, 60), (1.0, 1.0, 1.0)
+    brain = _sphere(shape, (30, 30, 30), 27)
+    fine = np.where(brain, 1.0, 0.0).astype(np.float32)
+    true_vent = _sphere(shape, (30, 30, 20), 9)
+    fine[true_vent] = 0.1
+    image = np.where(brain, ndimage.uniform_filter(fine, 3), 0.0).astype(np.float32)  # partial volume
+    labels = _region_map(shape, _sphere(shape, (30, 30, 20), 6))
+    means = {"csf": 0.1, "gm": 0.6, "wm": 1.0}
+    dark_only = float(((image < 0.1 + 0.35 * 0.5) & brain).sum()) / 1000.0
+    ml = ventricle_volume(image, brain, labels, means, sp)
+    true_ml = true_vent.sum() / 1000.0
+    assert dark_only < 0.8 * true_ml  # counting the dark voxels alone misses a quarter
+    assert ml == pytest.approx(true_ml, rel=0.1)
 
 
 def test_deformation_regions_find_a_known_expansion():

@@ -82,11 +82,28 @@ def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None)
     of the given brain, the given brain is used instead (N4 redone inside it), and the result
     says so (``brain_mask_source``)."""
     from openrecon_stroke.preprocess import n4_correct
+    from openrecon_stroke.stages.base import SkipStudy
     from openrecon_stroke.stages.brain import Preprocess
     from openrecon_stroke.stages.results import BrainResult, SeriesRegistration
     from openrecon_stroke.study import Study
 
-    res = Preprocess().run(Study(inputs=dict(volumes)))
+    try:
+        res = Preprocess().run(Study(inputs=dict(volumes)))
+    except SkipStudy as e:
+        # HD-BET is made for whole heads: on a brain stripped by another tool it can keep so little
+        # that the stage's brain-volume check stops the study. With the given brain, go on with that.
+        if given_mask is None or len(volumes) != 1:
+            raise
+        (c,) = volumes
+        log.warning("preprocessing stopped (%s): the given brain of this skull-stripped head is used", e)
+        mask = sitk.Cast(given_mask, sitk.sitkUInt8)
+        n4, _ = n4_correct(volumes[c].to_sitk(), sitk.BinaryDilate(mask, [5, 5, 5]))
+        return {
+            "n4": {c: n4},
+            "brain_mask": {c: mask},
+            "flair_to_t1": None,
+            "brain_mask_source": "given (HD-BET found too little brain in a skull-stripped head)",
+        }
     for w in res.warnings:
         log.warning("preprocessing: %s", w)
     brain = next(r for r in res.results if isinstance(r, BrainResult))

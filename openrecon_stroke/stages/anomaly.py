@@ -120,9 +120,10 @@ class AnomalyDetection(Stage):
         brain_ref = sitk.GetArrayViewFromImage(pre.brain_mask[ref]) > 0
         box = box_of(brain_ref) or FULL
         labels = tmpl.regions_on(ref, img, brain_ref)[box]
-        vent = np.isin(labels, regions.lateral_ventricle_ids())
         spacing_zyx = tuple(float(v) for v in img.GetSpacing())[::-1]
-        vent_ml = ventricle_volume(sitk.GetArrayViewFromImage(img)[box], brain_ref[box], vent, means[ref], spacing_zyx)
+        vent_ml = ventricle_volume(
+            sitk.GetArrayViewFromImage(img)[box], brain_ref[box], labels, means[ref], spacing_zyx
+        )
         rel_ref = tmpl.images[ref] / (means[ref]["wm"] or 1.0)  # white-matter-relative, as the thresholds
         atrophy = float(np.mean(rel_ref[inside_t] < 0.5 * (means[ref]["csf"] + means[ref]["gm"]) / means[ref]["wm"]))
         # regions larger or smaller than healthy brains, from the deformation
