@@ -363,8 +363,9 @@ def ventricle_volume(
     if not core.any():
         return 0.0
     # partial volume, in the box of the core, its shell and the tissue band beyond (the tissue
-    # level is smoothed in that box grown by the Gaussian's reach, so it is the same as on the
-    # whole grid there)
+    # level is smoothed in that box grown by the Gaussian's reach, so that it is the same there as
+    # smoothed over the whole measurement box, unless the core comes within that reach of the
+    # box's edge)
     csf = float(np.median(image[core]))
     reach = np.ceil((shell_mm + 3.0) / sp) + 1
     around = box_of(core, [int(g) for g in reach])

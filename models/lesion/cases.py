@@ -87,6 +87,15 @@ def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None)
     from openrecon_stroke.stages.results import BrainResult, SeriesRegistration
     from openrecon_stroke.study import Study
 
+    def with_given_brain(out: dict, why: str) -> dict:
+        """``out`` with the given brain as the series' mask and N4 redone inside it."""
+        (c,) = volumes
+        mask = sitk.Cast(given_mask, sitk.sitkUInt8)
+        out["brain_mask"][c] = mask
+        out["n4"][c], _ = n4_correct(volumes[c].to_sitk(), sitk.BinaryDilate(mask, [5, 5, 5]))
+        out["brain_mask_source"] = f"given ({why})"
+        return out
+
     try:
         res = Preprocess().run(Study(inputs=dict(volumes)))
     except SkipStudy as e:
@@ -94,16 +103,11 @@ def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None)
         # that the stage's brain-volume check stops the study. With the given brain, go on with that.
         if given_mask is None or len(volumes) != 1:
             raise
-        (c,) = volumes
         log.warning("preprocessing stopped (%s): the given brain of this skull-stripped head is used", e)
-        mask = sitk.Cast(given_mask, sitk.sitkUInt8)
-        n4, _ = n4_correct(volumes[c].to_sitk(), sitk.BinaryDilate(mask, [5, 5, 5]))
-        return {
-            "n4": {c: n4},
-            "brain_mask": {c: mask},
-            "flair_to_t1": None,
-            "brain_mask_source": "given (HD-BET found too little brain in a skull-stripped head)",
-        }
+        return with_given_brain(
+            {"n4": {}, "brain_mask": {}, "flair_to_t1": None},
+            "HD-BET found too little brain in a skull-stripped head",
+        )
     for w in res.warnings:
         log.warning("preprocessing: %s", w)
     brain = next(r for r in res.results if isinstance(r, BrainResult))
@@ -123,9 +127,7 @@ def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None)
                 "HD-BET kept %.0f %% of the given brain of this skull-stripped head: the given brain is used",
                 100 * kept / given,
             )
-            out["brain_mask"][c] = sitk.Cast(given_mask, sitk.sitkUInt8)
-            out["n4"][c], _ = n4_correct(volumes[c].to_sitk(), sitk.BinaryDilate(out["brain_mask"][c], [5, 5, 5]))
-            out["brain_mask_source"] = "given (HD-BET kept too little of a skull-stripped brain)"
+            out = with_given_brain(out, "HD-BET kept too little of a skull-stripped brain")
     return out
 
 
