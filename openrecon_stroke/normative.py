@@ -305,7 +305,22 @@ def _midline(labels: np.ndarray, where: np.ndarray, sp: np.ndarray, mm: float) -
     return out & where
 
 
-def ventricle_volume(
+@dataclass(frozen=True)
+class VentricleMeasure:
+    """The lateral ventricles as measured on a series' grid (:func:`ventricle_measure`)."""
+
+    #: volume, partial volume counted (mL)
+    ml: float
+    #: bool, the voxels that counted (the core and its shell), on the measured arrays' grid
+    counted: np.ndarray
+
+
+def ventricle_volume(*args, **kwargs) -> float:
+    """Lateral-ventricle volume (mL): :func:`ventricle_measure`'s volume alone (same arguments)."""
+    return ventricle_measure(*args, **kwargs).ml
+
+
+def ventricle_measure(
     image: np.ndarray,
     brain: np.ndarray,
     labels: np.ndarray,
@@ -317,8 +332,10 @@ def ventricle_volume(
     midline_mm: float = 2.0,
     tissue_mm: float = 3.0,
     shell_mm: float = 2.0,
-) -> float:
-    """Lateral-ventricle volume (mL) on a series' own grid, partial volume counted.
+    exclude: np.ndarray | None = None,
+) -> VentricleMeasure:
+    """The lateral ventricles on a series' own grid: their volume (mL, partial volume counted) and
+    the voxels that counted.
 
     ``labels``: the template's region map carried onto this grid (:mod:`openrecon_stroke.regions`);
     its lateral ventricles are the seed, not the answer (the deformable registration follows
@@ -337,12 +354,16 @@ def ventricle_volume(
        tissue a few mm further out shows (3-5 mm beyond the shell), so that grey matter and noise
        next to the ventricles are not counted as CSF.
 
+    ``exclude``: voxels known not to be ventricle (the segmented lesion): never counted, and
+    pieces cannot join through them.
+
     Settings chosen on two synthetic heads (maps 17-18, ventricles grown by 0/20/50 %); held-out
     figures in ``models/normative/MODEL_CARD.md``."""
     sp = np.asarray(spacing_zyx, float)
     ventricles = np.isin(labels, regions.lateral_ventricle_ids())
+    none = VentricleMeasure(0.0, np.zeros(np.shape(image), bool))
     if not ventricles.any():
-        return 0.0
+        return none
     # nothing beyond reach_mm (+ the ball, + the shell and its tissue band, + a voxel) of the
     # template's ventricles can count: the same measurement in their box grown by that much
     margin = reach_mm + opening_mm + shell_mm + 5.0
@@ -350,6 +371,8 @@ def ventricle_volume(
     assert box is not None  # the ventricles are not empty
     image, brain, labels, ventricles = image[box], brain[box], labels[box], ventricles[box]
     image = np.asarray(image, np.float32)
+    if exclude is not None:
+        brain = brain & ~np.asarray(exclude[box], bool)
     dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     # distances that only bound the search, on every second voxel (an eighth of the work)
     near = _coarse_distance(~ventricles, sp) <= reach_mm
@@ -361,7 +384,7 @@ def ventricle_volume(
     keep = np.unique(pieces[ventricles & opened])
     core = ndimage.binary_dilation(np.isin(pieces, keep[keep > 0]), ball) & dark
     if not core.any():
-        return 0.0
+        return none
     # partial volume, in the box of the core, its shell and the tissue band beyond (the tissue
     # level is smoothed in that box grown by the Gaussian's reach, so that it is the same there as
     # smoothed over the whole measurement box, unless the core comes within that reach of the
@@ -387,7 +410,9 @@ def ventricle_volume(
     band = (out > shell_mm + 1.0) & (out <= shell_mm + 3.0) & inside
     floor = float(fr[band].mean()) if band.any() else 0.0
     total = float(fr[core[around]].sum()) + float(np.clip(fr[shell] - floor, 0.0, None).sum())
-    return total * float(np.prod(sp)) / 1000.0
+    counted = none.counted
+    counted[box][around] = core[around] | shell
+    return VentricleMeasure(total * float(np.prod(sp)) / 1000.0, counted)
 
 
 def deformation_regions(

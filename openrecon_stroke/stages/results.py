@@ -201,6 +201,24 @@ class AnomalyResult(StudyResult):
         return {"anomaly": a, "models": {"anomaly": self.model}}
 
 
+@dataclass(frozen=True)
+class VentricleRecord:
+    """Where and from what ``anomaly`` measured the lateral ventricles, for ``anomaly_load`` to
+    measure them again without the segmented lesion when the lesion touches them (a cavity joined
+    to a ventricle is not ventricle)."""
+
+    #: the series measured (its bias-corrected image and brain mask are in :class:`BrainResult`)
+    reference: str
+    #: the brain's box on that series' grid (index z, y, x), where the arrays below lie
+    box: tuple[slice, ...]
+    #: the template's regions carried onto the box (:mod:`openrecon_stroke.regions` ids)
+    labels: np.ndarray
+    #: the brain's CSF, grey- and white-matter intensities on that series
+    means: dict[str, float]
+    #: bool, the voxels that counted (:class:`openrecon_stroke.normative.VentricleMeasure`)
+    counted: np.ndarray
+
+
 @dataclass
 class AnomalyMapResult(StudyResult):
     """Written by ``anomaly`` (which runs alongside ``lesion``, so it knows no lesion mask): every
@@ -216,3 +234,5 @@ class AnomalyMapResult(StudyResult):
     #: the input series whose lesion mask the load is split by (None: no split)
     lesion_reference: str | None
     measures: AnomalyResult
+    #: what the ventricle volume in ``measures`` was measured from (None: not measured so)
+    ventricles: VentricleRecord | None = None
