@@ -224,7 +224,7 @@ def test_ventricles_measured_again_without_a_lesion_that_touches_them(t1_preproc
     before = m.measures.csf["ventricle_ml"]
     shape = t1_preprocessed.inputs["t1"].grid.shape
     counted = np.zeros(shape, bool)
-    counted[m.ventricles.box] = m.ventricles.counted
+    counted[m.ventricles.box] = m.ventricles.measure.counted
     assert before > 5 and counted.any()
     # a "lesion" over the counted voxels on one side of the brain (index x below their median)
     x = np.indices(shape)[2]

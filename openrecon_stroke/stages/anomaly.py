@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from .. import regions, template
 from ..anomaly import anomaly_load, csf_measures, get_model
 from ..lesion import brain_box_grid, normalise, postprocess
-from ..normative import deformation_regions, get_normative, ventricle_measure, ventricle_volume
+from ..normative import deformation_regions, get_normative, ventricle_measure
 from ..resample import FULL, box_of, resample_array, same_grid
 from ..runtime import model_folder
 from ..study import Study
@@ -163,7 +163,7 @@ class AnomalyDetection(Stage):
                     ventricle_z=nm.ventricle_z(vent_ml),
                     deformation=deformation,
                 ),
-                ventricles=VentricleRecord(ref, box, labels, dict(means[ref]), vent.counted),
+                ventricles=VentricleRecord(ref, box, vent),
             )
         )
         if card.status != "validated":
@@ -291,17 +291,13 @@ class AnomalyLoadSplit(Stage):
         without its mask it is counted as ventricle."""
         v = m.ventricles
         assert v is not None and measures.csf is not None
-        pre = study.need(BrainResult)
-        img = pre.n4[v.reference]
+        img = study.need(BrainResult).n4[v.reference]
         # the mask on the measured series, else the one the load is split by, brought onto it
         source = v.reference if study.get(LESION_MASK.name, v.reference) is not None else m.lesion_reference
         lesion = _lesion_on(study, source, img) if source else None
-        if lesion is None or not (lesion[v.box] & v.counted).any():
+        if lesion is None or not (lesion[v.box] & v.measure.counted).any():
             return measures
-        brain = sitk.GetArrayViewFromImage(pre.brain_mask[v.reference])[v.box] > 0
-        ml = ventricle_volume(
-            sitk.GetArrayViewFromImage(img)[v.box], brain, v.labels, v.means, _spacing_zyx(img), exclude=lesion[v.box]
-        )
+        ml = v.measure.without(lesion[v.box]).ml
         log.info(
             "ventricles %.1f mL without the segmented lesion (%.1f mL with it): the lesion touches a ventricle",
             ml,

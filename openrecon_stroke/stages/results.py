@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from .. import regions
 from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
+from ..normative import VentricleMeasure
 from ..preprocess import RigidRegistration
 from ..resample import box_of
 from ..study import SeriesSpec, StudyResult
@@ -203,20 +204,15 @@ class AnomalyResult(StudyResult):
 
 @dataclass(frozen=True)
 class VentricleRecord:
-    """Where and from what ``anomaly`` measured the lateral ventricles, for ``anomaly_load`` to
-    measure them again without the segmented lesion when the lesion touches them (a cavity joined
-    to a ventricle is not ventricle)."""
+    """Where ``anomaly`` measured the lateral ventricles, for ``anomaly_load`` to measure them
+    again without the segmented lesion when the lesion touches them (a cavity joined to a
+    ventricle is not ventricle)."""
 
     #: the series measured (its bias-corrected image and brain mask are in :class:`BrainResult`)
     reference: str
-    #: the brain's box on that series' grid (index z, y, x), where the arrays below lie
+    #: the brain's box on that series' grid (index z, y, x), where the measure's arrays lie
     box: tuple[slice, ...]
-    #: the template's regions carried onto the box (:mod:`openrecon_stroke.regions` ids)
-    labels: np.ndarray
-    #: the brain's CSF, grey- and white-matter intensities on that series
-    means: dict[str, float]
-    #: bool, the voxels that counted (:class:`openrecon_stroke.normative.VentricleMeasure`)
-    counted: np.ndarray
+    measure: VentricleMeasure
 
 
 @dataclass
