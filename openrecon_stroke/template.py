@@ -448,6 +448,13 @@ def _inverse(disp: sitk.Image, shrink: int) -> sitk.Image:
     )
 
 
+def _not_registered(
+    reason: str, det: float = 1.0, means: dict[str, float] | None = None, summary: dict | None = None
+) -> TemplateRegistration:
+    """A registration that failed (``kind`` "none", no transforms), saying why."""
+    return TemplateRegistration("none", None, None, None, None, det, means or {}, False, reason, summary or {})
+
+
 def register(
     moving: sitk.Image,
     moving_mask: sitk.Image,
@@ -518,27 +525,14 @@ def register(
         elif tried > 1:
             log.info("affine registration: the best start failed its check; start %d passed", tried)
     except (RuntimeError, StopIteration) as e:  # the optimiser found nothing to work on
-        return TemplateRegistration(
-            "none", None, None, None, None, 1.0, {}, False, f"affine registration failed ({e})", {}
-        )
+        return _not_registered(f"affine registration failed ({e})")
     aff, warped, wmask, means, synth, q_aff, det, reasons = fit
     timings["affine_s"] = time.perf_counter() - t0
     summary: dict = {f"affine_{k}": round(v, 4) for k, v in q_aff.items()}
     summary.update(affine_scale=round(det ** (1 / 3), 4), tissue_means={k: round(v, 3) for k, v in means.items()})
     if reasons:
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        return TemplateRegistration(
-            "none",
-            None,
-            None,
-            None,
-            None,
-            det,
-            means,
-            False,
-            "template registration failed its check: " + "; ".join(reasons),
-            summary,
-        )
+        return _not_registered("template registration failed its check: " + "; ".join(reasons), det, means, summary)
     inv_aff = aff.GetInverse()
     affine_only = TemplateRegistration(
         "affine", aff, inv_aff, aff, None, det, means, True, "passed (affine only)", summary
@@ -597,18 +591,12 @@ def register(
             f"Jacobian range {jlo:.2f}-{jhi:.2f} outside {check.jacobian_range[0]}-{check.jacobian_range[1]}"
         )
     if reasons and probation:  # the affine fit alone did not pass: nothing to fall back on
-        return TemplateRegistration(
-            "none",
-            None,
-            None,
-            None,
-            None,
-            det,
-            means,
-            False,
+        return _not_registered(
             "template registration failed its check: the affine fit's correlation "
             f"{q_aff['correlation']:.2f} (needs {check.min_correlation:.2f}), and the deformable step's "
             + "; ".join(reasons),
+            det,
+            means,
             summary,
         )
     if reasons:
