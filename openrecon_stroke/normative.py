@@ -401,7 +401,9 @@ def ventricle_measure(
     margin = reach_mm + opening_mm + shell_mm + 5.0
     box = box_of(ventricles, [int(g) for g in np.ceil(margin / sp) + 2])
     assert box is not None  # the ventricles are not empty
-    image, brain, labels, ventricles = np.asarray(image[box], np.float32), brain[box], labels[box], ventricles[box]
+    # a copy: the measure keeps it for :meth:`VentricleMeasure.without`, and ``image`` may be a view
+    # of a SimpleITK image's buffer
+    image, brain, labels, ventricles = np.array(image[box], np.float32), brain[box], labels[box], ventricles[box]
     dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     # distances that only bound the search, on every second voxel (an eighth of the work)
     near = _coarse_distance(~ventricles, sp) <= reach_mm
