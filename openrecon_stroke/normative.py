@@ -28,8 +28,9 @@ the same statistics as features (:mod:`openrecon_stroke.voxel_features`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -305,7 +306,56 @@ def _midline(labels: np.ndarray, where: np.ndarray, sp: np.ndarray, mm: float) -
     return out & where
 
 
-def ventricle_volume(
+@dataclass(frozen=True)
+class _VentricleSearch:
+    """What :func:`ventricle_measure` found before pieces and partial volume: the measurement box
+    on the input grid and, in it, the image, brain, template ventricles, CSF-dark voxels and the
+    candidates (dark, near the template's ventricles, off the midline); the settings after it."""
+
+    box: tuple[slice, ...]
+    shape: tuple[int, ...]
+    image: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+    dark: np.ndarray
+    candidates: np.ndarray
+    means: dict[str, float]
+    sp: np.ndarray
+    opening_mm: float
+    tissue_mm: float
+    shell_mm: float
+
+
+@dataclass(frozen=True)
+class VentricleMeasure:
+    """The lateral ventricles as measured on a series' grid (:func:`ventricle_measure`)."""
+
+    #: volume, partial volume counted (mL)
+    ml: float
+    #: bool, the voxels that counted (the core and its shell), on the measured arrays' grid
+    counted: np.ndarray
+    _search: _VentricleSearch | None = field(default=None, repr=False, compare=False)
+
+    def without(self, exclude: np.ndarray) -> VentricleMeasure:
+        """The ventricles measured again with ``exclude`` (bool, on the measured arrays' grid:
+        voxels known not to be ventricle, e.g. the segmented lesion) left out: never counted, and
+        pieces cannot join through them. The search (distances to the template's ventricles and
+        to the midline) is this measure's; only pieces and partial volume are found again."""
+        s = self._search
+        if s is None:  # nothing was found to measure
+            return self
+        out = np.asarray(exclude[s.box], bool)
+        return _ventricle_pieces(
+            dataclasses.replace(s, brain=s.brain & ~out, dark=s.dark & ~out, candidates=s.candidates & ~out)
+        )
+
+
+def ventricle_volume(*args, **kwargs) -> float:
+    """Lateral-ventricle volume (mL): :func:`ventricle_measure`'s volume alone (same arguments)."""
+    return ventricle_measure(*args, **kwargs).ml
+
+
+def ventricle_measure(
     image: np.ndarray,
     brain: np.ndarray,
     labels: np.ndarray,
@@ -317,8 +367,10 @@ def ventricle_volume(
     midline_mm: float = 2.0,
     tissue_mm: float = 3.0,
     shell_mm: float = 2.0,
-) -> float:
-    """Lateral-ventricle volume (mL) on a series' own grid, partial volume counted.
+) -> VentricleMeasure:
+    """The lateral ventricles on a series' own grid: their volume (mL, partial volume counted) and
+    the voxels that counted (:meth:`VentricleMeasure.without` measures again with a lesion left
+    out).
 
     ``labels``: the template's region map carried onto this grid (:mod:`openrecon_stroke.regions`);
     its lateral ventricles are the seed, not the answer (the deformable registration follows
@@ -340,40 +392,52 @@ def ventricle_volume(
     Settings chosen on two synthetic heads (maps 17-18, ventricles grown by 0/20/50 %); held-out
     figures in ``models/normative/MODEL_CARD.md``."""
     sp = np.asarray(spacing_zyx, float)
+    shape = tuple(np.shape(image))
     ventricles = np.isin(labels, regions.lateral_ventricle_ids())
     if not ventricles.any():
-        return 0.0
+        return VentricleMeasure(0.0, np.zeros(shape, bool))
     # nothing beyond reach_mm (+ the ball, + the shell and its tissue band, + a voxel) of the
     # template's ventricles can count: the same measurement in their box grown by that much
     margin = reach_mm + opening_mm + shell_mm + 5.0
     box = box_of(ventricles, [int(g) for g in np.ceil(margin / sp) + 2])
     assert box is not None  # the ventricles are not empty
-    image, brain, labels, ventricles = image[box], brain[box], labels[box], ventricles[box]
-    image = np.asarray(image, np.float32)
+    # a copy: the measure keeps it for :meth:`VentricleMeasure.without`, and ``image`` may be a view
+    # of a SimpleITK image's buffer
+    image, brain, labels, ventricles = np.array(image[box], np.float32), brain[box], labels[box], ventricles[box]
     dark = (image < means["csf"] + dark_fraction * (means["gm"] - means["csf"])) & brain
     # distances that only bound the search, on every second voxel (an eighth of the work)
     near = _coarse_distance(~ventricles, sp) <= reach_mm
     candidates = dark & near
     candidates &= ~_midline(labels, candidates, sp, midline_mm)
-    ball = _ball(opening_mm, sp)
-    opened = ndimage.binary_opening(candidates, ball)
+    search = _VentricleSearch(
+        box, shape, image, brain, ventricles, dark, candidates, dict(means), sp, opening_mm, tissue_mm, shell_mm
+    )
+    return _ventricle_pieces(search)
+
+
+def _ventricle_pieces(s: _VentricleSearch) -> VentricleMeasure:
+    """Steps 1 (from the candidates on) and 2 of :func:`ventricle_measure`."""
+    sp, means, image, brain = s.sp, s.means, s.image, s.brain
+    counted = np.zeros(s.shape, bool)
+    ball = _ball(s.opening_mm, sp)
+    opened = ndimage.binary_opening(s.candidates, ball)
     pieces, _ = ndimage.label(opened)
-    keep = np.unique(pieces[ventricles & opened])
-    core = ndimage.binary_dilation(np.isin(pieces, keep[keep > 0]), ball) & dark
+    keep = np.unique(pieces[s.ventricles & opened])
+    core = ndimage.binary_dilation(np.isin(pieces, keep[keep > 0]), ball) & s.dark
     if not core.any():
-        return 0.0
+        return VentricleMeasure(0.0, counted, s)
     # partial volume, in the box of the core, its shell and the tissue band beyond (the tissue
     # level is smoothed in that box grown by the Gaussian's reach, so that it is the same there as
     # smoothed over the whole measurement box, unless the core comes within that reach of the
     # box's edge)
     csf = float(np.median(image[core]))
-    reach = np.ceil((shell_mm + 3.0) / sp) + 1
+    reach = np.ceil((s.shell_mm + 3.0) / sp) + 1
     around = box_of(core, [int(g) for g in reach])
-    wide = box_of(core, [int(g) for g in reach + np.ceil(4.0 * tissue_mm / sp) + 1])
+    wide = box_of(core, [int(g) for g in reach + np.ceil(4.0 * s.tissue_mm / sp) + 1])
     assert around is not None and wide is not None
     img_w, brain_w = image[wide], brain[wide]
     tissue = brain_w & (img_w > csf + 0.6 * (means["gm"] - csf))
-    sigma = tissue_mm / sp
+    sigma = s.tissue_mm / sp
     num = ndimage.gaussian_filter(np.where(tissue, img_w, 0.0).astype(np.float32), sigma)
     den = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
     level = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
@@ -383,11 +447,12 @@ def ventricle_volume(
     fr = fraction_w[tuple(slice(a.start - w.start, a.stop - w.start) for a, w in zip(around, wide))]
     out = ndimage.distance_transform_edt(~core[around], sampling=sp)
     inside = brain[around]
-    shell = (out > 0) & (out <= shell_mm) & inside
-    band = (out > shell_mm + 1.0) & (out <= shell_mm + 3.0) & inside
+    shell = (out > 0) & (out <= s.shell_mm) & inside
+    band = (out > s.shell_mm + 1.0) & (out <= s.shell_mm + 3.0) & inside
     floor = float(fr[band].mean()) if band.any() else 0.0
     total = float(fr[core[around]].sum()) + float(np.clip(fr[shell] - floor, 0.0, None).sum())
-    return total * float(np.prod(sp)) / 1000.0
+    counted[s.box][around] = core[around] | shell
+    return VentricleMeasure(total * float(np.prod(sp)) / 1000.0, counted, s)
 
 
 def deformation_regions(

@@ -15,6 +15,7 @@ from openrecon_stroke.normative import (
     deformation_regions,
     relative_image,
     standardise,
+    ventricle_measure,
     ventricle_volume,
 )
 
@@ -157,6 +158,32 @@ def test_ventricle_volume_counts_partial_volume_at_the_walls():
     true_ml = true_vent.sum() / 1000.0
     assert dark_only < 0.8 * true_ml  # counting the dark voxels alone misses a quarter
     assert ml == pytest.approx(true_ml, rel=0.1)
+
+
+def test_ventricle_measure_leaves_out_a_lesion_cavity_joined_to_a_ventricle():
+    """A chronic lesion cavity is as dark as CSF; where it opens into a ventricle it is counted
+    with it, unless measured again without the segmented lesion. ``counted`` says which voxels
+    counted."""
+    shape, sp = (60, 60, 60), (1.0, 1.0, 1.0)
+    brain = _sphere(shape, (30, 30, 30), 27)
+    image = np.where(brain, 1.0, 0.0).astype(np.float32)
+    true_vent = _sphere(shape, (30, 30, 18), 7) | _sphere(shape, (30, 30, 42), 7)
+    cavity = _sphere(shape, (30, 41, 16), 6) & ~true_vent  # opens wide into the left ventricle
+    remote_csf = _sphere(shape, (52, 30, 18), 3)
+    image[true_vent | cavity | remote_csf] = 0.3
+    labels = _region_map(shape, _sphere(shape, (30, 30, 18), 5) | _sphere(shape, (30, 30, 42), 5))
+    means = {"csf": 0.3, "gm": 0.7, "wm": 1.0}
+    truth = true_vent.sum() / 1000.0
+    joined = ventricle_measure(image, brain, labels, means, sp)
+    assert joined.ml > truth + 0.8 * cavity.sum() / 1000.0  # the cavity counted as ventricle
+    assert joined.counted[cavity].mean() > 0.9 and joined.counted.shape == shape
+    apart = joined.without(cavity)
+    assert apart.ml == pytest.approx(truth, rel=0.03)
+    assert not apart.counted[cavity].any() and apart.counted[true_vent].mean() > 0.99
+    assert not apart.counted[remote_csf].any()
+    # the same as measuring an image in which the cavity is tissue
+    image[cavity] = 1.0
+    assert ventricle_volume(image, brain, labels, means, sp) == pytest.approx(apart.ml, rel=0.01)
 
 
 def test_deformation_regions_find_a_known_expansion():

@@ -210,3 +210,33 @@ def test_anomaly_steps(t1_preprocessed):
     assert a1.shape == a4.shape and np.abs(a1 - a4).max() > 0.01  # a different pseudo-healthy brain
     normative = run_anomaly(t1_preprocessed, anomalysteps="1")
     assert "steps" not in normative.findings["anomaly"] and "normative" in normative.findings["models"]["anomaly"]
+
+
+@pytest.mark.slow
+def test_ventricles_measured_again_without_a_lesion_that_touches_them(t1_preprocessed):
+    """``anomaly_load`` takes the segmented lesion out of the ventricle volume where the lesion
+    touches what ``anomaly`` counted; a lesion away from the ventricles changes nothing."""
+    from openrecon_stroke.stages.results import LESION_MASK, AnomalyMapResult
+
+    mapped = continue_study(t1_preprocessed, [AnomalyDetection()])
+    m = mapped.result(AnomalyMapResult)
+    assert m is not None and m.ventricles is not None and m.ventricles.reference == "t1"
+    before = m.measures.csf["ventricle_ml"]
+    shape = t1_preprocessed.inputs["t1"].grid.shape
+    counted = np.zeros(shape, bool)
+    counted[m.ventricles.box] = m.ventricles.measure.counted
+    assert before > 5 and counted.any()
+    # a "lesion" over the counted voxels on one side of the brain (index x below their median)
+    x = np.indices(shape)[2]
+    touching = counted & (x < np.median(np.nonzero(counted)[2]))
+    far = np.zeros(shape, bool)
+    far[tuple(slice(0, 6) for _ in shape)] = True  # a corner of the grid, outside the brain
+    results = {}
+    for name, lesion in (("touching", touching), ("far", far)):
+        s = continue_study(mapped, [])
+        s.add(LESION_MASK.on("t1", lesion.astype(np.uint8)))
+        s = continue_study(s, [AnomalyLoadSplit()])
+        assert s.stage_status["anomaly_load"] == "ok", s.warnings
+        results[name] = s.findings["anomaly"]["ventricle_ml"]
+    assert results["far"] == before
+    assert results["touching"] < 0.8 * before  # about half of it left out

@@ -168,3 +168,27 @@ def test_an_affine_fit_that_fails_its_check_is_followed_by_the_next_start(monkey
     monkeypatch.setattr(template, "affine_candidates", always_wrong)
     reg = template.register(image, mask, deformable=False)
     assert not reg.ok and reg.kind == "none" and "failed its check" in reg.reason
+
+
+@pytest.mark.slow
+def test_an_affine_fit_short_on_correlation_alone_is_used_only_through_a_passing_deformable_step():
+    """No affine fit reaches ``min_correlation`` but the best reaches ``min_affine_correlation``:
+    it goes on to the deformable step and is used only if that result passes the whole check,
+    never alone."""
+    image, mask, _ = _known_subject("flair")
+    first = template.register(image, mask)
+    assert first.ok and first.kind == "deformable", first.reason
+    aff_corr, def_corr = first.summary["affine_correlation"], first.summary["correlation"]
+    assert def_corr > aff_corr + 0.02  # the deformable step improves on the affine fit
+    # the bar between the two: the affine fits fall short, the deformable result passes
+    between = template.TemplateCheck(min_correlation=(aff_corr + def_corr) / 2, min_affine_correlation=0.3)
+    reg = template.register(image, mask, check=between)
+    assert reg.ok and reg.kind == "deformable", reg.reason
+    # the bar above both: nothing is used, not even the affine fit
+    above = template.TemplateCheck(min_correlation=min(def_corr + 0.05, 0.999), min_affine_correlation=0.3)
+    reg = template.register(image, mask, check=above)
+    assert not reg.ok and reg.kind == "none" and "deformable step" in reg.reason
+    # the lower bar above the fits too: reported as before, without a deformable step
+    strict = template.TemplateCheck(min_correlation=0.999, min_affine_correlation=0.999)
+    reg = template.register(image, mask, check=strict)
+    assert not reg.ok and reg.kind == "none" and "demons_s" not in reg.summary

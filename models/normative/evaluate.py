@@ -16,9 +16,15 @@ Ventricles (``--ventricles N``): N held-out synthetic heads, each as acquired an
 ventricles enlarged by 20 % and 50 %, through the pipeline's own stages (preprocessing, template
 registration, anomaly): the measured volume against the truth.
 
+Ventricles in lesion studies (``--ventricle-lesion-heads``): lesion studies of those heads (seeds
+0-1; ``--ventricle-lesion-series`` t1, flair or t1,flair) through the default pipeline up to
+``anomaly_load``: the volume as the anomaly stage measured it (lesion counted) and as reported
+(the segmented lesion left out where it touches the ventricles), against the truth.
+
     .venv/bin/python models/normative/evaluate.py models/normative --cache CASES \\
         [--train-cache TRAIN_CASES] [--heads synthseg_15-20]
         [--ventricles 3 | --ventricle-heads synthseg_15 ...] [--no-maps] [--json OUT.json]
+        [--ventricle-lesion-heads synthseg_15-20 [--ventricle-lesion-series t1,flair]]
 """
 
 from __future__ import annotations
@@ -178,6 +184,47 @@ def ventricle_test(folder: Path, heads: list[str], growths=(0.0, 0.2, 0.5)) -> l
     return rows
 
 
+def ventricle_lesion_test(folder: Path, heads: list[str], series: tuple[str, ...], seeds=(0, 1)) -> list[dict]:
+    """Lesion studies through the default pipeline up to ``anomaly_load``: the ventricle volume as
+    first measured (lesion counted) and as reported, against the true volume."""
+    import os
+
+    from openrecon_stroke.pipeline import Pipeline, build_pipeline
+    from openrecon_stroke.stages.results import AnomalyMapResult, AnomalyResult
+    from openrecon_stroke.study import Study
+    from simulator.phantom import make_study
+
+    os.environ["OPENRECON_NORMATIVE_DIR"] = str(folder)
+    stages = build_pipeline("openrecon-stroke").stages
+    stages = stages[: [st.name for st in stages].index("anomaly_load") + 1]
+    rows = []
+    for head in heads:
+        for seed in seeds:
+            st = make_study(head_source(head), seed, randomize="realistic", series=series)
+            study = Study(inputs={c: st["series"][c]["volume"] for c in series})
+            Pipeline("ventricles-lesion", stages).run(study)
+            m, a = study.result(AnomalyMapResult), study.result(AnomalyResult)
+            if m is None or a is None or not a.csf or not m.measures.csf:
+                log.warning("%s seed %d: no ventricle measure (%s)", head, seed, "; ".join(study.warnings))
+                rows.append({"head": head, "seed": seed, "true_ml": round(st["ventricle_ml"], 1), "measured_ml": None})
+                continue
+            ref = m.ventricles.reference if m.ventricles else series[0]
+            les = st["series"][ref]["lesion_mask"] > 0
+            vox_ml = study.inputs[ref].grid.voxel_volume_mm3 / 1000
+            row = {"head": head, "seed": seed, "series": "+".join(series), "measured_on": ref,
+                   "true_ml": round(st["ventricle_ml"], 1), "lesion_ml": round(float(les.sum()) * vox_ml, 1),
+                   "first_ml": m.measures.csf["ventricle_ml"], "measured_ml": a.csf["ventricle_ml"]}
+            rows.append(row)
+            log.info("ventricles %s seed %d: true %.1f mL, lesion counted %.1f, reported %.1f", head, seed,
+                     st["ventricle_ml"], row["first_ml"], row["measured_ml"])
+    for key in ("first_ml", "measured_ml"):
+        err = [abs(r[key] / r["true_ml"] - 1) for r in rows if r.get(key) is not None]
+        if err:
+            log.info("%s: mean error %.1f %%, %d of %d within 10 %%", key, 100 * float(np.mean(err)),
+                     sum(e <= 0.1 for e in err), len(err))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("normative", type=Path)
@@ -190,7 +237,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ventricles", type=int, default=0, help="also the ventricle test on this many heads")
     ap.add_argument("--ventricle-heads", nargs="+",
                     help="heads of the ventricle test (default: the first --ventricles of --heads)")
-    ap.add_argument("--no-maps", action="store_true", help="only the ventricle test")
+    ap.add_argument("--ventricle-lesion-heads", nargs="+",
+                    help="heads of the ventricle test in lesion studies (seeds 0-1)")
+    ap.add_argument("--ventricle-lesion-series", default="t1", help="t1, flair or t1,flair")
+    ap.add_argument("--no-maps", action="store_true", help="only the ventricle tests")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -229,9 +279,13 @@ def main(argv=None) -> int:
         results["ventricles"] = ventricle_test(
             args.normative, expand(args.ventricle_heads) if args.ventricle_heads else heads[: args.ventricles]
         )
+    if args.ventricle_lesion_heads:
+        results["ventricles_in_lesion_studies"] = ventricle_lesion_test(
+            args.normative, expand(args.ventricle_lesion_heads), tuple(args.ventricle_lesion_series.split(","))
+        )
     results["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(results.get("scores"), indent=1))
-    for r in results.get("ventricles", []):
+    for r in results.get("ventricles", []) + results.get("ventricles_in_lesion_studies", []):
         print(r)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

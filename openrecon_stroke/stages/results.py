@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from .. import regions
 from ..anomaly import AnomalyLoad, CsfMeasures
 from ..lesion import Lesion
+from ..normative import VentricleMeasure
 from ..preprocess import RigidRegistration
 from ..resample import box_of
 from ..study import SeriesSpec, StudyResult
@@ -201,6 +202,19 @@ class AnomalyResult(StudyResult):
         return {"anomaly": a, "models": {"anomaly": self.model}}
 
 
+@dataclass(frozen=True)
+class VentricleRecord:
+    """Where ``anomaly`` measured the lateral ventricles, for ``anomaly_load`` to measure them
+    again without the segmented lesion when the lesion touches them (a cavity joined to a
+    ventricle is not ventricle)."""
+
+    #: the series measured (its bias-corrected image and brain mask are in :class:`BrainResult`)
+    reference: str
+    #: the brain's box on that series' grid (index z, y, x), where the measure's arrays lie
+    box: tuple[slice, ...]
+    measure: VentricleMeasure
+
+
 @dataclass
 class AnomalyMapResult(StudyResult):
     """Written by ``anomaly`` (which runs alongside ``lesion``, so it knows no lesion mask): every
@@ -216,3 +230,5 @@ class AnomalyMapResult(StudyResult):
     #: the input series whose lesion mask the load is split by (None: no split)
     lesion_reference: str | None
     measures: AnomalyResult
+    #: what the ventricle volume in ``measures`` was measured from (None: not measured so)
+    ventricles: VentricleRecord | None = None
