@@ -350,11 +350,6 @@ class VentricleMeasure:
         )
 
 
-def ventricle_volume(*args, **kwargs) -> float:
-    """Lateral-ventricle volume (mL): :func:`ventricle_measure`'s volume alone (same arguments)."""
-    return ventricle_measure(*args, **kwargs).ml
-
-
 def ventricle_measure(
     image: np.ndarray,
     brain: np.ndarray,

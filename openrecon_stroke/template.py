@@ -406,6 +406,15 @@ def _failed(q: dict[str, float], check: TemplateCheck) -> list[str]:
     return out
 
 
+def _affine_failed(q: dict[str, float], det: float, check: TemplateCheck) -> list[str]:
+    """Why an affine fit fails ``check`` (empty: it passes): the quality check, and a volume
+    change no head shows."""
+    out = _failed(q, check)
+    if not 0.5 < det < 2.0:
+        out.append(f"affine volume change x{det:.2f} is implausible")
+    return out
+
+
 def _demons(fixed: sitk.Image, moving: sitk.Image, demons: DemonsSettings) -> sitk.Image:
     """Displacement field (template grid) from diffeomorphic demons, coarse to fine."""
     disp: sitk.Image | None = None
@@ -487,10 +496,7 @@ def register(
         synth = synthetic_template(means, arr["gm"], arr["wm"], arr["csf"])
         q_aff = _quality(warped, wmask, synth, arr, mm)
         det = float(np.linalg.det(np.array(aff.GetMatrix()).reshape(3, 3)))
-        reasons = _failed(q_aff, check)
-        if not 0.5 < det < 2.0:
-            reasons.append(f"affine volume change x{det:.2f} is implausible")
-        return aff, warped, wmask, means, synth, q_aff, det, reasons
+        return aff, warped, wmask, means, synth, q_aff, det, _affine_failed(q_aff, det, check)
 
     try:
         fits = affine_candidates(moving, moving_mask, tmpl)
@@ -504,13 +510,8 @@ def register(
         if fit[-1]:
             # none passed: the best-correlated fit that fails on correlation alone, if it reaches
             # the lower bar, goes on on probation; otherwise report the best start's reasons
-            near = [
-                f
-                for f in judged
-                if check.min_affine_correlation <= f[5]["correlation"]
-                and not _failed(f[5], dataclasses.replace(check, min_correlation=0.0))
-                and 0.5 < f[6] < 2.0
-            ]
+            lower = dataclasses.replace(check, min_correlation=check.min_affine_correlation)
+            near = [f for f in judged if not _affine_failed(f[5], f[6], lower)]
             if near and deformable:
                 fit, probation = max(near, key=lambda f: f[5]["correlation"]), True
                 log.info(

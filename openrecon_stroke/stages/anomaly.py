@@ -293,8 +293,9 @@ class AnomalyLoadSplit(Stage):
         assert v is not None and measures.csf is not None
         img = study.need(BrainResult).n4[v.reference]
         # the mask on the measured series, else the one the load is split by, brought onto it
-        source = v.reference if study.get(LESION_MASK.name, v.reference) is not None else m.lesion_reference
-        lesion = _lesion_on(study, source, img) if source else None
+        lesion = _lesion_on(study, v.reference, img)
+        if lesion is None and m.lesion_reference:
+            lesion = _lesion_on(study, m.lesion_reference, img)
         if lesion is None or not (lesion[v.box] & v.measure.counted).any():
             return measures
         ml = v.measure.without(lesion[v.box]).ml
