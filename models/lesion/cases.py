@@ -263,6 +263,9 @@ def make_case(
                 np.float16
             )
             to_tmpl["flair_alone"] = reg_f.to_template
+        flair_alone_status = "registered" if reg_f.ok else f"not registered: {reg_f.reason}"
+    else:
+        flair_alone_status = None  # not tried
     side = {
         "head": head,
         "seed": seed,
@@ -272,6 +275,7 @@ def make_case(
         "reference": ref,
         "registration": reg.summary,
         "registration_kind": reg.kind,
+        "flair_alone": flair_alone_status,
         "to_template": to_tmpl,
         "affine_det": reg.affine_det,
         "native_grids": {c: _grid_only(shared["n4"][c]) for c in vols},
@@ -416,6 +420,15 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def flair_alone_failed(side: dict) -> str | None:
+    """Why the FLAIR of this case, analysed as if it had come alone, was not registered to the
+    template (None: registered, or not tried). The pipeline sends no lesion mask for such a
+    FLAIR, so an evaluation counts an empty prediction; training may still use the FLAIR as
+    registered with the T1-w (:func:`model_view`)."""
+    status = side.get("flair_alone")
+    return status if status and status != "registered" else None
 
 
 def model_view(arrays: dict, inputs: tuple[str, ...]) -> dict | None:
