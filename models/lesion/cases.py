@@ -22,7 +22,9 @@ transform in a pickle beside it (``.pkl``) so that an evaluation maps prediction
 series' own grid exactly as the lesion stage does. A study with both contrasts also holds the
 FLAIR as it is analysed when it arrives alone (its own HD-BET mask and template registration):
 ``flair_alone``, ``flair_alone_brain``, ``flair_alone_lesion``, ``native_flair_alone_brain`` and the transform
-``to_template["flair_alone"]``.
+``to_template["flair_alone"]``, when that registration passes its check; the pickle's
+``flair_alone`` says ``"registered"`` or why not (None: not tried). An evaluation scores a FLAIR
+that was not registered as the scanner gets it, with no lesion mask (:func:`flair_alone_failed`).
 
     .venv/bin/python models/lesion/cases.py --cache ~/.cache/openrecon-stroke/lesion-cases \\
         --heads synthseg_01-14 mni --seeds 0-3 --healthy-seeds 100
