@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .metrics import dice
 
@@ -104,22 +103,26 @@ class RegistrationCheck:
     """Limits a rigid inter-series registration must respect to be used.
 
     Series of one study share the scanner's frame of reference, so a plausible correction is
-    small; a large one means the optimiser went astray. The head overlap (Otsu head masks of
-    both series, inside the moving series' field of view) is judged against the overlap with
-    the scanner's own geometry: the registration may not lose more than ``max_overlap_loss``
-    of it, and must keep at least ``min_mask_dice``. (An absolute bar alone fails good
-    registrations: Otsu splits a thick-slice FLAIR and a T1-w head differently, e.g. 0.71 for a
-    registration whose brain masks agree to 0.95.) The centres of the two head masks (inside the
-    moving series' field of view, after registration) may lie at most ``max_centre_offset_mm``
-    apart: an optimiser stuck short of a large geometry error leaves them far apart even when
-    the overlap looks acceptable.
+    small (``max_rotation_deg``, ``max_translation_mm``); a large one means the optimiser went
+    astray. And the result must lie where the mutual information peaks: no probe ``probe_mm``
+    along or ``probe_deg`` about each axis, nor ``far_probe_mm`` along each axis, may score
+    better. A probe that scores better is where the optimiser starts again (at most
+    ``restarts`` times); if one still scores better after that, the registration stopped short
+    of the alignment and is not used.
+
+    (Until 2026-12-01 the check was the overlap of Otsu head masks and the distance between
+    head centres. On synthetic thick-slice FLAIRs those rejected registrations that were
+    exactly right, 5 of about 45 studies at the simulator's own geometry, and every 10 mm move
+    the optimiser recovered: they measure how differently a thick-slice FLAIR and a T1-w head
+    are masked, not misalignment. The overlap is still reported.)
     """
 
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
-    min_mask_dice: float = 0.6
-    max_overlap_loss: float = 0.03
-    max_centre_offset_mm: float = 10.0
+    probe_mm: float = 5.0
+    probe_deg: float = 5.0
+    far_probe_mm: float = 20.0
+    restarts: int = 2
 
 
 @dataclass
@@ -133,6 +136,7 @@ class RigidRegistration:
     ok: bool
     reason: str
     seconds: float
+    restarts: int = 0
 
     def summary(self) -> dict:
         return {
@@ -143,45 +147,67 @@ class RigidRegistration:
             "mutual_information_before": round(self.metric_before, 4),
             "mutual_information_after": round(self.metric_after, 4),
             "mask_dice": round(self.mask_dice, 4),
+            "restarts": self.restarts,
             "seconds": round(self.seconds, 2),
         }
 
 
+CHECK_MM = 4.0  # voxel size (mm) of the copies the registration check evaluates the metric on
+
+
 def _mi(fixed, moving, transform, fixed_mask=None) -> float:
+    """Mattes mutual information (negative: lower is better) of ``moving`` seen through
+    ``transform`` (fixed -> moving points) at ``fixed``'s points, on a fixed regular sample."""
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(32)
     reg.SetMetricSamplingStrategy(reg.REGULAR)
     reg.SetMetricSamplingPercentage(0.25, seed=1)
     if fixed_mask is not None:
         reg.SetMetricFixedMask(fixed_mask)
+    # the value only: no gradient images (they took half of each evaluation's time)
+    reg.SetMetricUseFixedImageGradientFilter(False)
+    reg.SetMetricUseMovingImageGradientFilter(False)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetInitialTransform(transform, inPlace=False)
     return float(reg.MetricEvaluate(fixed, moving))
 
 
-def register_rigid(
+def _probes(t: sitk.Euler3DTransform, check: RegistrationCheck):
+    """``(name, transform)``: ``t`` moved by +-``probe_mm`` and +-``far_probe_mm`` along, and
+    turned by +-``probe_deg`` about, each axis (patient LPS axes: x right->left, y
+    anterior->posterior, z inferior->superior)."""
+    for ax, name in enumerate("xyz"):
+        for sign in (-1.0, 1.0):
+            for mm in (check.probe_mm, check.far_probe_mm):
+                moved = sitk.Euler3DTransform(t)
+                tr = list(t.GetTranslation())
+                tr[ax] += sign * mm
+                moved.SetTranslation(tr)
+                yield f"{sign * mm:+.0f} mm along {name}", moved
+            turned = sitk.Euler3DTransform(t)
+            ang = [t.GetAngleX(), t.GetAngleY(), t.GetAngleZ()]
+            ang[ax] += math.radians(sign * check.probe_deg)
+            turned.SetRotation(*ang)
+            yield f"{sign * check.probe_deg:+.0f} deg about {name}", turned
+
+
+def better_probes(
     fixed: sitk.Image,
     moving: sitk.Image,
-    *,
+    transform: sitk.Euler3DTransform,
     fixed_mask: sitk.Image | None = None,
     check: RegistrationCheck = RegistrationCheck(),
-    seed: int = 1,
-) -> RigidRegistration:
-    """Rigid (6 degrees of freedom) registration by Mattes mutual information.
+) -> list[tuple[float, str, sitk.Euler3DTransform]]:
+    """The probes of ``check`` around ``transform`` (fixed -> moving points) where the mutual
+    information is higher than at it, best first, as ``(metric, name, transform)``: empty where
+    the registration reached the peak."""
+    at = _mi(fixed, moving, transform, fixed_mask)
+    scored = [(_mi(fixed, moving, t, fixed_mask), name, t) for name, t in _probes(transform, check)]
+    return sorted((s for s in scored if s[0] < at), key=lambda s: s[0])
 
-    Multi-resolution (shrink 4, 2, 1... capped at 2 mm working resolution), starting from the
-    scanner geometry (identity). The returned transform maps points of ``fixed`` to ``moving``
-    (ITK convention: resample ``moving`` with it to bring it onto ``fixed``).
-    """
-    import time
 
-    t0 = time.perf_counter()
-    f = sitk.Cast(fixed, sitk.sitkFloat32)
-    m = sitk.Cast(moving, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(
-        f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
-    )
-    init.SetTranslation((0.0, 0.0, 0.0))  # both series share the frame of reference
+def _optimise(f: sitk.Image, m: sitk.Image, start: sitk.Euler3DTransform, fixed_mask, seed: int):
+    """Rigid Mattes-MI optimisation from ``start``: shrink 4 then 2, returning an Euler transform."""
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -200,81 +226,89 @@ def register_rigid(
     reg.SetShrinkFactorsPerLevel([4, 2])
     reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(init, inPlace=False)
+    reg.SetInitialTransform(start, inPlace=False)
     tx = reg.Execute(f, m)
-    # the check runs on ~3 mm copies: enough to judge alignment, a fraction of the cost
-    shrink = [max(1, int(round(3.0 / sp))) for sp in f.GetSpacing()]
-    fs, ms = sitk.Shrink(f, shrink), sitk.Shrink(m, [max(1, int(round(3.0 / sp))) for sp in m.GetSpacing()])
+    if tx.GetName() == "CompositeTransform":
+        tx = sitk.CompositeTransform(tx).GetNthTransform(0)
+    return sitk.Euler3DTransform(tx)
+
+
+def register_rigid(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    fixed_mask: sitk.Image | None = None,
+    check: RegistrationCheck = RegistrationCheck(),
+    seed: int = 1,
+) -> RigidRegistration:
+    """Rigid (6 degrees of freedom) registration by Mattes mutual information.
+
+    Multi-resolution (shrink 4, 2), starting from the scanner geometry (identity); the scanner
+    geometry itself is kept where the optimiser does not beat it. Probes around the result
+    (``check``) must not score better; where one does, the optimiser starts again from the best
+    probe. The returned transform maps points of ``fixed`` to ``moving`` (ITK convention:
+    resample ``moving`` with it to bring it onto ``fixed``).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    f = sitk.Cast(fixed, sitk.sitkFloat32)
+    m = sitk.Cast(moving, sitk.sitkFloat32)
+    init = sitk.CenteredTransformInitializer(
+        f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    init.SetTranslation((0.0, 0.0, 0.0))  # both series share the frame of reference
+    # the metric that judges runs on ~CHECK_MM copies: enough to judge alignment to the probes'
+    # 5 mm, a fraction of the cost (19 evaluations per round)
+    shrink = [max(1, int(round(CHECK_MM / sp))) for sp in f.GetSpacing()]
+    fs, ms = sitk.Shrink(f, shrink), sitk.Shrink(m, [max(1, int(round(CHECK_MM / sp))) for sp in m.GetSpacing()])
     fmask = sitk.Shrink(fixed_mask, shrink) if fixed_mask is not None else None
     before = _mi(fs, ms, init, fmask)
-    after = _mi(fs, ms, tx, fmask)
-    euler = (
-        sitk.Euler3DTransform(sitk.CompositeTransform(tx).GetNthTransform(0))
-        if tx.GetName() == "CompositeTransform"
-        else sitk.Euler3DTransform(tx)
-    )
-    kept_scanner = False
-    if after > before:  # Mattes MI is negative: the optimiser ended worse than where it began
-        # Series of one study share the scanner's frame: its geometry is the other candidate.
-        # Keep the better of the two; the overlap check below still judges the one kept.
-        euler = sitk.Euler3DTransform(init)
-        after, kept_scanner = before, True
+    euler, after = init, before
+    kept_scanner, restarts, start = True, 0, init
+    while True:
+        tried = _optimise(f, m, start, fixed_mask, seed)
+        score = _mi(fs, ms, tried, fmask)
+        # Mattes MI is negative: keep the optimiser's result only where it ends better than
+        # every candidate so far (the scanner geometry first: series of one study share the frame)
+        if score < after:
+            euler, after, kept_scanner = tried, score, False
+        better = better_probes(fs, ms, euler, fmask, check)
+        if not better or restarts >= check.restarts:
+            break
+        restarts += 1
+        score, _, start = better[0]
+        euler, after, kept_scanner = start, score, False  # a probe that scores better is a candidate too
     rot = math.degrees(max(abs(a) for a in (euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ())))
     trans = float(np.linalg.norm(euler.GetTranslation()))
-    # overlap of the two head masks (on the fixed grid), registered and with the scanner geometry
+    # overlap of the two head masks (on the fixed grid, inside the moving series' field of
+    # view): reported, not judged (see RegistrationCheck)
     fm = sitk.GetArrayFromImage(sitk.OtsuThreshold(fs, 0, 1, 200)).astype(bool)
-    ms_head = sitk.OtsuThreshold(ms, 0, 1, 200)
     ones = sitk.Image(ms.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(ms)
-
-    def head_overlap(t):
-        mm = sitk.GetArrayFromImage(sitk.Resample(ms_head, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
-        inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
-        return dice(fm & inside, mm & inside)
-
-    def whole_head(img: sitk.Image) -> sitk.Image:
-        """Everything brighter than a tenth of the 99th percentile, closed and filled: the head
-        whatever the contrast (Otsu splits a FLAIR and a T1-w head at different tissues)."""
-        a = sitk.GetArrayFromImage(img)
-        m = ndimage.binary_fill_holes(ndimage.binary_closing(a > 0.1 * np.percentile(a, 99), iterations=2))
-        out = sitk.GetImageFromArray(m.astype(np.uint8))
-        out.CopyInformation(img)
-        return out
-
-    f_whole = sitk.GetArrayFromImage(whole_head(fs)).astype(bool)
-    m_whole = whole_head(ms)
-
-    def centre_offset(t) -> float:
-        """Distance (mm) between the centres of the two whole-head masks, inside the moving series' field of view."""
-        mm = sitk.GetArrayFromImage(sitk.Resample(m_whole, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
-        inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, t, sitk.sitkNearestNeighbor, 0)).astype(bool)
-        a, b = f_whole & inside, mm & inside
-        if not a.any() or not b.any():
-            return float("inf")
-        sp = np.asarray(fs.GetSpacing(), float)[::-1]
-        return float(np.linalg.norm((np.argwhere(a).mean(0) - np.argwhere(b).mean(0)) * sp))
-
-    overlap = head_overlap(euler)
-    overlap_scanner = overlap if kept_scanner else head_overlap(init)
-    offset = centre_offset(euler)
+    mm = sitk.GetArrayFromImage(
+        sitk.Resample(sitk.OtsuThreshold(ms, 0, 1, 200), fs, euler, sitk.sitkNearestNeighbor, 0)
+    ).astype(bool)
+    inside = sitk.GetArrayFromImage(sitk.Resample(ones, fs, euler, sitk.sitkNearestNeighbor, 0)).astype(bool)
+    overlap = dice(fm & inside, mm & inside)
     reasons = []
     if rot > check.max_rotation_deg:
         reasons.append(f"rotation {rot:.1f} deg exceeds {check.max_rotation_deg:.0f} deg")
     if trans > check.max_translation_mm:
         reasons.append(f"translation {trans:.1f} mm exceeds {check.max_translation_mm:.0f} mm")
-    if overlap < check.min_mask_dice:
-        reasons.append(f"head overlap after registration is {overlap:.2f} (< {check.min_mask_dice:.2f})")
-    elif overlap < overlap_scanner - check.max_overlap_loss:
+    if better:
+        names = ", ".join(b[1] for b in better[:3])
         reasons.append(
-            f"head overlap after registration is {overlap:.2f}, below the scanner geometry's {overlap_scanner:.2f}"
+            f"mutual information is higher {len(better)} probe(s) away ({names}) after {restarts} restart(s): "
+            "the registration stopped short of the alignment"
         )
-    if offset > check.max_centre_offset_mm:
-        reasons.append(f"head centres {offset:.0f} mm apart after registration (> {check.max_centre_offset_mm:.0f} mm)")
     ok = not reasons
     reason = "; ".join(reasons) or (
-        "passed (scanner geometry kept: the optimiser did not improve on it)" if kept_scanner else "passed"
+        "passed (scanner geometry kept: the optimiser did not improve on it)"
+        if kept_scanner
+        else "passed" + (f" after {restarts} restart(s) from a better probe" if restarts else "")
     )
-    return RigidRegistration(euler, rot, trans, before, after, overlap, ok, reason, time.perf_counter() - t0)
+    return RigidRegistration(euler, rot, trans, before, after, overlap, ok, reason, time.perf_counter() - t0, restarts)
 
 
 def resample_to(

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from openrecon_stroke.geometry import Grid
 from openrecon_stroke.preprocess import (
-    RegistrationCheck, from_ras, n4_correct, orientation_code, register_rigid, resample_spacing, to_ras,
+    RegistrationCheck, better_probes, from_ras, n4_correct, orientation_code, register_rigid, resample_spacing, to_ras,
 )
 from openrecon_stroke.study_cache import StudyCache, study_key
 
@@ -90,14 +90,35 @@ def test_registration_recovers_small_motion_and_passes_check():
     assert res.metric_after < res.metric_before
 
 
-def test_registration_check_rejects_implausible_result():
+def test_registration_probes_find_the_peak_of_mutual_information():
+    """Around the alignment no probe scores better; around a transform short of it, the probe
+    towards the truth does."""
     g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
     fixed = blob_head(g)
-    moving, _ = _moved(fixed, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
-    strict = RegistrationCheck(max_rotation_deg=15, max_translation_mm=20, min_mask_dice=1.01)
-    res = register_rigid(fixed, moving, check=strict)
-    assert not res.ok and "overlap" in res.reason
-    assert json.loads(json.dumps(res.summary()))["ok"] is False  # reportable as JSON
+    moving, tx = _moved(fixed, (0.0, 0.0, 0.0), (9.0, 0.0, 0.0))  # moving(p) = fixed(p + 9 mm x)
+    truth = sitk.Euler3DTransform(tx.GetInverse())  # fixed -> moving points: 9 mm to -x
+    short = sitk.Euler3DTransform()
+    short.SetCenter(truth.GetCenter())
+    assert better_probes(fixed, moving, truth) == []
+    names = [b[1] for b in better_probes(fixed, moving, short)]
+    assert names and names[0] == "-5 mm along x", names
+    assert "+5 mm along x" not in names and "+20 mm along x" not in names
+
+
+def test_registration_check_rejects_a_geometry_error_beyond_its_limits():
+    """The moving series' geometry wrong by 45 mm: whether the optimiser, restarted from the
+    probes, reaches it or stops short, the result is not used, and the reasons are reportable."""
+    g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
+    fixed = blob_head(g)
+    far = sitk.Image(fixed)
+    far.SetOrigin(tuple(np.add(far.GetOrigin(), (45.0, 0.0, 0.0))))
+    res = register_rigid(fixed, far)
+    assert not res.ok and ("probe" in res.reason or "translation" in res.reason), res.reason
+    assert json.loads(json.dumps(res.summary()))["ok"] is False
+    # with the limit raised the same registration finds the 45 mm, after restarting from a probe
+    wide = register_rigid(fixed, far, check=RegistrationCheck(max_translation_mm=60.0, restarts=4))
+    assert wide.ok and wide.restarts >= 1, wide.reason
+    assert np.linalg.norm(np.subtract(wide.transform.GetTranslation(), (45.0, 0.0, 0.0))) < 2.0
 
 
 def test_resample_spacing_keeps_extent():

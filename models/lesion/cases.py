@@ -22,7 +22,9 @@ transform in a pickle beside it (``.pkl``) so that an evaluation maps prediction
 series' own grid exactly as the lesion stage does. A study with both contrasts also holds the
 FLAIR as it is analysed when it arrives alone (its own HD-BET mask and template registration):
 ``flair_alone``, ``flair_alone_brain``, ``flair_alone_lesion``, ``native_flair_alone_brain`` and the transform
-``to_template["flair_alone"]``.
+``to_template["flair_alone"]``, when that registration passes its check; the pickle's
+``flair_alone`` says ``"registered"`` or why not (None: not tried). An evaluation scores a FLAIR
+that was not registered as the scanner gets it, with no lesion mask (:func:`flair_alone_failed`).
 
     .venv/bin/python models/lesion/cases.py --cache ~/.cache/openrecon-stroke/lesion-cases \\
         --heads synthseg_01-14 mni --seeds 0-3 --healthy-seeds 100
@@ -263,6 +265,9 @@ def make_case(
                 np.float16
             )
             to_tmpl["flair_alone"] = reg_f.to_template
+        flair_alone_status = "registered" if reg_f.ok else f"not registered: {reg_f.reason}"
+    else:
+        flair_alone_status = None  # not tried
     side = {
         "head": head,
         "seed": seed,
@@ -272,6 +277,7 @@ def make_case(
         "reference": ref,
         "registration": reg.summary,
         "registration_kind": reg.kind,
+        "flair_alone": flair_alone_status,
         "to_template": to_tmpl,
         "affine_det": reg.affine_det,
         "native_grids": {c: _grid_only(shared["n4"][c]) for c in vols},
@@ -416,6 +422,15 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def flair_alone_failed(side: dict) -> str | None:
+    """Why the FLAIR of this case, analysed as if it had come alone, was not registered to the
+    template (None: registered, or not tried). The pipeline sends no lesion mask for such a
+    FLAIR, so an evaluation counts an empty prediction; training may still use the FLAIR as
+    registered with the T1-w (:func:`model_view`)."""
+    status = side.get("flair_alone")
+    return status if status and status != "registered" else None
 
 
 def model_view(arrays: dict, inputs: tuple[str, ...]) -> dict | None:

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cases import expand, model_view  # noqa: E402
+from cases import expand, flair_alone_failed, model_view  # noqa: E402
 
 from openrecon_stroke.lesion import postprocess  # noqa: E402
 from openrecon_stroke.lesion_voxel import VoxelLesionModel  # noqa: E402
@@ -52,6 +52,9 @@ def load_case(cache: Path, head: str, seed: int):
 def predict_native(model: VoxelLesionModel, arrays: dict, side: dict) -> tuple[np.ndarray, str] | None:
     """The model's probability on the native grid of the series it speaks for, cut to that
     series' brain mask, and the series' contrast (None if the case lacks an input)."""
+    if model.card.inputs == ("flair",) and flair_alone_failed(side):
+        # as the scanner would: a FLAIR that came alone and was not registered gets no mask
+        return np.zeros(arrays["native_flair_truth"].shape, np.float32), "flair"
     v = model_view(arrays, model.card.inputs)
     if v is None or v["transform"] not in side["to_template"]:
         return None

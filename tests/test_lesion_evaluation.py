@@ -1,0 +1,38 @@
+"""The lesion evaluation scores a case as the scanner would deliver it."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from openrecon_stroke.lesion_voxel import VoxelLesionModel
+from openrecon_stroke.model_card import VoxelClassifierCard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    sys.path.insert(0, str(REPO / "models" / "lesion"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "models" / "lesion" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_flair_whose_own_registration_failed_is_scored_as_no_mask():
+    """A FLAIR analysed as if it came alone, whose template registration failed, gets no lesion
+    mask on the scanner: the evaluation predicts nothing for it (its lesions count as missed)
+    instead of reading the FLAIR through the T1-w's registration."""
+    cases, ev = _script("cases"), _script("evaluate_voxel")
+    assert cases.flair_alone_failed({"flair_alone": "registered"}) is None
+    assert cases.flair_alone_failed({"flair_alone": None}) is None  # not tried (no T1-w in the study)
+    assert cases.flair_alone_failed({}) is None
+    why = "not registered: affine correlation 0.38 (< 0.40)"
+    assert cases.flair_alone_failed({"flair_alone": why}) == why
+    model = VoxelLesionModel(VoxelClassifierCard.load(REPO / "models" / "lesion" / "flair"))
+    truth = np.zeros((8, 10, 12), np.uint8)
+    truth[2:5, 3:6, 4:8] = 1
+    arrays = {"native_flair_truth": truth, "flair": np.ones((4, 4, 4), np.float32)}
+    p, target = ev.predict_native(model, arrays, {"flair_alone": why, "to_template": {}})
+    assert target == "flair" and p.shape == truth.shape and not p.any()
