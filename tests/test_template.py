@@ -28,10 +28,11 @@ def test_template_grid_mirrors_about_the_mid_sagittal_plane():
     np.testing.assert_allclose(template.lps_to_mni(template.mni_to_lps(p)), p)
 
 
-def _known_subject(contrast: str, pitch_deg: float = 25.0, scale: float = 1.08):
+def _known_subject(contrast: str, pitch_deg: float = 25.0, scale: float = 1.08, slices: int = 1):
     """The template brain in a given contrast, moved by a known similarity transform onto an
     oblique 1.2 mm grid, with its brain mask: ``(image, mask, truth)``, ``truth`` mapping
-    template points to subject points."""
+    template points to subject points. ``slices`` > 1: thick slices, each the mean of that many
+    1.2 mm slices."""
     t = template.load_template(1.0)
     a = t.arrays()
     if contrast == "t1":
@@ -55,13 +56,26 @@ def _known_subject(contrast: str, pitch_deg: float = 25.0, scale: float = 1.08):
     inv = truth.GetInverse()  # subject points -> template points: what resampling needs
     image = sitk.Resample(src, grid, inv, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     mask = sitk.Resample(t.brain, grid, inv, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    if slices > 1:
+        thick = []
+        for im in (image, mask):
+            a = sitk.GetArrayFromImage(im).astype(np.float32)
+            n = a.shape[0] // slices * slices
+            a = a[:n].reshape(n // slices, slices, *a.shape[1:]).mean(1)
+            out = sitk.GetImageFromArray(a if im is image else (a >= 0.5).astype(np.uint8))
+            out.SetSpacing((1.2, 1.2, 1.2 * slices))
+            out.SetDirection(grid.GetDirection())
+            out.SetOrigin(tuple(np.array(grid.GetOrigin()) + d @ np.array([0.0, 0.0, 1.2 * (slices - 1) / 2])))
+            thick.append(out)
+        image, mask = thick
     return image, mask, truth
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("contrast", ["t1", "flair"])
-def test_registration_recovers_a_known_transform(contrast):
-    image, mask, truth = _known_subject(contrast)
+@pytest.mark.parametrize("contrast,slices", [("t1", 1), ("flair", 1), ("flair", 4)])
+def test_registration_recovers_a_known_transform(contrast, slices):
+    """Also a FLAIR of 4.8 mm slices."""
+    image, mask, truth = _known_subject(contrast, slices=slices)
     reg = template.register(image, mask)
     assert reg.ok and reg.kind == "deformable", reg.reason
     assert reg.summary["inside"] > 0.97 and reg.summary["correlation"] > 0.8
@@ -192,3 +206,25 @@ def test_an_affine_fit_short_on_correlation_alone_is_used_only_through_a_passing
     strict = template.TemplateCheck(min_correlation=0.999, min_affine_correlation=0.999)
     reg = template.register(image, mask, check=strict)
     assert not reg.ok and reg.kind == "none" and "demons_s" not in reg.summary
+
+
+@pytest.mark.slow
+def test_a_thick_slice_series_whose_field_fails_is_tried_again_with_the_field_smoothed_over_its_slices():
+    """A check the 3 mm field just fails (its Jacobian's 0.5th percentile under the bar): on a
+    4.8 mm-slice series the deformable step is tried again with the field smoothed by 1.125
+    slices (5.4 mm) and that result is used; a 1.2 mm series is not tried again (affine used)."""
+    image, mask, _ = _known_subject("flair", slices=4)
+    first = template.register(image, mask)
+    assert first.ok and first.summary["demons_smoothing_mm"] == 3.0 and "first_try" not in first.summary
+    jlo = first.summary["jacobian_p0.5"]
+    bar = template.TemplateCheck(jacobian_range=(jlo + 0.25 * (1.0 - jlo), 5.0))
+    reg = template.register(image, mask, check=bar)
+    assert reg.ok and reg.kind == "deformable", reg.reason
+    assert reg.summary["demons_smoothing_mm"] == pytest.approx(5.4) and reg.summary["first_try"] == "failed"
+    assert reg.summary["jacobian_p0.5"] >= bar.jacobian_range[0] and "smoothed" in reg.reason
+    fine, fmask, _ = _known_subject("flair")
+    jlo_fine = template.register(fine, fmask).summary["jacobian_p0.5"]
+    strict = template.TemplateCheck(jacobian_range=(jlo_fine + 0.01, 5.0))
+    reg = template.register(fine, fmask, check=strict)
+    assert reg.ok and reg.kind == "affine", reg.reason
+    assert reg.summary["demons_smoothing_mm"] == 3.0 and "first_try" not in reg.summary
