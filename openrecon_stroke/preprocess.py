@@ -267,7 +267,12 @@ def register_rigid(
     euler, after = init, before
     kept_scanner, restarts, start = True, 0, init
     while True:
-        tried = _optimise(f, m, start, fixed_mask, seed)
+        try:
+            tried = _optimise(f, m, start, fixed_mask, seed)
+        except RuntimeError:  # e.g. too few sampled points overlap from a far start
+            if not restarts:
+                raise
+            tried = start  # a restart that cannot move keeps the probe it started from
         score = _mi(fs, ms, tried, fmask)
         # Mattes MI is negative: keep the optimiser's result only where it ends better than
         # every candidate so far (the scanner geometry first: series of one study share the frame)

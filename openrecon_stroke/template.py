@@ -23,11 +23,11 @@ Method (contrast-agnostic, so a FLAIR alone registers as well as a T1-w):
    (the template's tissue probability maps weighted by the brain's own grey matter, white matter
    and CSF intensities, estimated robustly), by diffeomorphic demons on 2 mm copies (the field
    smoothed by 3 mm; a thick-slice series whose result fails the check is tried again with the
-   field smoothed over 1.125 of its slices). Voxels far
-   brighter or darker than that template expects *and* away from the template's CSF (a lesion
-   cavity in white matter, say) are replaced by the expected value first, so that a lesion does
-   not drive the deformation (cost-function masking), while enlarged ventricles, which border
-   template CSF, are still followed;
+   field smoothed over 1.125 of its slices). Voxels far brighter or darker than that template
+   expects *and* away from the template's CSF (a lesion cavity in white matter, say) are
+   replaced by the expected value first, so that a lesion does not drive the deformation
+   (cost-function masking), while enlarged ventricles, which border template CSF, are still
+   followed;
 3. check: brain overlap (Dice of the warped HD-BET mask with the template brain), correlation
    with the synthetic template, and the Jacobian determinant range. A deformable step that fails
    its check falls back to the affine one; an affine step that fails leaves the study without
@@ -187,9 +187,9 @@ class DemonsSettings:
     standard deviation of the Gaussian that regularises the displacement field (mm); where the
     result fails its check and ``smoothing_per_slice`` times the series' largest voxel size is
     more, the step is tried again with that (a thick-slice series holds no detail finer than its
-    slices for the field to follow), and ``outlier_z``: residuals beyond
-    this many robust standard deviations, away from the template's CSF, are masked from the
-    cost (see the module docstring).
+    slices for the field to follow). ``outlier_z``: residuals beyond this many robust standard
+    deviations, away from the template's CSF, are masked from the cost (see the module
+    docstring).
     """
 
     #: 40 + 25 and 60 + 80 were measured and not adopted (2026-12-01, models/lesion/MODEL_CARD.md):

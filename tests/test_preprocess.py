@@ -188,3 +188,26 @@ def test_cache_put_later_is_waited_for_and_a_failed_write_is_reported(tmp_path, 
     assert c.get("k2", "t1") is None and "could not be written" in caplog.text
     with pytest.raises(ValueError):
         c.put_later("../x", "t1", {}, {})
+
+
+def test_a_restart_the_optimiser_cannot_run_keeps_its_probe(monkeypatch):
+    """An optimisation from a far probe that ITK refuses (too few overlapping samples) does not
+    break the registration: the probe itself is the candidate, and the check still judges it."""
+    from openrecon_stroke import preprocess
+
+    g = Grid((48, 64, 56), (3.0, 3.0, 3.0), np.eye(3), (-84.0, -96.0, -72.0))
+    fixed = blob_head(g)
+    far = sitk.Image(fixed)
+    far.SetOrigin(tuple(np.add(far.GetOrigin(), (45.0, 0.0, 0.0))))
+    real, calls = preprocess._optimise, []
+
+    def first_only(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("Too many samples map outside moving image buffer")
+        return real(*args)
+
+    monkeypatch.setattr(preprocess, "_optimise", first_only)
+    res = register_rigid(fixed, far, check=RegistrationCheck(max_translation_mm=60.0, restarts=2))
+    assert len(calls) == 3 and res.restarts == 2  # both restarts tried, neither could optimise
+    assert not res.ok and "probe" in res.reason, res.reason
