@@ -569,18 +569,16 @@ def register(
     moving_img = _like(np.where(brain_t | wmask, np.where(outlier, synth, warped), 0.0) / scale, tmpl.grid)
 
     def deform(smoothing: float):
-        """The deformable step with the field smoothed by ``smoothing`` mm: its transforms, log
-        Jacobian, fields, figures and the check's reasons (empty: passed)."""
+        """The deformable step with the field smoothed by ``smoothing`` mm: its displacement
+        field, log Jacobian, figures and the check's reasons (empty: passed). The inverse field
+        is left to the result that is used."""
         t1 = time.perf_counter()
         disp = _demons(fixed_img, moving_img, demons, smoothing)
         timings["demons_s"] = timings.get("demons_s", 0.0) + time.perf_counter() - t1
         logj = sitk.Log(sitk.Maximum(sitk.DisplacementFieldJacobianDeterminant(disp), 1e-3))
         lj = sitk.GetArrayViewFromImage(logj)[brain_t]
         jlo, jhi = (float(np.exp(v)) for v in np.percentile(lj, [0.5, 99.5]))
-        t2 = time.perf_counter()
-        inv = _inverse(disp, demons.inverse_shrink)
-        timings["inverse_s"] = timings.get("inverse_s", 0.0) + time.perf_counter() - t2
-        to_native, to_template = _compose(aff, disp, inv)
+        to_native = sitk.CompositeTransform([aff, sitk.DisplacementFieldTransform(sitk.Image(disp))])
         # check: the brain through the whole transform against the template
         warped_d = sitk.GetArrayFromImage(
             sitk.Resample(brain_img, tmpl.grid, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -600,9 +598,9 @@ def register(
             reasons.append(
                 f"Jacobian range {jlo:.2f}-{jhi:.2f} outside {check.jacobian_range[0]}-{check.jacobian_range[1]}"
             )
-        return to_native, to_template, logj, (disp, inv), figures, reasons
+        return disp, logj, figures, reasons
 
-    to_native, to_template, logj, fields, figures, reasons = deform(demons.smoothing_mm)
+    disp, logj, figures, reasons = deform(demons.smoothing_mm)
     thick = demons.smoothing_per_slice * max(moving.GetSpacing())
     if reasons and thick > demons.smoothing_mm:
         # a thick-slice series: try again with the field smoothed over its slices
@@ -615,8 +613,12 @@ def register(
             "; ".join(retry[-1]) or "passed",
         )
         if not retry[-1]:
-            to_native, to_template, logj, fields, figures, reasons = retry
+            disp, logj, figures, reasons = retry
             figures["first_try"] = "failed"
+    if not reasons:  # the inverse only for a result that is used
+        t2 = time.perf_counter()
+        inv = _inverse(disp, demons.inverse_shrink)
+        timings["inverse_s"] = time.perf_counter() - t2
     summary.update(figures)
     summary["outlier_ml"] = round(float(outlier.sum()) * mm**3 / 1000, 2)
     summary.update({k: round(v, 2) for k, v in timings.items()})
@@ -634,8 +636,9 @@ def register(
         affine_only.reason = "deformable step failed its check (" + "; ".join(reasons) + "): affine registration used"
         return affine_only
     reason = "passed" if "first_try" not in figures else "passed (the field smoothed over the series' slices)"
+    to_native, to_template = _compose(aff, disp, inv)
     return TemplateRegistration(
-        "deformable", to_native, to_template, aff, logj, det, means, True, reason, summary, fields
+        "deformable", to_native, to_template, aff, logj, det, means, True, reason, summary, (disp, inv)
     )
 
 
