@@ -36,3 +36,16 @@ def test_a_flair_whose_own_registration_failed_is_scored_as_no_mask():
     arrays = {"native_flair_truth": truth, "flair": np.ones((4, 4, 4), np.float32)}
     p, target = ev.predict_native(model, arrays, {"flair_alone": why, "to_template": {}})
     assert target == "flair" and p.shape == truth.shape and not p.any()
+
+
+def test_each_head_of_a_seed_gets_its_own_draws():
+    """Cases draw their contrast, slice orientation and lesions from head and seed together: with
+    the seed alone every head of one seed had the same contrast, so the training set held three
+    T1-w contrasts with lesions, three others without, and the test heads saw no new one."""
+    cases = _script("cases")
+    heads = [f"synthseg_{i:02d}" for i in range(1, 21)] + ["mni", "chris_t1", "gd_t1", "flair_real"]
+    for seed in (0, 1, 100):
+        assert len({cases.study_seed(h, seed) for h in heads}) == len(heads)
+    assert cases.study_seed("synthseg_03", 2) == cases.study_seed("synthseg_03", 2)  # a case can be made again
+    assert cases.study_seed("synthseg_03", 2) != cases.study_seed("synthseg_03", 102)
+    assert cases.SCHEME == 2
