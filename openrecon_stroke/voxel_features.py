@@ -20,7 +20,11 @@ Names: ``<contrast>_<feature>`` for image features (contrast ``t1`` or ``flair``
 * ``lstd3``: local standard deviation of the intensity (3 mm Gaussian window);
 * ``prior_gm``, ``prior_wm``, ``prior_csf``: the template's tissue probabilities;
   ``prior_csf_s4``: CSF probability smoothed 4 mm (nearness of CSF); ``prior_depth``: distance
-  to the template brain's surface (mm).
+  to the template brain's surface (mm);
+* ``tint``, ``tint_s2``, ``tint_s5``, ``texpect``, ``tmirror``, ``tmirror_s3``, ``tlstd3``: the
+  intensity features on the tissue-standardised scale (:func:`tissue_standardised`: the brain's
+  own CSF, grey and white matter mapped onto fixed levels), so that they do not change with the
+  scanner's contrast. No shipped card uses them yet (measured 2026-12-01, `MODEL_CARD.md`).
 
 Smoothing inside the brain is normalised convolution (the smoothed image divided by the smoothed
 mask), so values near the brain's edge are not pulled towards 0 by the background.
@@ -52,6 +56,12 @@ IMAGE_FEATURES = (
     "lstd3",
 )
 PRIOR_FEATURES = ("prior_gm", "prior_wm", "prior_csf", "prior_csf_s4", "prior_depth")
+#: The intensity features on the brain's tissue-standardised scale (:func:`tissue_standardised`):
+#: ``t<feature>`` is ``<feature>`` of that image (``tint``, ``tint_s2``, ...).
+STANDARDISED_FEATURES = ("tint", "tint_s2", "tint_s5", "texpect", "tmirror", "tmirror_s3", "tlstd3")
+#: Tissue levels (relative to white matter) that :func:`tissue_standardised` maps each brain's own
+#: CSF, grey and white matter to: a typical MPRAGE and a typical dark-fluid FLAIR at 3 T.
+TISSUE_LEVELS = {"t1": {"csf": 0.25, "gm": 0.70, "wm": 1.0}, "flair": {"csf": 0.20, "wm": 1.0, "gm": 1.25}}
 #: Features that need a normative model.
 NORMATIVE_FEATURES = ("z", "z_s2", "z_s4", "zmirror_s2")
 
@@ -117,7 +127,7 @@ def brain_box(brain: np.ndarray) -> tuple[slice, ...]:
 
 def check_names(names, inputs, has_normative: bool) -> str:
     """Why a feature list cannot be computed for these inputs ("" when it can)."""
-    known = set(PRIOR_FEATURES) | {f"{c}_{f}" for c in inputs for f in IMAGE_FEATURES}
+    known = set(PRIOR_FEATURES) | {f"{c}_{f}" for c in inputs for f in IMAGE_FEATURES + STANDARDISED_FEATURES}
     bad = [n for n in names if n not in known]
     if bad or not names:
         return f"unknown features {bad} for inputs {list(inputs)} (known: {sorted(known)})"
@@ -132,6 +142,29 @@ def feature_names(inputs: tuple[str, ...], image_features=IMAGE_FEATURES, prior_
 
 def relative_intensity(image: np.ndarray, wm_intensity: float) -> np.ndarray:
     return (image / (wm_intensity if wm_intensity > 0 else 1.0)).astype(np.float32)
+
+
+def tissue_standardised(rel: np.ndarray, means: dict[str, float], contrast: str) -> np.ndarray:
+    """A white-matter-relative image mapped piecewise linearly so that the brain's own CSF, grey and
+    white matter (``means``, :func:`openrecon_stroke.template.tissue_means`) land on
+    :data:`TISSUE_LEVELS` of ``contrast``: the same tissue reads the same whatever the scanner's
+    contrast. Through 0 below the darkest tissue; the last segment's slope above the brightest.
+    Unchanged where the brain's tissues are not in the contrast's order or lie within 5 % of each
+    other (the measurement is not to be trusted)."""
+    wm = means.get("wm", 0.0)
+    levels = TISSUE_LEVELS[contrast]
+    if wm <= 0:
+        return rel
+    order = sorted(levels, key=levels.__getitem__)
+    src = [0.0] + [means[t] / wm for t in order]
+    dst = [0.0] + [levels[t] for t in order]
+    if any(b < a * 1.05 for a, b in zip(src[1:], src[2:])) or src[1] <= 0:
+        return rel
+    slope = (dst[-1] - dst[-2]) / (src[-1] - src[-2])
+    out = np.interp(rel, src, dst)
+    top = rel > src[-1]
+    out[top] = dst[-1] + (rel[top] - src[-1]) * slope
+    return out.astype(np.float32)
 
 
 def compute(
@@ -184,6 +217,12 @@ def compute(
             ("int", c), lambda: np.where(brain, relative_intensity(images[c], means[c]["wm"]), 0).astype(np.float32)
         )
 
+    def trel(c):
+        return memo.get(
+            ("tint", c),
+            lambda: np.where(brain, tissue_standardised(rel(c), means[c], c), 0).astype(np.float32),
+        )
+
     def z(c):
         if normative is None:
             raise ValueError(f"feature {c}_z needs a normative model")
@@ -198,30 +237,35 @@ def compute(
         c, _, f = name.partition("_")
         if c not in images:
             raise ValueError(f"feature {name!r} needs the {c} image")
+        if f in STANDARDISED_FEATURES:
+            return image_feature(c, f[1:], trel(c), TISSUE_LEVELS[c])
+        return image_feature(c, f, rel(c), means[c])
+
+    def image_feature(c: str, f: str, r: np.ndarray, m: dict[str, float]) -> np.ndarray:
+        """Feature ``f`` of contrast ``c`` from its intensity ``r`` whose tissue levels are ``m``."""
         if f == "int":
-            return rel(c)
+            return r
         if f in ("int_s2", "int_s5"):
-            return smooth(rel(c), "brain", float(f[-1]))
+            return smooth(r, "brain", float(f[-1]))
         if f == "z":
             return z(c)
         if f in ("z_s2", "z_s4"):
             return smooth(z(c), "brain", float(f[-1]))
         if f == "expect":
-            m = means[c]
             wm = m["wm"] if m["wm"] > 0 else 1.0
             e = (m["gm"] * priors["gm"] + m["wm"] * priors["wm"] + m["csf"] * priors["csf"]) / wm
-            return rel(c) - e
+            return r - e
         if f == "mirror":
-            return rel(c) - mirror(rel(c))
+            return r - mirror(r)
         if f == "mirror_s3":
-            return smooth(rel(c) - mirror(rel(c)), "both", 3.0)
+            return smooth(r - mirror(r), "both", 3.0)
         if f == "zmirror_s2":
             return smooth(z(c) - mirror(z(c)), "both", 2.0)
         if f == "lstd3":
-            m1 = smooth(rel(c), "brain", 3.0)
-            m2 = smooth(rel(c) ** 2, "brain", 3.0)
+            m1 = smooth(r, "brain", 3.0)
+            m2 = smooth(r**2, "brain", 3.0)
             return np.sqrt(np.maximum(m2 - m1 * m1, 0))
-        raise ValueError(f"unknown feature {name!r}")
+        raise ValueError(f"unknown feature {c}_{f!r}")
 
     out = np.empty((int(sel.sum()), len(names)), np.float32)
 

@@ -67,12 +67,15 @@ def paint(
     contrast: str,
     rng: np.random.Generator,
     bias: sitk.Image | None = None,
+    brain: sitk.Image | None = None,
 ) -> tuple[sitk.Image, list[dict]]:
     """``image`` with the lesions of ``labels_with_lesions`` (core/rim labels) painted in.
 
     ``lesion_index`` numbers each lesion's voxels (as :func:`simulator.anatomy.insert_lesions`
     returns); ``bias`` is the image's multiplicative bias field (N4), painted values are relative
-    to the bias-free image. Each lesion dict gains ``appearance`` ("cavity" or "gliosis").
+    to the bias-free image; ``brain``: the image's brain mask (where its CSF level may be read
+    when no ventricle is labelled, :func:`_csf_level`). Each lesion dict gains ``appearance``
+    ("cavity" or "gliosis").
     Returns the new image (float32, same grid) and the lesion list.
     """
     img = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
@@ -80,13 +83,10 @@ def paint(
     flat = img / np.maximum(field, 1e-3)
     lab = sitk.GetArrayFromImage(labels_with_lesions)
     idx = sitk.GetArrayFromImage(lesion_index)
-    brain = np.isin(lab, anatomy.BRAIN_LABELS)
-    med = {
-        t: float(np.median(flat[lab == t])) if np.any(lab == t) else np.nan
-        for t in (Tissue.WM, Tissue.GM, Tissue.CSF, Tissue.EXTRA_CSF)
-    }
-    wm = med[Tissue.WM]
-    csf = np.nanmin([med[Tissue.CSF], med[Tissue.EXTRA_CSF]])
+    brain_mask = sitk.GetArrayFromImage(brain) > 0 if brain is not None else None
+    labelled_brain = np.isin(lab, anatomy.BRAIN_LABELS)
+    wm = float(np.median(flat[lab == Tissue.WM]))
+    csf = _csf_level(flat, lab, brain_mask)
     target = np.zeros_like(flat)
     weight = np.zeros_like(flat)
     spacing = np.array(image.GetSpacing())[::-1]
@@ -109,13 +109,30 @@ def paint(
         target[rim] = glio
         weight[sel] = 1.0
     # partial volume: soften the lesion's edge by about half a voxel
-    alpha = np.clip(ndi.gaussian_filter(weight, 0.5), 0, 1) * brain
+    alpha = np.clip(ndi.gaussian_filter(weight, 0.5), 0, 1) * labelled_brain
     tgt = ndi.gaussian_filter(target, 0.5) / np.maximum(ndi.gaussian_filter(weight, 0.5), 1e-3)
     fine = flat - ndi.gaussian_filter(flat, 1.0)  # the image's own noise and fine texture
     painted = np.where(alpha > 0, (1 - alpha) * flat + alpha * (tgt * texture + fine), flat)
     out = sitk.GetImageFromArray((np.maximum(painted, 0) * field).astype(np.float32))
     out.CopyInformation(image)
     return out, lesions
+
+
+def _csf_level(flat: np.ndarray, lab: np.ndarray, brain: np.ndarray | None) -> float:
+    """The image's CSF intensity, which a cavity's core is painted near: the median over the
+    ventricles (``Tissue.CSF``, inside the brain by construction); without them, over the
+    extra-cerebral CSF inside ``brain``. Never over everything labelled extra-cerebral CSF: on a
+    head skull-stripped by another tool that is mostly the zero background around the brain, and
+    cavities would be painted black (they were, until 2026-12-01, in ``gd_t1``)."""
+    ventricles = lab == Tissue.CSF
+    if np.count_nonzero(ventricles) >= 50:
+        return float(np.median(flat[ventricles]))
+    extra = lab == Tissue.EXTRA_CSF
+    if brain is not None:
+        extra &= brain
+    if not extra.any():
+        raise ValueError("no CSF to read the image's CSF level from (no ventricles, no CSF inside the brain)")
+    return float(np.median(flat[extra]))
 
 
 def insert(
@@ -134,6 +151,6 @@ def insert(
     """
     labels, hemi = native_labels(image, brain, reg, contrast)
     labels_l, index, lesions = anatomy.insert_lesions(labels, rng, n_lesions, kinds, hemispheres=hemi, ex_vacuo=False)
-    out, lesions = paint(image, labels_l, index, lesions, contrast, rng, bias)
+    out, lesions = paint(image, labels_l, index, lesions, contrast, rng, bias, brain)
     mask = sitk.Cast(index > 0, sitk.sitkUInt8)
     return out, mask, lesions

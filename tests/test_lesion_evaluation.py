@@ -36,3 +36,35 @@ def test_a_flair_whose_own_registration_failed_is_scored_as_no_mask():
     arrays = {"native_flair_truth": truth, "flair": np.ones((4, 4, 4), np.float32)}
     p, target = ev.predict_native(model, arrays, {"flair_alone": why, "to_template": {}})
     assert target == "flair" and p.shape == truth.shape and not p.any()
+
+
+def test_each_head_of_a_seed_gets_its_own_draws():
+    """Cases draw their contrast, slice orientation and lesions from head and seed together: with
+    the seed alone every head of one seed had the same contrast, so the training set held three
+    T1-w contrasts with lesions, three others without, and the test heads saw no new one."""
+    cases = _script("cases")
+    heads = [f"synthseg_{i:02d}" for i in range(1, 21)] + ["mni", "chris_t1", "gd_t1", "flair_real"]
+    for seed in (0, 1, 100):
+        assert len({cases.study_seed(h, seed) for h in heads}) == len(heads)
+    assert cases.study_seed("synthseg_03", 2) == cases.study_seed("synthseg_03", 2)  # a case can be made again
+    assert cases.study_seed("synthseg_03", 2) != cases.study_seed("synthseg_03", 102)
+    assert cases.SCHEME == 2
+
+
+def test_tissue_standardised_intensity_puts_each_tissue_on_its_level():
+    """The brain's own CSF, grey and white matter land on the contrast's reference levels, in
+    between linearly; a brain whose tissues are out of order is left as it is."""
+    from openrecon_stroke.voxel_features import TISSUE_LEVELS, tissue_standardised
+
+    means = {"csf": 300.0, "gm": 450.0, "wm": 1000.0}  # a high-contrast T1-w: grey matter 0.45
+    rel = np.array([0.0, 0.15, 0.30, 0.45, 0.725, 1.0, 1.2], np.float32)
+    out = tissue_standardised(rel, means, "t1")
+    lv = TISSUE_LEVELS["t1"]
+    np.testing.assert_allclose(out[[0, 2, 3, 5]], [0.0, lv["csf"], lv["gm"], lv["wm"]], atol=1e-6)
+    np.testing.assert_allclose(out[1], lv["csf"] / 2, atol=1e-6)
+    np.testing.assert_allclose(out[4], (lv["gm"] + lv["wm"]) / 2, atol=1e-6)
+    assert out[6] > lv["wm"]  # above white matter: the last segment's slope
+    inverted = {"csf": 300.0, "gm": 1100.0, "wm": 1000.0}
+    np.testing.assert_array_equal(tissue_standardised(rel, inverted, "t1"), rel)
+    flair = {"csf": 150.0, "wm": 1000.0, "gm": 1400.0}
+    np.testing.assert_allclose(tissue_standardised(np.float32([1.4]), flair, "flair"), [TISSUE_LEVELS["flair"]["gm"]])

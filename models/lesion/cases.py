@@ -12,7 +12,10 @@ Heads:
   (:mod:`simulator.real_lesions`). Each real head is one contrast only.
 
 ``lesions``: ``0`` makes a healthy head; otherwise 1-3 lesions (``kinds`` drawn per case, the
-cerebellar kind with probability 0.15).
+cerebellar kind with probability 0.15). Every random draw of a case (contrast, bias, noise, slice
+orientation, lesions) comes from its head and seed together (:func:`study_seed`), so that the
+heads of one seed differ in all of them; caches made before 2026-12-01 drew them from the seed
+alone (``scheme`` 1 in their pickles; 2 now) and should be made again.
 
 One case is stored as ``<cache>/<head>_<seed>.npz``: per contrast the image in template space
 (``t1``/``flair``, float32 on the 1.5 mm template grid, absent contrasts missing), the HD-BET
@@ -39,6 +42,7 @@ import pickle
 import re
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +143,19 @@ def register_study(shared: dict) -> tuple[str, template.TemplateRegistration]:
     return ref, template.register(shared["n4"][ref], shared["brain_mask"][ref])
 
 
+#: Version of how a case's random draws are made (in each case's pickle as ``scheme``). 1 (until
+#: 2026-12-01): from the seed alone, so every head of one seed had the same contrasts, slice
+#: orientations and lesion draws (3 T1-w contrasts among all lesion cases, 3 others among the
+#: healthy ones, the test heads' the same as training's). 2: from the head and the seed.
+SCHEME = 2
+
+
+def study_seed(head: str, seed: int) -> int:
+    """The simulator's seed of case (``head``, ``seed``): its contrasts, slice orientations and
+    lesions differ from head to head (:data:`SCHEME` 2), and the same pair gives the same case."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(head.encode())]).generate_state(1)[0] % 1_000_000_000)
+
+
 def synthetic_study(
     head: str, seed: int, lesions: int | None, ventricle_growth: float = 0.0
 ) -> tuple[dict[str, Volume], dict[str, np.ndarray], list, float]:
@@ -146,6 +163,7 @@ def synthetic_study(
     ``ventricle_growth`` of their volume), and its true lateral-ventricle volume (mL)."""
     from simulator.phantom import make_study
 
+    seed = study_seed(head, seed)
     rng = np.random.default_rng([seed, 1501])
     orient = {"t1": ORIENT_T1[rng.integers(len(ORIENT_T1))], "flair": ORIENT_FLAIR[rng.integers(len(ORIENT_FLAIR))]}
     kinds = None
@@ -200,7 +218,7 @@ def real_study(
     if not reg.ok:
         raise RuntimeError(f"{head}: template registration failed ({reg.reason})")
     _, bias = n4_correct(img, sitk.BinaryDilate(shared["brain_mask"][contrast], [3, 3, 3]))
-    rng = np.random.default_rng([seed, 1502])
+    rng = np.random.default_rng([study_seed(head, seed), 1502])
     kinds = None
     if rng.random() < 0.15:
         kinds = ["cerebellar"] + [str(k) for k in rng.choice(["lacunar", "cortical", "subcortical"], size=lesions - 1)]
@@ -271,6 +289,7 @@ def make_case(
     side = {
         "head": head,
         "seed": seed,
+        "scheme": SCHEME,
         "lesions": les,
         "true_ventricle_ml": ventricle_ml,
         "brain_mask_source": shared["brain_mask_source"],

@@ -8,6 +8,8 @@
 #   SynthSeg maps 13-14: validation (threshold and hysteresis seed of the cards)
 #   SynthSeg maps 15-20: test, never seen by any model
 #
+# Cases made before 2026-12-01 drew contrast, orientation and lesions from the seed alone (every
+# head of a seed alike; `scheme` missing or 1 in their pickles): make them again in a new CACHE.
 # Needs the `train` extra (lightgbm, onnxmltools) and ../shared/data (or OPENRECON_SHARED_DATA).
 # About 1.5 h for the cases and 1 h for the models on 2 idle cores.
 set -euo pipefail

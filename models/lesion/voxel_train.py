@@ -114,7 +114,8 @@ def samples(
 
 def hard_by_expectation(x: np.ndarray, names: list[str], inputs) -> np.ndarray:
     """Round 1: the 10 % of voxels whose intensity differs most from what the template expects."""
-    score = np.abs(x[:, names.index(f"{inputs[0]}_expect")])
+    key = f"{inputs[0]}_expect" if f"{inputs[0]}_expect" in names else f"{inputs[0]}_texpect"
+    score = np.abs(x[:, names.index(key)])
     return score >= np.percentile(score, 90)
 
 
