@@ -144,22 +144,31 @@ def relative_intensity(image: np.ndarray, wm_intensity: float) -> np.ndarray:
     return (image / (wm_intensity if wm_intensity > 0 else 1.0)).astype(np.float32)
 
 
+def tissue_levels(means: dict[str, float], contrast: str) -> dict[str, float] | None:
+    """The levels :func:`tissue_standardised` puts this brain's CSF, grey and white matter on
+    (:data:`TISSUE_LEVELS` of ``contrast``), or None where it leaves the image as it is: the
+    brain's tissues (``means``) not in the contrast's order, within 5 % of each other, or
+    unmeasured (the measurement is not to be trusted)."""
+    wm = means.get("wm", 0.0)
+    levels = TISSUE_LEVELS[contrast]
+    src = [means[t] / wm if wm > 0 else 0.0 for t in sorted(levels, key=levels.__getitem__)]
+    if src[0] <= 0 or any(b < a * 1.05 for a, b in zip(src, src[1:])):
+        return None
+    return levels
+
+
 def tissue_standardised(rel: np.ndarray, means: dict[str, float], contrast: str) -> np.ndarray:
     """A white-matter-relative image mapped piecewise linearly so that the brain's own CSF, grey and
     white matter (``means``, :func:`openrecon_stroke.template.tissue_means`) land on
     :data:`TISSUE_LEVELS` of ``contrast``: the same tissue reads the same whatever the scanner's
     contrast. Through 0 below the darkest tissue; the last segment's slope above the brightest.
-    Unchanged where the brain's tissues are not in the contrast's order or lie within 5 % of each
-    other (the measurement is not to be trusted)."""
-    wm = means.get("wm", 0.0)
-    levels = TISSUE_LEVELS[contrast]
-    if wm <= 0:
+    Unchanged where :func:`tissue_levels` says the brain's tissues cannot be trusted."""
+    levels = tissue_levels(means, contrast)
+    if levels is None:
         return rel
     order = sorted(levels, key=levels.__getitem__)
-    src = [0.0] + [means[t] / wm for t in order]
+    src = [0.0] + [means[t] / means["wm"] for t in order]
     dst = [0.0] + [levels[t] for t in order]
-    if any(b < a * 1.05 for a, b in zip(src[1:], src[2:])) or src[1] <= 0:
-        return rel
     slope = (dst[-1] - dst[-2]) / (src[-1] - src[-2])
     out = np.interp(rel, src, dst)
     top = rel > src[-1]
@@ -238,7 +247,10 @@ def compute(
         if c not in images:
             raise ValueError(f"feature {name!r} needs the {c} image")
         if f in STANDARDISED_FEATURES:
-            return image_feature(c, f[1:], trel(c), TISSUE_LEVELS[c])
+            # the tissue levels of the image the features see: the fixed ones, or the brain's own
+            # where it was left as it is
+            m = tissue_levels(means[c], c) or {k: v / (means[c]["wm"] or 1.0) for k, v in means[c].items()}
+            return image_feature(c, f[1:], trel(c), m)
         return image_feature(c, f, rel(c), means[c])
 
     def image_feature(c: str, f: str, r: np.ndarray, m: dict[str, float]) -> np.ndarray:

@@ -68,3 +68,18 @@ def test_tissue_standardised_intensity_puts_each_tissue_on_its_level():
     np.testing.assert_array_equal(tissue_standardised(rel, inverted, "t1"), rel)
     flair = {"csf": 150.0, "wm": 1000.0, "gm": 1400.0}
     np.testing.assert_allclose(tissue_standardised(np.float32([1.4]), flair, "flair"), [TISSUE_LEVELS["flair"]["gm"]])
+
+
+def test_the_standardised_expectation_follows_the_image_it_is_taken_of():
+    """``texpect`` compares the tissue-standardised image with the tissue levels it actually has:
+    the fixed levels, or the brain's own where the image was left as it is (tissues out of order)."""
+    from openrecon_stroke import voxel_features as vf
+
+    shape = (6, 8, 8)
+    brain = np.ones(shape, bool)
+    pri = {k: np.full(shape, v, np.float32) for k, v in (("gm", 1.0), ("wm", 0.0), ("csf", 0.0), ("brain", 1.0))}
+    for gm in (450.0, 1100.0):  # standardised / left as it is (grey brighter than white on a T1-w)
+        means = {"t1": {"csf": 300.0, "gm": gm, "wm": 1000.0}}
+        img = np.full(shape, gm, np.float32)  # grey matter where the template expects it
+        x = vf.compute(["t1_texpect", "t1_expect"], {"t1": img}, brain, means, pri, 1.5)
+        np.testing.assert_allclose(x, 0.0, atol=1e-5)

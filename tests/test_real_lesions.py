@@ -64,7 +64,7 @@ def test_a_cavity_core_is_painted_near_the_heads_csf(stripped, with_ventricles):
 def test_without_any_csf_painting_says_why():
     img, lab, idx, brain = _head(True)
     a = sitk.GetArrayFromImage(lab)
-    a[np.isin(a, (Tissue.CSF,))] = Tissue.WM
+    a[a == Tissue.CSF] = Tissue.WM
     b = sitk.GetArrayFromImage(brain).astype(bool)
     a[b & (a == Tissue.EXTRA_CSF)] = Tissue.WM
     with pytest.raises(ValueError, match="CSF level"):
