@@ -19,9 +19,11 @@ CACHE=${CACHE:-$HOME/.cache/openrecon-stroke/lesion-cases}
 WORK=${WORK:-$CACHE/build}
 CACHE_REAL_EXTRA=${CACHE_REAL_EXTRA:-$CACHE-real-extra}
 CACHE_VENTRICLES=${CACHE_VENTRICLES:-$CACHE-ventricles}
-# the image features of every voxel classifier: intensity, expectation, mirror and texture on the
-# tissue-standardised scale (the brain's CSF, grey and white matter on fixed levels), z-scores
-FEATURES=${FEATURES:-tint,tint_s2,tint_s5,z,z_s2,z_s4,texpect,tmirror,tmirror_s3,zmirror_s2,tlstd3}
+# the image features of every voxel classifier: "all" rebuilds the shipped cards (intensity relative
+# to white matter); the next cards use the tissue-standardised scale (the brain's CSF, grey and white
+# matter on fixed levels; models/lesion/MODEL_CARD.md, "contrasts no training case had"):
+#   FEATURES=tint,tint_s2,tint_s5,z,z_s2,z_s4,texpect,tmirror,tmirror_s3,zmirror_s2,tlstd3
+FEATURES=${FEATURES:-all}
 VAL="synthseg_13 synthseg_14"
 TEST="synthseg_15 synthseg_16 synthseg_17 synthseg_18 synthseg_19 synthseg_20"
 
