@@ -484,7 +484,8 @@ class NormativeCard(Card):
     (``asymmetry``; their files ``<contrast>_mirror.npz`` must be listed), and per contrast the
     healthy CSF intensity relative to white matter that images are standardised to
     (``csf_reference``, between 0 and 1) and where an image's own CSF level is measured for that
-    (``csf_measured_in``: ``brain`` or ``lateral_ventricles``)."""
+    (``csf_measured_in``: ``brain`` or ``lateral_ventricles``), or the contrasts whose CSF, grey and
+    white matter are put on fixed levels instead (``tissue_standardised``)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -502,6 +503,9 @@ class NormativeCard(Card):
     csf_reference: dict = field(default_factory=dict)
     #: where each image's own CSF level is measured (one of :data:`CSF_PLACES`)
     csf_measured_in: str = "brain"
+    #: contrasts standardised by :func:`openrecon_stroke.voxel_features.tissue_standardised`
+    #: (the brain's CSF, grey and white matter on fixed levels) instead of the CSF reference
+    tissue_standardised: tuple[str, ...] = ()
 
     def __post_init__(self):
         super().__post_init__()
@@ -513,6 +517,12 @@ class NormativeCard(Card):
                     f"{self.path}: csf_reference needs known contrasts and values between 0 and 1 "
                     f"(CSF darker than white matter); got {c}: {v}"
                 )
+        both = set(self.tissue_standardised) & set(self.csf_reference)
+        if any(c not in self.contrasts for c in self.tissue_standardised) or both:
+            raise ModelCardError(
+                f"{self.path}: tissue_standardised needs known contrasts, none also in csf_reference; "
+                f"got {list(self.tissue_standardised)}"
+            )
         if self.csf_measured_in not in CSF_PLACES:
             raise ModelCardError(
                 f"{self.path}: csf_measured_in must be one of {', '.join(CSF_PLACES)}, not {self.csf_measured_in!r}"
@@ -548,6 +558,7 @@ class NormativeCard(Card):
             asymmetry=tuple(d.get("asymmetry", ())),
             csf_reference={str(k): float(v) for k, v in d.get("csf_reference", {}).items()},
             csf_measured_in=str(d.get("csf_measured_in", "brain")),
+            tissue_standardised=tuple(d.get("tissue_standardised", ())),
             jacobian=None
             if jac is None
             else {

@@ -117,11 +117,16 @@ def relative_image(
     csf_reference: dict[str, float],
     measured_in: str,
     spacing_mm: float,
+    tissue: tuple[str, ...] = (),
 ) -> np.ndarray:
-    """White-matter-relative ``image_t``, :func:`standardise`-d to ``csf_reference[contrast]``
-    when that is given and the brain's CSF level can be measured (:func:`csf_relative`). The one
-    rule for the anomaly stage, the model's build and its evaluation."""
+    """White-matter-relative ``image_t``: for a contrast in ``tissue``, its CSF, grey and white
+    matter put on fixed levels (:func:`openrecon_stroke.voxel_features.tissue_standardised`, the
+    lesion features' rule); otherwise :func:`standardise`-d to ``csf_reference[contrast]`` when that
+    is given and the brain's CSF level can be measured (:func:`csf_relative`). The one rule for the
+    anomaly stage, the model's build and its evaluation."""
     rel = voxel_features.relative_intensity(image_t, float(means.get("wm", 0.0)))
+    if contrast in tissue:
+        return voxel_features.tissue_standardised(rel, means, contrast)
     ref = csf_reference.get(contrast)
     if ref is None:
         return rel
@@ -187,8 +192,9 @@ class NormativeModel:
 
     def relative(self, contrast: str, image_t: np.ndarray, means: dict[str, float], brain_t: np.ndarray) -> np.ndarray:
         """The image (template grid) as the statistics see it: relative to the brain's white
-        matter, and :func:`standardise`-d when the card has a CSF reference for ``contrast``
-        (its CSF level measured where the card's ``csf_measured_in`` says, :func:`csf_relative`).
+        matter, tissue-standardised when the card's ``tissue_standardised`` names ``contrast``, or
+        :func:`standardise`-d when the card has a CSF reference for it (its CSF level measured
+        where the card's ``csf_measured_in`` says, :func:`csf_relative`).
         ``means``: the brain's tissue intensities (:func:`openrecon_stroke.template.tissue_means`);
         ``brain_t``: the brain mask on the template grid."""
         return relative_image(
@@ -199,6 +205,7 @@ class NormativeModel:
             self.card.csf_reference,
             self.card.csf_measured_in,
             self.card.spacing_mm,
+            self.card.tissue_standardised,
         )
 
     def asymmetry(self, contrast: str) -> Stats | None:
@@ -226,10 +233,17 @@ class NormativeModel:
             lateral_ventricles_on_template(self.card.spacing_mm)  # 0.15 s: at warm-up, not in a study
 
     def as_features(self) -> voxel_features.Normative:
-        """The intensity statistics in the form the lesion features read."""
+        """The intensity statistics in the form the lesion features read (which standardise only
+        by tissue levels: a card with a CSF reference cannot feed them)."""
+        if self.card.csf_reference:
+            raise ModelCardError(
+                f"{self.card.path}: statistics standardised to a CSF reference cannot give the lesion features' "
+                "z-scores; build the lesion models' normative model without --standardise"
+            )
         return voxel_features.Normative(
             {c: self.intensity(c).mean for c in self.card.contrasts},
             {c: self.intensity(c).std for c in self.card.contrasts},
+            self.card.tissue_standardised,
         )
 
     def raw_score(self, rel: dict[str, np.ndarray], brain: np.ndarray, parts: tuple[str, ...] = PARTS) -> np.ndarray:

@@ -69,10 +69,13 @@ NORMATIVE_FEATURES = ("z", "z_s2", "z_s4", "zmirror_s2")
 @dataclass(frozen=True)
 class Normative:
     """Per-voxel mean and standard deviation of white-matter-relative intensity in healthy heads,
-    per contrast, on the template grid: ``mean[c]``, ``std[c]`` (``(nz, ny, nx)`` float32)."""
+    per contrast, on the template grid: ``mean[c]``, ``std[c]`` (``(nz, ny, nx)`` float32);
+    the contrasts in ``tissue`` are of :func:`tissue_standardised` intensity, and their z-scores
+    are taken of that."""
 
     mean: dict
     std: dict
+    tissue: tuple = ()
 
     def z(self, contrast: str, rel: np.ndarray) -> np.ndarray:
         return ((rel - self.mean[contrast]) / self.std[contrast]).astype(np.float32)
@@ -208,7 +211,9 @@ def compute(
     priors = {k: v[box] for k, v in priors.items()}  # views, no copies
     if normative is not None:
         normative = Normative(
-            {c: m[box] for c, m in normative.mean.items()}, {c: v[box] for c, v in normative.std.items()}
+            {c: m[box] for c, m in normative.mean.items()},
+            {c: v[box] for c, v in normative.std.items()},
+            normative.tissue,
         )
     images = {c: a[box] for c, a in images.items()}
     brain = brain[box]
@@ -235,7 +240,8 @@ def compute(
     def z(c):
         if normative is None:
             raise ValueError(f"feature {c}_z needs a normative model")
-        return memo.get(("z", c), lambda: np.where(brain, normative.z(c, rel(c)), 0).astype(np.float32))
+        src = trel if c in normative.tissue else rel
+        return memo.get(("z", c), lambda: np.where(brain, normative.z(c, src(c)), 0).astype(np.float32))
 
     def one(name: str) -> np.ndarray:
         if name.startswith("prior_"):

@@ -153,6 +153,12 @@ def test_voxel_classifier_and_normative_cards_validate(tmp_path):
     assert load_card(_write(tmp_path / "n", vent), verify=False).csf_measured_in == "lateral_ventricles"
     with pytest.raises(ModelCardError, match="csf_measured_in"):
         load_card(_write(tmp_path / "o", {**vent, "csf_measured_in": "sulci"}), verify=False)
+    # tissue-standardised contrasts: known ones, not also given a CSF reference
+    tissue = {**norm, "tissue_standardised": ["t1"]}
+    assert load_card(_write(tmp_path / "p", tissue), verify=False).tissue_standardised == ("t1",)
+    for bad in ({**tissue, "tissue_standardised": ["flair"]}, {**tissue, "csf_reference": {"t1": 0.3}}):
+        with pytest.raises(ModelCardError, match="tissue_standardised"):
+            load_card(_write(tmp_path / "q", bad), verify=False)
 
 
 def test_voxel_classifier_cascade_entry_validates(tmp_path):

@@ -73,6 +73,20 @@ def test_csf_level_measured_in_the_template_ventricles_not_at_a_cut_edge():
         csf_relative(image, means, brain, "sulci", 3.0)
 
 
+def test_tissue_standardised_image_puts_every_contrast_on_the_same_levels():
+    """Two T1-w contrasts of one brain (CSF/GM/WM at 0.10/0.55/1 and 0.40/0.85/1 of white matter):
+    tissue-standardised, both read CSF 0.25, grey matter 0.70, white matter 1 (the lesion
+    features' levels); a CSF reference for the same contrast is not used then."""
+    from openrecon_stroke.voxel_features import TISSUE_LEVELS
+
+    brain = np.ones((4, 4, 4), bool)
+    for csf, gm in ((0.10, 0.55), (0.40, 0.85)):
+        image = np.array([csf, gm, 1.0], np.float32) * 300.0
+        means = {"csf": csf * 300.0, "gm": gm * 300.0, "wm": 300.0}
+        rel = relative_image("t1", image, means, brain, {"t1": 0.5}, "brain", 3.0, tissue=("t1",))
+        assert np.allclose(rel, [TISSUE_LEVELS["t1"][t] for t in ("csf", "gm", "wm")], atol=1e-6)
+
+
 def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():
     """A symmetric healthy brain (x axis mirrored about its centre) with a unilateral cavity:
     the asymmetry part lights the cavity, not the healthy tissue mirrored across; and it finds a

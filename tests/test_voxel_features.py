@@ -35,3 +35,28 @@ def test_features_on_two_workers_equal_one_worker():
     assert one.shape == (int(brain.sum()), len(names))
     assert np.isfinite(one).all() and np.ptp(one, axis=0).min() > 0  # no column constant
     np.testing.assert_array_equal(two, one)
+
+
+def test_z_of_a_tissue_standardised_normative_reads_the_standardised_image():
+    """Statistics built on tissue-standardised intensity (``Normative.tissue``): the z-score is
+    taken of the standardised image, so two contrasts of one brain give the same z; statistics
+    of plain white-matter-relative intensity take the plain image."""
+    t1, brain, priors = _brain_case()
+    shape = t1.shape
+    mean = {"t1": np.full(shape, 0.7, np.float32)}
+    std = {"t1": np.full(shape, 0.1, np.float32)}
+    zs = []
+    for scale in (1.0, 1.6):  # a second contrast: grey matter and CSF further below white matter
+        means = {"gm": 100.0 / scale, "wm": 140.0, "csf": 30.0 / scale}
+        img = np.where(t1 < 140.0, t1 / scale, t1).astype(np.float32)
+        tissue = voxel_features.compute(["t1_z"], {"t1": img}, brain, {"t1": means}, priors, 1.5,
+                                        voxel_features.Normative(mean, std, ("t1",)))
+        plain = voxel_features.compute(["t1_z"], {"t1": img}, brain, {"t1": means}, priors, 1.5,
+                                       voxel_features.Normative(mean, std))
+        zs.append((tissue[:, 0], plain[:, 0]))
+        rel = np.where(brain, img / 140.0, 0)[brain]
+        np.testing.assert_allclose(plain[:, 0], (rel - 0.7) / 0.1, rtol=1e-5, atol=1e-5)
+    dark = (t1[brain] > 35) & (t1[brain] < 95)  # between CSF and grey matter: the map is exact there
+    assert dark.sum() > 100
+    np.testing.assert_allclose(zs[0][0][dark], zs[1][0][dark], atol=1e-3)  # standardised: the same
+    assert np.abs(zs[0][1][dark] - zs[1][1][dark]).min() > 0.5  # plain: the z moves with the contrast

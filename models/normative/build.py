@@ -59,6 +59,8 @@ class CsfRule:
 
     reference: dict = field(default_factory=dict)
     measured_in: str = "brain"
+    #: contrasts put on fixed tissue levels instead (the card's ``tissue_standardised``)
+    tissue: tuple = ()
 
 
 NOT_STANDARDISED = CsfRule()
@@ -99,7 +101,7 @@ def relative_images(
     ``csf`` as the anomaly stage does (:func:`openrecon_stroke.normative.relative_image`), and
     the brain mask."""
     rel = {
-        c: relative_image(c, image, m, inside, csf.reference, csf.measured_in, GRID_MM)
+        c: relative_image(c, image, m, inside, csf.reference, csf.measured_in, GRID_MM, csf.tissue)
         for c, image, m, inside in contrast_views(arrays, priors)
     }
     return rel, arrays["brain"] > 0
@@ -240,6 +242,9 @@ def main(argv=None) -> int:
     ap.add_argument("--standardise", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
                     help="standardise the images of these contrasts (none named: both) so that their CSF sits at "
                     "the healthy brains' level (card csf_reference; see MODEL_CARD.md)")
+    ap.add_argument("--standardise-tissue", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
+                    help="put the CSF, grey and white matter of these contrasts (none named: both) on fixed levels, "
+                    "the lesion features' rule (card tissue_standardised); instead of --standardise for them")
     ap.add_argument("--csf-in", choices=CSF_PLACES, default="lateral_ventricles",
                     help="where each image's CSF level is measured for --standardise (card csf_measured_in)")
     args = ap.parse_args(argv)
@@ -254,11 +259,13 @@ def main(argv=None) -> int:
     log.info("%d healthy cases of %d heads", len(cases), len({h for h, _ in cases}))
     t0 = time.perf_counter()
     priors = template.load_template(GRID_MM).arrays()
-    csf = NOT_STANDARDISED
+    tissue = () if args.standardise_tissue is None else tuple(args.standardise_tissue or ["t1", "flair"])
+    csf = CsfRule(tissue=tissue)
     if args.standardise is not None:
-        reference = healthy_csf(args.cache, cases, priors, args.csf_in, args.standardise or ["t1", "flair"])
+        named = [c for c in args.standardise or ["t1", "flair"] if c not in tissue]
+        reference = healthy_csf(args.cache, cases, priors, args.csf_in, named) if named else {}
         log.info("healthy CSF relative to white matter (%s): %s", args.csf_in, reference)
-        csf = CsfRule(reference, args.csf_in)
+        csf = CsfRule(reference, args.csf_in, tissue)
     csf_reference = csf.reference
     calibration = calibrate(args.cache, cases, priors, csf)
     stats, has = build_stats(args.cache, cases, priors, csf)
@@ -283,11 +290,12 @@ def main(argv=None) -> int:
     card = {
         "kind": "normative",
         "name": "normative-mni152",
-        "version": "0.3.0" if csf_reference else "0.2.0",
+        "version": "0.4.0" if tissue else "0.3.0" if csf_reference else "0.2.0",
         "description": "healthy-brain statistics in MNI152 2009a sym template space: per-voxel white-matter-"
         + (f"relative intensity (the {'/'.join(sorted(csf_reference))} standardised so that the brain's CSF, "
            f"measured in the {csf.measured_in.replace('_', ' ')}, sits at the healthy level)" if csf_reference
            else "relative intensity")
+        + (f" (the {'/'.join(tissue)} with the brain's CSF, grey and white matter on fixed levels)" if tissue else "")
         + " and its left-right difference (mean, std) per contrast, log-Jacobian of the deformation to the "
         "template, calibrated anomaly threshold",
         "contrasts": contrasts,
@@ -296,6 +304,7 @@ def main(argv=None) -> int:
         "box": box,
         "asymmetry": asymmetry,
         **({"csf_reference": csf_reference, "csf_measured_in": csf.measured_in} if csf_reference else {}),
+        **({"tissue_standardised": list(tissue)} if tissue else {}),
         "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
         "smoothed",
         "smoothing_mm": SCORE_SMOOTHING_MM,

@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     nm = NormativeModel(NormativeCard.load(args.normative))
     global CSF_RULE
-    CSF_RULE = CsfRule(dict(nm.card.csf_reference), nm.card.csf_measured_in)
+    CSF_RULE = CsfRule(dict(nm.card.csf_reference), nm.card.csf_measured_in, nm.card.tissue_standardised)
     priors = template.load_template(GRID_MM).arrays()
     tcache = args.train_cache or args.cache
     train = healthy_cases(tcache, expand(args.train_heads)) or list_cases(tcache, expand(args.train_heads))
