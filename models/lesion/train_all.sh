@@ -23,7 +23,9 @@ CACHE_VENTRICLES=${CACHE_VENTRICLES:-$CACHE-ventricles}
 # to white matter); the next cards use the tissue-standardised scale (the brain's CSF, grey and white
 # matter on fixed levels; models/lesion/MODEL_CARD.md, "contrasts no training case had"):
 #   FEATURES=tint,tint_s2,tint_s5,z,z_s2,z_s4,texpect,tmirror,tmirror_s3,zmirror_s2,tlstd3
+# and the FLAIR's own (FLAIR_FEATURES; the FLAIR lost 0.05-0.09 Dice standardised, so "all" there)
 FEATURES=${FEATURES:-all}
+FLAIR_FEATURES=${FLAIR_FEATURES:-$FEATURES}
 VAL="synthseg_13 synthseg_14"
 TEST="synthseg_15 synthseg_16 synthseg_17 synthseg_18 synthseg_19 synthseg_20"
 
@@ -52,7 +54,7 @@ $PY models/lesion/cases.py --cache "$CACHE_VENTRICLES" --heads synthseg_01-12 --
 # 3. lesion voxel classifiers, one hard-negative round
 [ -f "$WORK/models/fusion/card.json" ] ||
     $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/normative" --out "$WORK/models" \
-        --exclude $VAL --hard-rounds 1 --features "$FEATURES"
+        --exclude $VAL --hard-rounds 1 --features "$FEATURES" --flair-features "$FLAIR_FEATURES"
 
 # 3b. out-of-fold models for the T1-w and fusion cards' candidate filters (models/lesion/candidate_train.py):
 #     the training heads in three folds, each fold's normative and voxel models built without its heads
@@ -67,7 +69,7 @@ for f in a b c; do
     for inp in t1 fusion; do
         [ -f "$WORK/folds/$f/$inp/card.json" ] ||
             $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/folds/$f/normative" \
-                --out "$WORK/folds/$f" --exclude $VAL ${FOLD[$f]} --inputs $inp --hard-rounds 1 --features "$FEATURES"
+                --out "$WORK/folds/$f" --exclude $VAL ${FOLD[$f]} --inputs $inp --hard-rounds 1 --features "$FEATURES" --flair-features "$FLAIR_FEATURES"
     done
 done
 
@@ -85,7 +87,7 @@ for h in chris_t1 gd_t1 flair_real; do
         $PY models/normative/build.py --cache "$CACHE" --out "$WORK/loo/$h/normative" --exclude $VAL $TEST "$h"
     [ -f "$WORK/loo/$h/$inp/card.json" ] ||
         $PY models/lesion/voxel_train.py --cache "$CACHE" --normative "$WORK/loo/$h/normative" \
-            --out "$WORK/loo/$h" --exclude $VAL "$h" --inputs $inp --hard-rounds 1 --features "$FEATURES"
+            --out "$WORK/loo/$h" --exclude $VAL "$h" --inputs $inp --hard-rounds 1 --features "$FEATURES" --flair-features "$FLAIR_FEATURES"
 done
 $PY models/lesion/evaluate_voxel.py "$WORK/loo" --loo --cache "$CACHE" --heads chris_t1 gd_t1 flair_real $GRID \
     --json "$WORK/eval_loo.json"

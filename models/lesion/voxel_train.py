@@ -172,6 +172,12 @@ def main(argv=None) -> int:
         default="all",
         help="'all', or a comma list of image features to keep (ablation), e.g. int,int_s2,z",
     )
+    ap.add_argument(
+        "--flair-features",
+        default=None,
+        help="the FLAIR's image features when they differ from --features (e.g. the T1-w standardised, the FLAIR "
+        "white-matter-relative: 'all'); default: as --features",
+    )
     ap.add_argument("--no-priors", action="store_true", help="leave out the template prior features (ablation)")
     ap.add_argument("--rounds", type=int, default=400)
     ap.add_argument("--pos-weight", type=float, default=1.0)
@@ -200,12 +206,16 @@ def main(argv=None) -> int:
     from openrecon_stroke.normative import get_normative
 
     normative = get_normative(args.normative).as_features()
-    img_feats = voxel_features.IMAGE_FEATURES if args.features == "all" else tuple(args.features.split(","))
+    def feature_list(text: str) -> tuple[str, ...]:
+        return voxel_features.IMAGE_FEATURES if text == "all" else tuple(text.split(","))
+
+    img_feats = feature_list(args.features)
+    flair_feats = img_feats if args.flair_features is None else feature_list(args.flair_features)
     pri_feats = () if args.no_priors else voxel_features.PRIOR_FEATURES
     rng = np.random.default_rng(args.seed)
     for key in args.inputs:
         inputs = INPUTS[key]
-        names = voxel_features.feature_names(inputs, img_feats, pri_feats)
+        names = [f"{c}_{f}" for c in inputs for f in (flair_feats if c == "flair" else img_feats)] + list(pri_feats)
         per_case = []
         for i, (h, s) in enumerate(cases, 1):
             got = case_features(load(args.cache, h, s), inputs, names, priors, normative)
