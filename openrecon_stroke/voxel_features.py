@@ -140,7 +140,10 @@ def check_names(names, inputs, has_normative: bool) -> str:
 
 
 def feature_names(inputs: tuple[str, ...], image_features=IMAGE_FEATURES, prior_features=PRIOR_FEATURES) -> list[str]:
-    return [f"{c}_{f}" for c in inputs for f in image_features] + list(prior_features)
+    """Column names: ``image_features`` of each contrast of ``inputs`` (one list for all, or a dict
+    contrast -> list), then ``prior_features``."""
+    per = image_features if isinstance(image_features, dict) else dict.fromkeys(inputs, image_features)
+    return [f"{c}_{f}" for c in inputs for f in per[c]] + list(prior_features)
 
 
 def relative_intensity(image: np.ndarray, wm_intensity: float) -> np.ndarray:

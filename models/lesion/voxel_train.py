@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     from openrecon_stroke.normative import get_normative
 
     normative = get_normative(args.normative).as_features()
+
     def feature_list(text: str) -> tuple[str, ...]:
         return voxel_features.IMAGE_FEATURES if text == "all" else tuple(text.split(","))
 
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     for key in args.inputs:
         inputs = INPUTS[key]
-        names = [f"{c}_{f}" for c in inputs for f in (flair_feats if c == "flair" else img_feats)] + list(pri_feats)
+        names = voxel_features.feature_names(inputs, {"t1": img_feats, "flair": flair_feats}, pri_feats)
         per_case = []
         for i, (h, s) in enumerate(cases, 1):
             got = case_features(load(args.cache, h, s), inputs, names, priors, normative)
