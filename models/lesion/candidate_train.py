@@ -70,7 +70,7 @@ def collect(model: VoxelLesionModel, cache: Path, heads, threshold: float, seed:
                 case.append(f"{head}_{s}")
                 ml.append(n * sp**3 / 1000)
         log.info("%s_%d: %d candidates", head, s, len(ids))
-    d = len(lesion_candidates.feature_names(model.card.inputs))
+    d = len(lesion_candidates.feature_names(model.card.inputs, model.card.features))
     return {
         "x": np.concatenate(rows) if rows else np.zeros((0, d), np.float32),
         "y": np.asarray(truth, bool),
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         "validation: %d candidates (%d true); lowest true %.4f -> cut %.5f; false candidates %.2f -> %.2f mL",
         len(val["y"]), int(val["y"].sum()), lowest_true, cut, float(val["ml"][~val["y"]].sum()), float(kept_false),
     )
-    names = lesion_candidates.feature_names(shipped.card.inputs)
+    names = lesion_candidates.feature_names(shipped.card.inputs, shipped.card.features)
     gain = dict(zip(names, booster.feature_importance("gain").round(1).tolist()))
     log.info("gain: %s", json.dumps(gain))
     if not args.write:
