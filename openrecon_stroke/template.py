@@ -611,15 +611,15 @@ def register(
     # a failed result: again with a smoother field, first over a thick-slice series' slices, then
     # by ``retry_smoothing_mm`` (each only when smoother than every try so far)
     thick = demons.smoothing_per_slice * max(moving.GetSpacing())
-    tried = demons.smoothing_mm
+    smoothest = demons.smoothing_mm
     for smoothing, why in (
         (thick, f"over the series' {max(moving.GetSpacing()):.1f} mm slices"),
         (demons.retry_smoothing_mm, "a smoother field"),
     ):
-        if not reasons or smoothing <= tried:
+        if not reasons or smoothing <= smoothest:
             continue
         retry = deform(smoothing)
-        tried = smoothing
+        smoothest = smoothing
         log.info(
             "deformable step failed its check (%s); again with the field smoothed by %.1f mm (%s): %s",
             "; ".join(reasons),
