@@ -18,7 +18,11 @@ on both sides, joined to the ventricles. Each candidate here is one 26-connected
 * per contrast ``c``: ``c_int``, ``c_z``, ``c_mirror``: mean white-matter-relative intensity,
   normative z-score and mirror difference inside (the voxel features of the same names);
   ``c_shell``, ``c_shell_p90``: mean and 90th percentile of the relative intensity in the
-  3 mm shell around it, inside the brain; ``c_rim``: shell mean minus inside mean.
+  3 mm shell around it, inside the brain; ``c_rim``: shell mean minus inside mean. A model that
+  reads a contrast only on the tissue-standardised scale (voxel features ``c_tint``,
+  ``c_tmirror``: :data:`openrecon_stroke.voxel_features.STANDARDISED_FEATURES`) gets these on
+  that scale, named ``c_tint``, ``c_z``, ``c_tmirror``, ``c_tshell``, ``c_tshell_p90``, ``c_trim``
+  (:func:`scale`).
 
 Arrays are ``(nz, ny, nx)`` on the template grid (LPS, x mirrored by flipping the last axis:
 :func:`openrecon_stroke.voxel_features.mirror`).
@@ -26,6 +30,7 @@ Arrays are ``(nz, ny, nx)`` on the template grid (LPS, x mirrored by flipping th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -46,15 +51,37 @@ GLOBAL_FEATURES = (
     "vent_mm",
 )
 CONTRAST_FEATURES = ("int", "z", "mirror", "shell", "shell_p90", "rim")
-#: Voxel features a candidate description reads, per contrast (the card's model must have them).
+#: Voxel features a candidate description reads, per contrast (the card's model must have them);
+#: on the tissue-standardised scale ``tint`` and ``tmirror`` instead (:func:`scale`).
 VOXEL_FEATURES = ("int", "z", "mirror")
 #: Shell around a candidate: dilation steps of one voxel (3 mm on the 1.5 mm grid).
 SHELL_STEPS = 2
 
 
-def feature_names(inputs: tuple[str, ...] | list[str]) -> list[str]:
-    """Column names of :func:`describe`'s rows for a model with these contrasts."""
-    return list(GLOBAL_FEATURES) + [f"{c}_{f}" for c in inputs for f in CONTRAST_FEATURES]
+def scale(contrast: str, voxel_features: Sequence[str] | None = None) -> str:
+    """The intensity scale a candidate description reads for ``contrast``, as the prefix of its
+    intensity features: ``""`` (white-matter-relative, ``c_int``) unless the model's
+    ``voxel_features`` hold the tissue-standardised intensity ``c_tint`` and not ``c_int``, then
+    ``"t"``. The normative z-score ``c_z`` has no prefix (the normative card fixes its scale)."""
+    if voxel_features is not None and f"{contrast}_tint" in voxel_features and f"{contrast}_int" not in voxel_features:
+        return "t"
+    return ""
+
+
+def _named(contrast: str, feature: str, prefix: str) -> str:
+    return f"{contrast}_{feature}" if feature == "z" else f"{contrast}_{prefix}{feature}"
+
+
+def voxel_keys(inputs: Sequence[str], voxel_features: Sequence[str] | None = None) -> list[str]:
+    """The voxel features a candidate description of a model with these contrasts and voxel
+    features reads (:data:`VOXEL_FEATURES` on each contrast's :func:`scale`)."""
+    return [_named(c, f, scale(c, voxel_features)) for c in inputs for f in VOXEL_FEATURES]
+
+
+def feature_names(inputs: Sequence[str], voxel_features: Sequence[str] | None = None) -> list[str]:
+    """Column names of :func:`describe`'s rows for a model with these contrasts and voxel features
+    (``None``: white-matter-relative on every contrast)."""
+    return list(GLOBAL_FEATURES) + [_named(c, f, scale(c, voxel_features)) for c in inputs for f in CONTRAST_FEATURES]
 
 
 @lru_cache(maxsize=2)
@@ -98,10 +125,12 @@ def describe(
 ) -> np.ndarray:
     """Rows ``(len(ids), len(feature_names(inputs)))`` float32, one per candidate label in ``ids``.
 
-    ``voxel``: the voxel features :data:`VOXEL_FEATURES` of each contrast as whole-grid arrays,
-    keyed ``<contrast>_<feature>`` (0 outside the brain); ``priors``: the template's ``csf``,
-    ``wm`` and ``depth`` on the grid."""
-    names = feature_names(inputs)
+    ``voxel``: the voxel features :func:`voxel_keys` of each contrast as whole-grid arrays,
+    keyed by name (0 outside the brain; :func:`voxel_arrays`); their names set each contrast's
+    :func:`scale`; ``priors``: the template's ``csf``, ``wm`` and ``depth`` on the grid. Columns:
+    ``feature_names(inputs, list(voxel))``."""
+    names = feature_names(inputs, list(voxel))
+    prefix = {c: scale(c, list(voxel)) for c in inputs}
     out = np.zeros((len(ids), len(names)), np.float32)
     if not ids:
         return out
@@ -130,28 +159,27 @@ def describe(
             "vent_mm": float(vent[box][comp].min()),
         }
         for c in inputs:
-            inside = voxel[f"{c}_int"][box][comp]
-            around = voxel[f"{c}_int"][box][shell]
-            f[f"{c}_int"] = float(inside.mean())
+            t = f"{c}_{prefix[c]}"  # the contrast's intensity features, on its scale
+            inside = voxel[f"{t}int"][box][comp]
+            around = voxel[f"{t}int"][box][shell]
+            f[f"{t}int"] = float(inside.mean())
             f[f"{c}_z"] = float(voxel[f"{c}_z"][box][comp].mean())
-            f[f"{c}_mirror"] = float(voxel[f"{c}_mirror"][box][comp].mean())
-            f[f"{c}_shell"] = float(around.mean()) if around.size else f[f"{c}_int"]
-            f[f"{c}_shell_p90"] = float(np.percentile(around, 90)) if around.size else f[f"{c}_int"]
-            f[f"{c}_rim"] = f[f"{c}_shell"] - f[f"{c}_int"]
+            f[f"{t}mirror"] = float(voxel[f"{t}mirror"][box][comp].mean())
+            f[f"{t}shell"] = float(around.mean()) if around.size else f[f"{t}int"]
+            f[f"{t}shell_p90"] = float(np.percentile(around, 90)) if around.size else f[f"{t}int"]
+            f[f"{t}rim"] = f[f"{t}shell"] - f[f"{t}int"]
         out[row] = [f[n] for n in names]
     return out
 
 
 def voxel_arrays(x: np.ndarray, names: list[str], brain: np.ndarray, inputs) -> dict[str, np.ndarray]:
-    """The :data:`VOXEL_FEATURES` columns of a voxel feature matrix (rows in
+    """The :func:`voxel_keys` columns of a voxel feature matrix (rows in
     ``np.flatnonzero(brain)`` order, columns ``names``) as whole-grid arrays."""
     out = {}
-    for c in inputs:
-        for f in VOXEL_FEATURES:
-            key = f"{c}_{f}"
-            if key not in names:
-                raise ValueError(f"candidate features need the voxel feature {key!r}, which the model lacks")
-            a = np.zeros(brain.shape, np.float32)
-            a[brain] = x[:, names.index(key)]
-            out[key] = a
+    for key in voxel_keys(inputs, names):
+        if key not in names:
+            raise ValueError(f"candidate features need the voxel feature {key!r}, which the model lacks")
+        a = np.zeros(brain.shape, np.float32)
+        a[brain] = x[:, names.index(key)]
+        out[key] = a
     return out

@@ -458,10 +458,10 @@ class CandidateFilter:
         voxel features include those a candidate description reads."""
         from . import lesion_candidates as lc
 
-        if list(self.features) != lc.feature_names(card.inputs):
-            want = lc.feature_names(card.inputs)
+        want = lc.feature_names(card.inputs, card.features)
+        if list(self.features) != want:
             raise ModelCardError(f"{card.path}: candidate_filter features must be {want}, got {list(self.features)}")
-        missing = [f"{c}_{f}" for c in card.inputs for f in lc.VOXEL_FEATURES if f"{c}_{f}" not in card.features]
+        missing = [k for k in lc.voxel_keys(card.inputs, card.features) if k not in card.features]
         if missing:
             raise ModelCardError(f"{card.path}: candidate_filter needs the voxel features {missing}")
 

@@ -58,6 +58,34 @@ def test_describe_reads_inside_shell_and_mirror():
     assert row2[lc.feature_names(("flair",)).index("edge")] > 0.1
 
 
+def test_a_model_on_the_standardised_scale_gets_candidate_features_on_that_scale():
+    """A T1-w model that reads only tissue-standardised intensity (t1_tint, t1_tmirror) is described
+    on that scale, under the t-names; a model with both scales keeps the white-matter-relative one."""
+    standardised = ["t1_tint", "t1_tint_s2", "t1_z", "t1_texpect", "t1_tmirror", "prior_gm"]
+    assert lc.scale("t1", standardised) == "t" and lc.scale("t1", standardised + ["t1_int"]) == ""
+    assert lc.scale("flair", standardised) == "" and lc.scale("t1", None) == ""
+    assert lc.voxel_keys(("t1",), standardised) == ["t1_tint", "t1_z", "t1_tmirror"]
+    names = lc.feature_names(("t1",), standardised)
+    assert names[-6:] == ["t1_tint", "t1_z", "t1_tmirror", "t1_tshell", "t1_tshell_p90", "t1_trim"]
+    assert lc.feature_names(("t1",))[-6:] == ["t1_int", "t1_z", "t1_mirror", "t1_shell", "t1_shell_p90", "t1_rim"]
+    shape = (20, 22, 30)
+    brain = np.ones(shape, bool)
+    ball = _ball(shape, (10, 11, 8), 3)
+    prob = np.where(ball, 0.9, 0.0).astype(np.float32)
+    x = np.zeros((int(brain.sum()), len(standardised)), np.float32)
+    x[:, 0] = np.where(ball, 0.25, 1.0)[brain]  # a CSF-level cavity in white matter
+    x[:, 2] = np.where(ball, -4.0, 0.0)[brain]
+    vox = lc.voxel_arrays(x, standardised, brain, ("t1",))
+    assert sorted(vox) == ["t1_tint", "t1_tmirror", "t1_z"]
+    priors = {k: np.full(shape, v, np.float32) for k, v in (("csf", 0.1), ("wm", 0.8), ("depth", 20.0))}
+    lab, ids = lc.label(prob, 0.3, 0.5, 10.0, 1.5**3)
+    row = dict(zip(names, lc.describe(prob, lab, ids, brain, vox, ("t1",), priors, 1.5)[0]))
+    assert row["t1_tint"] == pytest.approx(0.25) and row["t1_tshell"] == pytest.approx(1.0)
+    assert row["t1_trim"] == pytest.approx(0.75) and row["t1_z"] == pytest.approx(-4.0)
+    with pytest.raises(ValueError, match="t1_tmirror"):
+        lc.voxel_arrays(x[:, :4], standardised[:4], brain, ("t1",))
+
+
 def test_card_rejects_a_candidate_filter_that_does_not_fit(tmp_path):
     src = REPO / "models" / "lesion" / "flair"
     d = json.loads((src / "card.json").read_text())

@@ -209,10 +209,12 @@ def test_an_affine_fit_short_on_correlation_alone_is_used_only_through_a_passing
 
 
 @pytest.mark.slow
-def test_a_thick_slice_series_whose_field_fails_is_tried_again_with_the_field_smoothed_over_its_slices():
+def test_a_field_that_fails_is_tried_again_smoother_over_the_slices_then_by_the_retry_smoothing():
     """A check the 3 mm field just fails (its Jacobian's 0.5th percentile under the bar): on a
     4.8 mm-slice series the deformable step is tried again with the field smoothed by 1.125
-    slices (5.4 mm) and that result is used; a 1.2 mm series is not tried again (affine used)."""
+    slices (5.4 mm) and that result is used; a 1.2 mm series is tried again at 4.5 mm
+    (``retry_smoothing_mm``); a bar no field meets leaves the affine fit, with the first try's
+    figures."""
     image, mask, _ = _known_subject("flair", slices=4)
     first = template.register(image, mask)
     assert first.ok and first.summary["demons_smoothing_mm"] == 3.0 and "first_try" not in first.summary
@@ -226,5 +228,9 @@ def test_a_thick_slice_series_whose_field_fails_is_tried_again_with_the_field_sm
     jlo_fine = template.register(fine, fmask).summary["jacobian_p0.5"]
     strict = template.TemplateCheck(jacobian_range=(jlo_fine + 0.01, 5.0))
     reg = template.register(fine, fmask, check=strict)
+    assert reg.ok and reg.kind == "deformable", reg.reason
+    assert reg.summary["demons_smoothing_mm"] == 4.5 and reg.summary["first_try"] == "failed"
+    unmet = template.TemplateCheck(jacobian_range=(0.999, 5.0))
+    reg = template.register(fine, fmask, check=unmet)
     assert reg.ok and reg.kind == "affine", reg.reason
     assert reg.summary["demons_smoothing_mm"] == 3.0 and "first_try" not in reg.summary

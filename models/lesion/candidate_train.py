@@ -7,7 +7,8 @@ fold trained without that fold's heads (and a normative model built without them
 fold's cases. A candidate is a true lesion when at least 20 % of its voxels, or at least 100 mm3,
 lie in the truth (template space). The cut (``min_probability``) is chosen on the validation
 heads with the shipped model's own candidates: the highest cut that drops no true candidate
-there, times ``--margin``.
+there (of at least ``--min-true-ml``: pieces of a lesion far smaller than it may go), times
+``--margin``.
 
     .venv/bin/python models/lesion/candidate_train.py models/lesion/flair --cache CASES \\
         --fold FOLD_A/flair synthseg_01-04 chris_t1 --fold FOLD_B/flair ... \\
@@ -70,7 +71,7 @@ def collect(model: VoxelLesionModel, cache: Path, heads, threshold: float, seed:
                 case.append(f"{head}_{s}")
                 ml.append(n * sp**3 / 1000)
         log.info("%s_%d: %d candidates", head, s, len(ids))
-    d = len(lesion_candidates.feature_names(model.card.inputs))
+    d = len(lesion_candidates.feature_names(model.card.inputs, model.card.features))
     return {
         "x": np.concatenate(rows) if rows else np.zeros((0, d), np.float32),
         "y": np.asarray(truth, bool),
@@ -128,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude", nargs="*", default=[], help="heads whose candidates are left out (LOO)")
     ap.add_argument("--rounds", type=int, default=150)
     ap.add_argument("--margin", type=float, default=0.25)
+    ap.add_argument("--min-true-ml", type=float, default=0.0,
+                    help="the cut keeps every true validation candidate of at least this volume (mL; default 0: "
+                         "every true candidate, however small)")
     ap.add_argument("--out", type=Path, help="folder for the filter (default: the model's folder)")
     ap.add_argument("--keep", type=Path, help="folder to keep collected candidates in (reused on a rerun)")
     ap.add_argument("--write", action="store_true", help="write candidates.onnx and the card's candidate_filter")
@@ -149,14 +153,18 @@ def main(argv=None) -> int:
     booster = train(tr["x"], tr["y"], tr["ml"], args.rounds)
     val = kept(args.keep, shipped, args.cache[0], expand(args.val), thr, seed)
     pv = booster.predict(val["x"]) if len(val["y"]) else np.zeros(0)
-    lowest_true = float(pv[val["y"]].min()) if val["y"].any() else 0.5
+    counted = val["y"] & (val["ml"] >= args.min_true_ml)
+    lowest_true = float(pv[counted].min()) if counted.any() else 0.5
     cut = round(lowest_true * args.margin, 5)
     kept_false = val["ml"][(~val["y"]) & (pv >= cut)].sum()
+    lost = val["y"] & (pv < cut)
     log.info(
-        "validation: %d candidates (%d true); lowest true %.4f -> cut %.5f; false candidates %.2f -> %.2f mL",
-        len(val["y"]), int(val["y"].sum()), lowest_true, cut, float(val["ml"][~val["y"]].sum()), float(kept_false),
+        "validation: %d candidates (%d true, %d of them >= %.2f mL); lowest such true %.4f -> cut %.5f; false "
+        "candidates %.2f -> %.2f mL; true candidates cut: %d (%.2f mL)",
+        len(val["y"]), int(val["y"].sum()), int(counted.sum()), args.min_true_ml, lowest_true, cut,
+        float(val["ml"][~val["y"]].sum()), float(kept_false), int(lost.sum()), float(val["ml"][lost].sum()),
     )
-    names = lesion_candidates.feature_names(shipped.card.inputs)
+    names = lesion_candidates.feature_names(shipped.card.inputs, shipped.card.features)
     gain = dict(zip(names, booster.feature_importance("gain").round(1).tolist()))
     log.info("gain: %s", json.dumps(gain))
     if not args.write:
@@ -181,7 +189,9 @@ def main(argv=None) -> int:
             "folds": [[str(f[0])] + list(f[1:]) for f in args.fold],
             "excluded": list(args.exclude),
             "validation": {"heads": list(args.val), "candidates": int(len(val["y"])), "true": int(val["y"].sum()),
-                           "lowest_true_probability": round(lowest_true, 5), "margin": args.margin},
+                           "lowest_true_probability": round(lowest_true, 5), "margin": args.margin,
+                           "min_true_ml": args.min_true_ml,
+                           "true_cut": {"candidates": int(lost.sum()), "ml": round(float(val["ml"][lost].sum()), 3)}},
             "rounds": args.rounds,
             "seconds": round(time.perf_counter() - t0, 1),
             "feature_gain": gain,

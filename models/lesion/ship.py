@@ -20,7 +20,10 @@ This script
   ``--with-lesion-cases``, see ``models/normative/MODEL_CARD.md``) that goes to ``models/normative``,
   the anomaly map's model.
 
-    .venv/bin/python models/lesion/ship.py WORK [--dry-run]
+    .venv/bin/python models/lesion/ship.py WORK [--inputs t1] [--dry-run]
+
+``--inputs`` ships only those cards (the others stay as they are); without ``WORK/normative`` the
+shipped healthy-head statistics stay, and the new cards must have been trained with them.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("work", type=Path)
     ap.add_argument("--max-healthy-fp", type=float, default=TARGETS["healthy_fp_ml"])
+    ap.add_argument("--inputs", nargs="+", default=["t1", "flair", "fusion"], choices=["t1", "flair", "fusion"],
+                    help="the cards to ship (default all three)")
     ap.add_argument("--dry-run", action="store_true", help="print the choices, copy nothing")
     args = ap.parse_args(argv)
 
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
     if val is None:
         sys.exit(f"{args.work}/eval_val.json is missing: run the validation evaluation first (train_all.sh step 4)")
     cards = {}
-    for inp in ("t1", "flair", "fusion"):
+    for inp in args.inputs:
         card = json.loads((args.work / "models" / inp / "card.json").read_text())
         key = choose(val[inp]["by_threshold"], args.max_healthy_fp)
         thr, seed = parse_point(key)
@@ -139,7 +144,11 @@ def main(argv=None) -> int:
         print(f"{inp}: threshold {thr} seed {seed} -> {card['status']} ({card['status_note']})")
     if args.dry_run:
         return 0
-    copies = [(args.work / "normative", REPO / "models" / "lesion" / "normative")]
+    copies = []
+    if (args.work / "normative").is_dir():
+        copies.append((args.work / "normative", REPO / "models" / "lesion" / "normative"))
+    else:
+        print(f"no {args.work}/normative: the shipped models/lesion/normative stays")
     if (args.work / "normative_anomaly").is_dir():
         copies.append((args.work / "normative_anomaly", REPO / "models" / "normative"))
     for src, dst in copies:
@@ -158,7 +167,8 @@ def main(argv=None) -> int:
         for entry in card["files"]:
             shutil.copy2(args.work / "models" / inp / entry["file"], dst / entry["file"])
         (dst / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    print("copied into " + ", ".join(str(d.relative_to(REPO)) for _, d in copies) + " and models/lesion/{t1,flair,fusion}")
+    shipped = [str(d.relative_to(REPO)) for _, d in copies] + [f"models/lesion/{i}" for i in cards]
+    print("copied into " + ", ".join(shipped))
     return 0
 
 
