@@ -272,14 +272,17 @@ def _commit(tmp: Path, final: Path) -> None:
 
 
 def setup_worker(threads: int | None, pipeline: str) -> dict:
-    """Once per worker process: cap the threads a study uses (ONNX Runtime, SimpleITK) and let
-    every stage of ``pipeline`` load its networks now, so that no subject pays for it. Returns
-    what it did (pid, threads, seconds spent loading, the process's CPU seconds so far)."""
+    """Once per worker process: cap the threads a study uses (ONNX Runtime, SimpleITK), keep no
+    study memo (:mod:`openrecon_stroke.memo`) and let every stage of ``pipeline`` load its
+    networks now, so that no subject pays for it. Returns what it did (pid, threads, seconds
+    spent loading, the process's CPU seconds so far)."""
+    from ..memo import MEMO_ENV
     from ..pipeline import warm_up
     from ..runtime import THREADS_ENV, physical_cores
 
     n = int(threads) if threads else physical_cores()
     os.environ[THREADS_ENV] = str(n)
+    os.environ[MEMO_ENV] = "0"  # each subject is one study, processed at once: nothing comes back for it
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     pkg = logging.getLogger(PACKAGE_LOGGER)
     if not any(isinstance(h, logging.NullHandler) for h in pkg.handlers):
