@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from ..offline import analyse, derived_image
 from ..outputs import report_dict
-from ..stages.results import LesionResult
+from ..stages.results import AnomalyResult, LesionResult
 from . import bids, figures, html
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _figures(study, job: bids.Job, folder: Path) -> tuple[list[tuple[str, bytes,
         label = bids.SUFFIX[c]
         brain = study.get("brain_mask", c) or study.get("head_mask", c)
         les, ano = study.get("lesion_mask", c), study.get("anomaly_map", c)
-        thr, top = anomaly_display(study, ano)
+        thr, top = anomaly_display(study.result(AnomalyResult), ano)
         layers = figures.Layers(
             vol.grid,
             vol.data,
