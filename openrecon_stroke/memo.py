@@ -17,7 +17,6 @@ subject is one study processed at once).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -26,8 +25,6 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -147,7 +144,3 @@ class ContentMemo(Generic[T]):
     def held_bytes(self) -> int:
         with self._lock:
             return sum(s for _, s in self._values.values())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
