@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import APP_NAME, __version__
+from .runtime import flush_denormals
 
 
 def _serve(args) -> int:
@@ -205,6 +206,8 @@ def main(argv=None) -> int:
     manifest.add_arguments(sub.add_parser("manifest", help="print, write (--out) or --check the OpenRecon manifest"))
     _add_model_commands(sub)
     args = p.parse_args(argv)
+    # before any thread starts, so that every thread (ONNX Runtime's, ITK's, the server's) inherits it
+    flush_denormals()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         args = p.parse_args(["serve"] + (argv or sys.argv[1:]))

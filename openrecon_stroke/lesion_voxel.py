@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import SimpleITK as sitk
 
-from . import lesion_candidates, template, voxel_features
+from . import lesion_candidates, memo, template, voxel_features
 from .model_card import ModelCardError, VoxelClassifierCard
 from .resample import Box, resample_array
 from .runtime import LazySessions
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 BLOCK_ROWS = 200_000
 #: Fewest rows per call when the rows are split between workers.
 MIN_BLOCK_ROWS = 8_192
+#: Feature columns kept for a later connection of the same study (the fused model's T1-w columns
+#: on the FLAIR connection are the T1-w model's); one contrast's 11 columns of a head at 1.5 mm
+#: are about 25 MB
+FEATURE_COLUMNS: memo.ContentMemo[np.ndarray] = memo.ContentMemo("lesion feature columns", 96 << 20)
 
 
 class VoxelLesionModel:
@@ -114,9 +118,26 @@ class VoxelLesionModel:
             c: template.tissue_means(images_t[c], pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
             for c in self.card.inputs
         }
-        return voxel_features.compute(
-            self.card.features, images_t, brain_t, means, pri, self.card.spacing_mm, self.normative, self.workers
+        # every column of a contrast depends on its image, the brain, its tissue means, the grid and
+        # the normative model only
+        normative = self.card.normative.resolve() if self.card.normative is not None else None
+        base = memo.digest(brain_t, self.card.spacing_mm, str(normative))
+        keys = {c: memo.digest(base, c, images_t[c], means[c]) for c in self.card.inputs}
+        hits = FEATURE_COLUMNS.hits
+        x = voxel_features.compute(
+            self.card.features,
+            images_t,
+            brain_t,
+            means,
+            pri,
+            self.card.spacing_mm,
+            self.normative,
+            self.workers,
+            reuse=(FEATURE_COLUMNS, keys),
         )
+        if FEATURE_COLUMNS.hits > hits:
+            log.info("%d feature column(s) reused from an earlier series of this study", FEATURE_COLUMNS.hits - hits)
+        return x
 
     def classify(self, x: np.ndarray, cascade: bool = True) -> np.ndarray:
         """Lesion probability of each feature row (the files averaged). With the card's

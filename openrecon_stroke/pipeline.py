@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .pipeline_registry import DEFAULT_PIPELINE, PIPELINE_NAMES, PIPELINES
-from .runtime import study_threads
+from .runtime import flush_denormals, study_threads
 from .stages.base import SkipStudy, Stage, StageResult
 from .study import ContractError, DerivedSeries, Study
 
@@ -77,6 +77,7 @@ class Pipeline:
         (:func:`~openrecon_stroke.runtime.study_threads`: a cohort worker limited to one thread
         runs them one after the other); their results are filed, and ``on_stage`` called, in
         pipeline order either way, so the study comes out the same."""
+        flush_denormals()  # this thread and the stage threads it starts (see the function)
         for stage in self.stages:
             for kind in stage.writes:
                 study.producers.setdefault(kind, stage.name)
@@ -211,6 +212,7 @@ def warm_up(name: str = DEFAULT_PIPELINE) -> list[str]:
     """Call every stage's :meth:`~Stage.warm_up` (load networks); returns the problems, as
     sentences (an empty list: everything loaded)."""
     problems = []
+    flush_denormals()
     for stage in build_pipeline(name).stages:
         try:
             stage.warm_up()

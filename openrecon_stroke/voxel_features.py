@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .memo import ContentMemo
 from .resample import box_of
 
 IMAGE_FEATURES = (
@@ -191,6 +192,7 @@ def compute(
     spacing_mm: float,
     normative: Normative | None = None,
     workers: int = 1,
+    reuse: tuple[ContentMemo, dict[str, str]] | None = None,
 ) -> np.ndarray:
     """Feature matrix ``(n_brain_voxels, len(names))`` float32, rows in ``np.flatnonzero(brain)``
     order.
@@ -208,6 +210,12 @@ def compute(
     ``workers`` > 1 computes the columns side by side (SciPy's filters release the GIL); the
     pieces columns share (intensity, z-score, smoothed masks) are made once, and the result is
     the same as with one worker.
+
+    ``reuse``: ``(memo, keys)``, where ``keys[c]`` is a :func:`openrecon_stroke.memo.digest` of
+    everything contrast ``c``'s columns depend on besides their names (its image, the brain mask,
+    its tissue means, the grid, the normative model): each image column of ``c`` is taken from
+    ``memo`` when there, else computed and kept (the T1-w columns of the fused model on a FLAIR
+    connection are the T1-w model's of the T1-w connection). Prior columns are always made.
     """
     box = brain_box(brain)
     full_priors = priors
@@ -291,7 +299,19 @@ def compute(
     out = np.empty((int(sel.sum()), len(names)), np.float32)
 
     def column(j: int) -> None:
-        out[:, j] = one(names[j]).ravel()[sel]
+        name = names[j]
+        key = None
+        if reuse is not None and not name.startswith("prior_"):
+            c = name.partition("_")[0]
+            key = f"{reuse[1][c]}:{name}" if c in reuse[1] else None
+        kept = reuse[0].get(key) if reuse is not None and key is not None else None
+        if kept is not None:
+            out[:, j] = kept
+            return
+        col = one(name).ravel()[sel]
+        out[:, j] = col
+        if reuse is not None and key is not None:
+            reuse[0].put(key, col)
 
     if workers > 1 and len(names) > 1:
         # the slowest columns (two smoothings each) first, so that no worker is left with one at the end

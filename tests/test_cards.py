@@ -4,6 +4,9 @@ runtime's folder lookup and caches."""
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,30 @@ def test_voxel_classifier_cascade_entry_validates(tmp_path):
     two = {**voxel, "files": [{"file": "model.onnx"}, {"file": "model.onnx"}], "cascade": cascade}
     with pytest.raises(ModelCardError, match="exactly one model file"):
         load_card(_write(tmp_path / "d", two), verify=False)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"),
+    reason="flush_denormals works on x86-64 and AArch64 Linux only",
+)
+def test_flush_denormals_on_this_thread_and_the_threads_it_starts():
+    """A fresh interpreter: a float32 product that is denormal stays so until flush_denormals(),
+    then is 0 on the calling thread and on a thread started afterwards (what the server's
+    connection threads, ITK's and ONNX Runtime's rely on)."""
+    code = """
+import threading, numpy as np
+from openrecon_stroke.runtime import flush_denormals
+x = np.full(8, 1e-30, np.float32)
+before = float((x * np.float32(1e-9))[0])
+on = flush_denormals()
+after = float((x * np.float32(1e-9))[0])
+seen = []
+t = threading.Thread(target=lambda: seen.append(float((x * np.float32(1e-9))[0])))
+t.start(); t.join()
+print(before, on, after, seen[0], flush_denormals())
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    before, on, after, in_thread, again = out.stdout.split()
+    assert float(before) > 0  # 1e-39: denormal, kept by default
+    assert on == "True" and again == "True"
+    assert float(after) == 0.0 and float(in_thread) == 0.0

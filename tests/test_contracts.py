@@ -209,7 +209,7 @@ def test_the_report_reads_result_fields():
                                       "#2: 0.50 mL, right (LPS -20, 1, 2 mm)"]
     assert report.anomaly_lines(s) == ["anomaly load 3.00 mL", "in lesions 1.00 mL; perilesional 0.50 mL; remote 1.50 mL",
                                        "computed on T1-w+FLAIR"]
-    assert report.anomaly_display(s, None)[0] == 1.5
+    assert report.anomaly_display(s.results[AnomalyResult], None)[0] == 1.5
     f = s.results[LesionResult].findings()
     assert f["lesion_count"] == 2 and f["lesion_volume_ml"] == 2.846 and f["lesions"][0]["series"] == "t1"
 

@@ -10,6 +10,7 @@ conftest.py); see ``tests/studies.py``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -248,3 +249,19 @@ def test_replay_cli_dicom_flag(server, stroke_phantom, tmp_path):
     assert simulator_main(["replay", str(stroke_phantom / "flair.h5"), "--port", str(server.port), "--config",
                            "headmask", "--out", str(tmp_path / "back.h5"), "--dicom", str(tmp_path / "dcm")]) == 0
     assert {p.name for p in (tmp_path / "dcm").iterdir()} == {"input_series2", "headmask_series2"}
+
+
+def test_the_flair_connection_reuses_what_the_t1w_connection_computed(served_t1_first):
+    """Work done once per study: on the FLAIR connection the fused lesion model takes its 11 T1-w
+    feature columns, and the anomaly stage the T1-w's ventricles, from what the T1-w connection
+    computed (keyed by the content they are made from: the same values)."""
+    t1, flair = served_t1_first.connections["t1"], served_t1_first.connections["flair"]
+    assert not any("reused from an earlier series" in m or "as measured on its own connection" in m for m in t1.log)
+    assert any(m.startswith("11 feature column(s) reused from an earlier series of this study") for m in flair.log)
+    assert any(m.startswith("ventricles of the t1 series as measured on its own connection") for m in flair.log)
+
+    # the measure reused is the T1-w connection's (before the lesion is left out of it)
+    reused = next(m for m in flair.log if m.startswith("ventricles of the t1 series as measured"))
+    ml = re.search(r"\(([0-9.]+) mL\)", reused).group(1)
+    report = next(t for t in t1.result.texts if " report (pipeline " in t)
+    assert f"({ml} mL with it)" in " ".join(t1.log) or f"'ventricle_ml': {ml}," in report, (reused, t1.log)

@@ -60,3 +60,38 @@ def test_z_of_a_tissue_standardised_normative_reads_the_standardised_image():
     assert dark.sum() > 100
     np.testing.assert_allclose(zs[0][0][dark], zs[1][0][dark], atol=1e-3)  # standardised: the same
     assert np.abs(zs[0][1][dark] - zs[1][1][dark]).min() > 0.5  # plain: the z moves with the contrast
+
+
+def test_columns_kept_for_a_later_series_are_the_columns_computed():
+    """The T1-w columns a fused model computes on a FLAIR connection come from the memo the T1-w
+    model filled on the T1-w connection: the same values; a changed T1-w image has another key
+    and is computed afresh."""
+    from openrecon_stroke.memo import ContentMemo, digest
+
+    t1, brain, priors = _brain_case()
+    flair = np.flip(t1, 0).copy()
+    means = {c: {"gm": 100.0, "wm": 140.0, "csf": 30.0} for c in ("t1", "flair")}
+    norm = voxel_features.Normative(
+        {c: np.full(t1.shape, 0.8, np.float32) for c in means}, {c: np.full(t1.shape, 0.2, np.float32) for c in means}
+    )
+    memo: ContentMemo[np.ndarray] = ContentMemo("test", 64 << 20)
+
+    def keys(images):
+        return {c: digest(brain, 1.5, c, images[c], means[c]) for c in images}
+
+    t1_names = voxel_features.feature_names(("t1",))
+    both = voxel_features.feature_names(("t1", "flair"))
+    first = voxel_features.compute(t1_names, {"t1": t1}, brain, means, priors, 1.5, norm, reuse=(memo, keys({"t1": t1})))
+    image_columns = [n for n in t1_names if not n.startswith("prior_")]
+    assert memo.hits == 0 and memo.misses == len(image_columns)
+    images = {"t1": t1, "flair": flair}
+    fused = voxel_features.compute(both, images, brain, means, priors, 1.5, norm, workers=2, reuse=(memo, keys(images)))
+    assert memo.hits == len(image_columns)  # every T1-w image column, none of the FLAIR's
+    np.testing.assert_array_equal(fused, voxel_features.compute(both, images, brain, means, priors, 1.5, norm))
+    np.testing.assert_array_equal(first, voxel_features.compute(t1_names, {"t1": t1}, brain, means, priors, 1.5, norm))
+    # another T1-w image: nothing reused, its own values
+    other = {"t1": (t1 * 1.1).astype(np.float32), "flair": flair}
+    hits = memo.hits
+    again = voxel_features.compute(both, other, brain, means, priors, 1.5, norm, reuse=(memo, keys(other)))
+    assert memo.hits == hits + len([n for n in both if n.startswith("flair_")])  # the FLAIR's, kept above
+    np.testing.assert_array_equal(again, voxel_features.compute(both, other, brain, means, priors, 1.5, norm))

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from ..offline import analyse, derived_image
 from ..outputs import report_dict
-from ..stages.results import LesionResult
+from ..stages.results import AnomalyResult, LesionResult
 from . import bids, figures, html
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _figures(study, job: bids.Job, folder: Path) -> tuple[list[tuple[str, bytes,
         label = bids.SUFFIX[c]
         brain = study.get("brain_mask", c) or study.get("head_mask", c)
         les, ano = study.get("lesion_mask", c), study.get("anomaly_map", c)
-        thr, top = anomaly_display(study, ano)
+        thr, top = anomaly_display(study.result(AnomalyResult), ano)
         layers = figures.Layers(
             vol.grid,
             vol.data,
@@ -272,14 +272,17 @@ def _commit(tmp: Path, final: Path) -> None:
 
 
 def setup_worker(threads: int | None, pipeline: str) -> dict:
-    """Once per worker process: cap the threads a study uses (ONNX Runtime, SimpleITK) and let
-    every stage of ``pipeline`` load its networks now, so that no subject pays for it. Returns
-    what it did (pid, threads, seconds spent loading, the process's CPU seconds so far)."""
+    """Once per worker process: cap the threads a study uses (ONNX Runtime, SimpleITK), keep no
+    study memo (:mod:`openrecon_stroke.memo`) and let every stage of ``pipeline`` load its
+    networks now, so that no subject pays for it. Returns what it did (pid, threads, seconds
+    spent loading, the process's CPU seconds so far)."""
+    from ..memo import MEMO_ENV
     from ..pipeline import warm_up
     from ..runtime import THREADS_ENV, physical_cores
 
     n = int(threads) if threads else physical_cores()
     os.environ[THREADS_ENV] = str(n)
+    os.environ[MEMO_ENV] = "0"  # each subject is one study, processed at once: nothing comes back for it
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     pkg = logging.getLogger(PACKAGE_LOGGER)
     if not any(isinstance(h, logging.NullHandler) for h in pkg.handlers):
