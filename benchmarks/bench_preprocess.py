@@ -123,6 +123,9 @@ def accuracy(data: Path, heads: int):
 
 
 def main():
+    from openrecon_stroke.runtime import flush_denormals
+
+    flush_denormals()  # as every entry point of the package does (denormals cost 7x on Intel hosts)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--baseline-runs", type=int, default=1, help="runs of the (slow) accurate baseline")

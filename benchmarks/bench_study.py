@@ -190,8 +190,36 @@ def run_config(name: str, root: Path, studies: dict[str, list[Path]], runs: int,
     return out
 
 
-def report(results: dict, base: str) -> None:
+def host() -> dict:
+    """The machine the figures belong to: they differ between CPU kinds more than between
+    commits (denormal floats cost 7x on an Intel Xeon and nothing on an AMD EPYC)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_brain_extraction import sgemm_gflops
+
+    model, flags = "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "?":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
+    return {
+        "cpu": model,
+        "cpus": len(os.sched_getaffinity(0)),
+        "flags": [f for f in wanted if f in flags],
+        "sgemm_gflops": round(sgemm_gflops(), 1),
+    }
+
+
+def report(results: dict, base: str, machine: dict | None = None) -> None:
     ours, ref = results["ours"], results.get(base)
+    if machine:
+        print(f"\nhost: {machine['cpu']}, {machine['cpus']} CPUs, {' '.join(machine['flags']) or 'no AVX2'}, "
+              f"numpy SGEMM {machine['sgemm_gflops']:.0f} GFLOP/s")
     for s in ours["studies"]:
         print(f"\n### study `{s}`: median of runs, seconds (baseline = `{base}`)\n")
         print("| connection | stage | ours | baseline | baseline / ours |")
@@ -219,6 +247,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the baseline ('' = none)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    machine = host()
     with tempfile.TemporaryDirectory(prefix="bench_study_") as tmp:
         work = Path(tmp)
         studies = make_studies(work)
@@ -227,9 +256,11 @@ def main(argv=None) -> int:
             configs[args.baseline_rev] = baseline_tree(args.baseline_rev, work)
         # interleaving would need both servers resident at once (2x memory): run one after the other
         results = {name: run_config(name, root, studies, args.runs, work) for name, root in configs.items()}
-    report(results, args.baseline_rev)
+    report(results, args.baseline_rev, machine)
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "baseline_rev": args.baseline_rev, **results}, indent=1))
+        args.json.write_text(
+            json.dumps({"runs": args.runs, "baseline_rev": args.baseline_rev, "host": machine, **results}, indent=1)
+        )
     return 0
 
 
