@@ -9,8 +9,8 @@ One place for what every network (HD-BET, lesion, anomaly, imported nnU-Net mode
 * :func:`ort_session`: CPU sessions with all graph optimisations, intra-op threads = physical
   cores (what a 2-core scanner host gives us; ``OPENRECON_THREADS`` caps it, see
   :func:`study_threads`), one inter-op thread; HD-BET's convolutions on ONNX Runtime's OpenVINO
-  execution provider where the installed ONNX Runtime has it (``onnxruntime-openvino``, the
-  dependency on x86-64 Linux), else on its own CPU kernels;
+  execution provider where the installed ONNX Runtime has it (the ``onnxruntime-openvino`` build,
+  an option on x86-64: see ``models/hdbet/MODEL_CARD.md``), else on its own CPU kernels;
 * :class:`LazySessions`, :class:`ModelCache`: sessions created on first use and one loaded model
   per folder, shared by every thread of the server;
 * :func:`flush_denormals`: denormal floats treated as zero on the calling thread and every thread

@@ -16,11 +16,6 @@ fi
 stamp=.venv/.openrecon-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    # x86-64 Linux takes ONNX Runtime's OpenVINO build (pyproject.toml); both builds install the
-    # module `onnxruntime`, so a plain build from an earlier set-up goes first
-    if [ "$(uname -s)/$(uname -m)" = "Linux/x86_64" ] && .venv/bin/python -m pip show onnxruntime >/dev/null 2>&1; then
-        .venv/bin/python -m pip uninstall --quiet -y onnxruntime
-    fi
     .venv/bin/python -m pip install --quiet -e '.[dev]'
     touch "$stamp"
 fi

@@ -222,7 +222,7 @@ def test_orientation_invariance(chris, ours_fast, name, direction, spacing):
 @needs_models
 @needs_chris
 def test_openvino_sessions_give_the_cpu_kernels_mask(chris, ours_fast, monkeypatch):
-    """Where ONNX Runtime has OpenVINO (the x86-64 Linux dependency), HD-BET's sessions run on it;
+    """Where ONNX Runtime has OpenVINO (the ``onnxruntime-openvino`` build), HD-BET's sessions run on it;
     its mask is the one ONNX Runtime's own CPU kernels give, but for a few border voxels (measured
     2026-12-02: 114 of 2.26 M voxels, Dice 0.99998; whole extraction 3.6 s against 4.7 s)."""
     from openrecon_stroke import runtime
