@@ -641,8 +641,9 @@ class BrainExtractionCard(Card):
         )
 
     def session_options(self) -> dict:
-        # activations of a whole head are ~1.5 GB: no arena kept per fold; int8 weights folded
-        return {"low_memory": True, "fold_weights": True}
+        # activations of a whole head are ~1.5 GB: no arena kept per fold; int8 weights folded;
+        # the 3-D convolutions on OpenVINO where this ONNX Runtime has it (runtime.ort_session)
+        return {"low_memory": True, "fold_weights": True, "openvino": True}
 
 
 #: ``kind`` -> card class (one entry per model family)

@@ -66,7 +66,7 @@ def test_brain_extraction_card_is_typed(tmp_path):
     card = BrainExtractionCard.load(src, verify=False)
     assert card.modes["fast"] == (1, False, 1.75, 1.9) and card.modes["accurate"] == ("all", True, None, None)
     assert card.crop.enabled and card.pad_divisible_by == 16 and card.spacing_mm == (1.5, 1.5, 1.5)
-    assert card.session_options() == {"low_memory": True, "fold_weights": True}
+    assert card.session_options() == {"low_memory": True, "fold_weights": True, "openvino": True}
     d = _copy_card(src, tmp_path)
     del d["padding"]
     (tmp_path / "card.json").write_text(json.dumps(d))
