@@ -123,7 +123,7 @@ def flush_denormals() -> bool:
     and one 3x3x3 convolution then took 19.5 s instead of 0.8 s (a whole pass 38 s against 5.3 s,
     Xeon with AVX-512, ONNX Runtime 1.32, 2026-12-02; an AMD EPYC showed no difference). Values
     this small carry no information for any stage: the outputs are unchanged (the brain and
-    lesion masks of the demo study and a real head, voxel for voxel)."""
+    lesion masks of the demo study and two real heads, voxel for voxel)."""
     machine = platform.machine().lower()
     fenv: ctypes.Structure
     if machine in ("x86_64", "amd64"):

@@ -298,20 +298,19 @@ def compute(
 
     out = np.empty((int(sel.sum()), len(names)), np.float32)
 
+    kept_columns, keys = reuse if reuse is not None else (None, {})
+
     def column(j: int) -> None:
         name = names[j]
-        key = None
-        if reuse is not None and not name.startswith("prior_"):
-            c = name.partition("_")[0]
-            key = f"{reuse[1][c]}:{name}" if c in reuse[1] else None
-        kept = reuse[0].get(key) if reuse is not None and key is not None else None
+        c = name.partition("_")[0]  # a contrast; "prior" is never one of the keys
+        key = f"{keys[c]}:{name}" if kept_columns is not None and c in keys else None
+        kept = kept_columns.get(key) if kept_columns is not None and key is not None else None
         if kept is not None:
             out[:, j] = kept
             return
-        col = one(name).ravel()[sel]
-        out[:, j] = col
-        if reuse is not None and key is not None:
-            reuse[0].put(key, col)
+        out[:, j] = col = one(name).ravel()[sel]
+        if kept_columns is not None and key is not None:
+            kept_columns.put(key, col)
 
     if workers > 1 and len(names) > 1:
         # the slowest columns (two smoothings each) first, so that no worker is left with one at the end
