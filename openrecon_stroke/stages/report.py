@@ -194,7 +194,8 @@ def brain_lines(study: Study) -> list:
     if brain is not None:
         vols = [f"{_label(c)} {render.fmt_ml(brain.volume_ml[c])}" for c in study.inputs if c in brain.volume_ml]
         if vols:
-            lines.append("brain volume: " + ", ".join(vols) + (f" (HD-BET {brain.mode})" if brain.mode else ""))
+            how = "skull-stripped series: its own brain" if brain.own_brain else f"HD-BET {brain.mode}"
+            lines.append("brain volume: " + ", ".join(vols) + f" ({how})")
     reg = study.result(SeriesRegistration)
     if reg is not None:
         lines.append(

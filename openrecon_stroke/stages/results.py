@@ -49,7 +49,8 @@ class BrainResult(StudyResult):
     n4: dict[str, sitk.Image]
     #: contrast -> brain mask (uint8, 1 = brain), every contrast known to the study
     brain_mask: dict[str, sitk.Image]
-    #: HD-BET mode ("fast", "accurate") and the model, as shown on the report
+    #: the UI's brain extraction mode ("fast", "accurate", "none") and the model, as shown on
+    #: the report
     mode: str
     model: str
     #: input contrast -> brain volume (mL, one decimal)
@@ -58,11 +59,16 @@ class BrainResult(StudyResult):
     from_earlier_series: dict[str, str] = field(default_factory=dict)
     #: step -> seconds (brain extraction, N4 per contrast, registration)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: contrasts whose mask is the series' own brain, not HD-BET's: the series came
+    #: skull-stripped by another tool (``mode`` "none", or found so; see ``stages.brain``)
+    own_brain: tuple[str, ...] = ()
 
     def findings(self) -> dict:
         out: dict = {f"{c}_from_earlier_series": d for c, d in self.from_earlier_series.items()}
         out.update({f"brain_volume_ml_{c}": v for c, v in self.volume_ml.items()})
         out["brain_extraction_mode"] = self.mode
+        if self.own_brain:
+            out["brain_mask_is_the_series_own"] = list(self.own_brain)
         out["models"] = {"brain_extraction": self.model}
         out["preprocess_timings_s"] = {k: round(v, 2) for k, v in self.timings_s.items()}
         return out
