@@ -17,7 +17,7 @@ from openrecon_stroke.params import coerce
 from openrecon_stroke.pipeline import Pipeline
 from openrecon_stroke.preprocess import STRIPPED_EDGE_FRACTION, series_own_brain, surface_at_content_edge
 from openrecon_stroke.runtime import model_folder
-from openrecon_stroke.stages.brain import Preprocess
+from openrecon_stroke.stages.brain import Preprocess, brain_of_series
 from openrecon_stroke.stages.results import BrainResult
 from openrecon_stroke.study import Study
 from openrecon_stroke.study_cache import StudyCache
@@ -124,10 +124,10 @@ def test_betmode_none_takes_the_series_own_brain_without_hd_bet(monkeypatch, tmp
 def test_real_stripped_brains_and_a_real_head():
     """``mr_gd_t1_contrast_brain`` came skull-stripped: HD-BET alone keeps 70 % of it (Dice 0.82
     to the provider's strip); the stage finds it stripped and uses its own brain. On
-    ``flair_brain_extracted`` HD-BET finds too little (327 mL, mostly in the background) to
-    vouch that the content is a brain: the study stops, saying to set Brain extraction to none;
-    with none it runs on the series' own brain. ``chris_t1`` (a full head with a zeroed
-    background) keeps HD-BET's mask."""
+    ``flair_brain_extracted`` the fast grid finds too little (327 mL, mostly in the background)
+    to vouch that the content is a brain, HD-BET's own 1.5 mm grid does: its own brain too;
+    with none, without HD-BET. ``chris_t1`` (a full head with a zeroed background) keeps
+    HD-BET's mask."""
 
     def run(name: str, contrast: str, **params) -> Study:
         vol = Volume.from_sitk(sitk.ReadImage(str(REAL / f"{name}.nii.gz"), sitk.sitkFloat32))
@@ -144,14 +144,32 @@ def test_real_stripped_brains_and_a_real_head():
     assert np.array_equal(sitk.GetArrayViewFromImage(res.brain_mask["t1"]) > 0, given)
 
     study = run("flair_brain_extracted", "flair")
-    assert study.stage_status["preprocess"] == "skipped"
-    assert any("does not look like a head scan" in w and "set Brain extraction to none" in w for w in study.warnings)
+    assert study.stage_status["preprocess"] == "ok", study.warnings
+    assert study.result(BrainResult).own_brain == ("flair",)
+    assert any("looks skull-stripped already" in w and "on its own 1.5 mm grid" in w for w in study.warnings)
     study = run("flair_brain_extracted", "flair", betmode="none")
     assert study.stage_status["preprocess"] == "ok", study.warnings
     assert study.result(BrainResult).own_brain == ("flair",)
+    assert not any("skull-stripped already" in w for w in study.warnings)
 
     study = run("chris_t1", "t1")
     assert study.stage_status["preprocess"] == "ok", study.warnings
     res = study.result(BrainResult)
     assert res.own_brain == () and not any("skull-stripped" in w for w in study.warnings)
     assert 1200 < res.volume_ml["t1"] < 1800
+
+
+@pytest.mark.skipif(not (model_folder("hdbet") / "card.json").is_file(), reason="HD-BET ONNX models not built")
+def test_content_hd_bet_does_not_vouch_for_keeps_its_mask_with_a_hint():
+    """A 'knee' (a cylinder of tissue in a zeroed background, as in ``test_brain_stage``): HD-BET's
+    brain reaches the content's edge, but holds too little of it on either grid to call the
+    content a brain (0.19 at 1.75 mm): its mask stays, and the note says what to set if the
+    series was a stripped brain."""
+    g = Grid((60, 160, 160), (1.0, 1.0, 2.0), np.eye(3), (-80.0, -80.0, -60.0))
+    z, y, x = np.meshgrid(np.arange(60), np.arange(160) - 80, np.arange(160) - 80, indexing="ij")
+    r = np.hypot(x, y)
+    data = np.where(r < 60, 300.0, 0.0) + np.where(r < 20, 500.0, 0.0)
+    data += np.random.default_rng(0).normal(0, 8, data.shape) * (r < 60)
+    got = brain_of_series(Volume(np.clip(data, 0, None).astype(np.float32), g).to_sitk(), "t1", "fast")
+    assert not got.own
+    assert got.note is not None and "set Brain extraction to none" in got.note and "1.5 mm grid" in got.note
