@@ -143,7 +143,8 @@ def surface_at_content_edge(brain: sitk.Image, img: sitk.Image) -> float:
         return 0.0
     radius = [max(1, int(math.ceil(STRIPPED_EDGE_MM / sp))) for sp in content.GetSpacing()]
     inner = sitk.BinaryErode(content, radius, sitk.sitkBall)  # outside the image counts as content
-    return float(np.count_nonzero(sitk.GetArrayViewFromImage(surface * (1 - inner)))) / n
+    at_edge = surface * (1 - inner)  # named: a view of a temporary image would read freed memory
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(at_edge))) / n
 
 
 def series_own_brain(img: sitk.Image) -> tuple[sitk.Image, float]:

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
                 img = Volume(np.where(keep, v.data, 0).astype(np.float32), v.grid).to_sitk()
                 hd_img = extract_brain(img, folds="fast")
                 hd = sitk.GetArrayViewFromImage(hd_img) > 0
-                content = sitk.GetArrayViewFromImage(series_own_brain(img)[0]) > 0
+                own = series_own_brain(img)[0]  # named: a view must not outlive its image
+                content = sitk.GetArrayViewFromImage(own) > 0
                 both = float((hd & content).sum())
                 got = brain_of_series(img, c, "fast")
                 row = {

@@ -97,7 +97,8 @@ def brain_of_series(image: sitk.Image, contrast: str, mode: str) -> SeriesBrain:
 
     def coverage(m: sitk.Image) -> tuple[float, float]:
         """(fraction of the content inside ``m``, fraction of ``m`` inside the content)"""
-        both = float(np.count_nonzero(sitk.GetArrayViewFromImage(m * own)))
+        overlap = m * own  # named: a view of a temporary image would read freed memory
+        both = float(np.count_nonzero(sitk.GetArrayViewFromImage(overlap)))
         return both / n_own, both / max(1.0, float(np.count_nonzero(sitk.GetArrayViewFromImage(m))))
 
     kept, inside = coverage(mask)
