@@ -126,7 +126,8 @@ def preprocess(volumes: dict[str, Volume], given_mask: sitk.Image | None = None)
     }
     if given_mask is not None and len(volumes) == 1:
         (c,) = volumes
-        kept = float(sitk.GetArrayViewFromImage(brain.brain_mask[c] * given_mask).sum())
+        both = brain.brain_mask[c] * given_mask  # named: a view of a temporary image reads freed memory
+        kept = float(sitk.GetArrayViewFromImage(both).sum())
         given = float(sitk.GetArrayViewFromImage(given_mask).sum())
         if kept < 0.85 * given:
             log.warning(
