@@ -44,11 +44,12 @@ def _ml(mask: sitk.Image) -> float:
 #: taken as evidence that the content is a brain when it covers at least this fraction of the
 #: content and lies mostly (this fraction) inside it. Measured (covered / inside, fast): the
 #: real stripped T1-w 0.70 / 1.00; synthetic series stripped to the brain 0.62-0.93 / 0.81-0.95
-#: and to the brain plus its outer CSF 0.52-0.81 / 1.00 where HD-BET found the brain (14 of 16
-#: series each); the real stripped FLAIR 0.11 / 0.38 (0.65 / 1.00 accurate) and a synthetic
-#: stripped FLAIR 0.33 / 0.42, where it did not; a 'knee' cylinder with a zeroed background
-#: 0.19 / 0.57. Below it the series' own brain is not used unasked: the scanner is told to set
-#: Brain extraction to none if the series is stripped.
+#: and to the brain plus its outer CSF 0.52-0.81 / 1.00 where the fast grid found the brain (15
+#: and 14 of 16 series; ``models/hdbet/validate_stripped.py``); the real stripped FLAIR 0.11 /
+#: 0.38 (0.60 / 0.89 on HD-BET's own grid, the second look below) and a synthetic stripped FLAIR
+#: 0.33 / 0.42, where it did not; a 'knee' cylinder with a zeroed background 0.19 / 0.57 (0.18
+#: covered on HD-BET's own grid). Below it the series' own brain is not used unasked: the
+#: scanner is told to set Brain extraction to none if the series is stripped.
 STRIPPED_MIN_KEPT = 0.5
 STRIPPED_MIN_INSIDE = 0.75
 
