@@ -30,3 +30,9 @@ def largest_component(mask: np.ndarray, connectivity: int = 3) -> np.ndarray:
     sizes[0] = 0
     out[inner] = lab == int(sizes.argmax())
     return out
+
+
+def solid_object(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected object of a boolean mask with its enclosed holes filled (a new
+    boolean array): a head's foreground, or the brain of a series stripped by another tool."""
+    return ndimage.binary_fill_holes(largest_component(mask, connectivity=1))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .masks import solid_object
 from .metrics import dice
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,13 @@ def surface_at_content_edge(brain: sitk.Image, img: sitk.Image) -> float:
 
 def series_own_brain(img: sitk.Image) -> tuple[sitk.Image, float]:
     """The brain of a series skull-stripped by another tool: its content (the voxels above its
-    background level), largest connected component, enclosed holes filled; uint8 on ``img``'s
+    background level) as one solid object (:func:`~.masks.solid_object`); uint8 on ``img``'s
     grid. Also the background fraction, for the caller to judge whether the series looks
     stripped at all (:data:`STRIPPED_MIN_BACKGROUND`)."""
     content, background = _content(img)
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(content), sortByObjectSize=True) == 1
-    return sitk.Cast(sitk.BinaryFillhole(sitk.Cast(largest, sitk.sitkUInt8)), sitk.sitkUInt8), background
+    own = sitk.GetImageFromArray(solid_object(sitk.GetArrayViewFromImage(content) > 0).astype(np.uint8))
+    own.CopyInformation(img)
+    return own, background
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,8 +110,8 @@ def main(argv=None) -> int:
 
         for i, mp in enumerate(maps):
             st = make_study(str(mp), seed=100 + i, n_lesions=0)
-            icv_src = st["labels"]
-            icv_src = Grid.from_sitk(icv_src).to_sitk(anatomy.intracranial_mask(icv_src).astype(np.float32))
+            labels = st["labels"]
+            icv_src = Grid.from_sitk(labels).to_sitk(anatomy.intracranial_mask(labels).astype(np.float32))
             for c, s in st["series"].items():
                 img = s["volume"].to_sitk()
                 truth = s["brain_mask"] > 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
-from ..masks import largest_component
+from ..masks import solid_object
 from ..study import Study
 from .base import SkipStudy, Stage, StageResult
 from .results import HEAD_MASK
@@ -51,7 +50,7 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
     """Largest 6-connected object above an Otsu threshold, holes filled (uint8)."""
     img = sitk.GetImageFromArray(data.astype(np.float32))
     fg = sitk.GetArrayFromImage(sitk.OtsuThreshold(img, 0, 1)).astype(bool)
-    return ndimage.binary_fill_holes(largest_component(fg, connectivity=1)).astype(np.uint8)
+    return solid_object(fg).astype(np.uint8)
 
 
 class HeadMask(Stage):

@@ -96,25 +96,28 @@ def brain_of_series(image: sitk.Image, contrast: str, mode: str) -> SeriesBrain:
 
     n_own = max(1.0, float(np.count_nonzero(sitk.GetArrayViewFromImage(own))))
 
-    def coverage(m: sitk.Image) -> tuple[float, float]:
-        """(fraction of the content inside ``m``, fraction of ``m`` inside the content)"""
+    def coverage(m: sitk.Image) -> tuple[float, bool]:
+        """(fraction of the content inside ``m``, whether ``m`` vouches that the content is a
+        brain: it covers :data:`STRIPPED_MIN_KEPT` of it and lies :data:`STRIPPED_MIN_INSIDE`
+        inside it)"""
         overlap = m * own  # named: a view of a temporary image would read freed memory
         both = float(np.count_nonzero(sitk.GetArrayViewFromImage(overlap)))
-        return both / n_own, both / max(1.0, float(np.count_nonzero(sitk.GetArrayViewFromImage(m))))
+        inside = both / max(1.0, float(np.count_nonzero(sitk.GetArrayViewFromImage(m))))
+        return both / n_own, both / n_own >= STRIPPED_MIN_KEPT and inside >= STRIPPED_MIN_INSIDE
 
-    kept, inside = coverage(mask)
+    kept, vouched = coverage(mask)
     grid = ""
-    if mode == "fast" and not (kept >= STRIPPED_MIN_KEPT and inside >= STRIPPED_MIN_INSIDE):
+    if mode == "fast" and not vouched:
         # the fast grid can lose a stripped brain that HD-BET's own grid still sees (the real
         # stripped FLAIR: 0.11 / 0.38 at 1.75 mm, 0.60 / 0.89 at 1.5 mm): one fold there, once
-        kept, inside = coverage(extract_brain(image, folds=1))
+        kept, vouched = coverage(extract_brain(image, folds=1))
         grid = " on its own 1.5 mm grid"
     seen = (
         f"{100 * at_edge:.0f} % of HD-BET's brain surface lies at the edge of the image content, where a "
         f"head has skull and scalp; HD-BET's brain{grid} holds {100 * kept:.0f} % of the {_ml(own):.0f} mL "
         "of content"
     )
-    if kept >= STRIPPED_MIN_KEPT and inside >= STRIPPED_MIN_INSIDE:
+    if vouched:
         return SeriesBrain(
             own,
             own=True,
