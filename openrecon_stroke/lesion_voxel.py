@@ -18,6 +18,8 @@ The model card (``card.json``, ``"kind": "voxel_classifier"``,
 * ``candidate_filter`` (optional, :class:`~openrecon_stroke.model_card.CandidateFilter`): a
   classifier over whole lesion candidates (:mod:`openrecon_stroke.lesion_candidates`); the
   candidates it rejects are removed from the probability map;
+* ``edge_refinement`` (optional, :class:`~openrecon_stroke.model_card.EdgeRefinement`): each
+  lesion grown to its own intensity edge (:mod:`openrecon_stroke.lesion_edges`);
 * ``smoothing_mm`` (optional): Gaussian smoothing of the probability map in template space;
 * ``threshold``, ``min_lesion_mm3``, ``status``, ``status_note``, ``training``, ``metrics``.
 
@@ -35,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import SimpleITK as sitk
 
-from . import lesion_candidates, memo, template, voxel_features
+from . import lesion_candidates, lesion_edges, memo, template, voxel_features
 from .model_card import ModelCardError, VoxelClassifierCard
 from .resample import Box, resample_array
 from .runtime import LazySessions
@@ -180,31 +182,67 @@ class VoxelLesionModel:
         return p
 
     def probability_arrays(
-        self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True, candidates: bool = True
+        self,
+        images_t: dict[str, np.ndarray],
+        brain_t: np.ndarray,
+        cascade: bool = True,
+        candidates: bool = True,
+        edges: bool = True,
     ) -> np.ndarray:
         """Lesion probability ``(nz, ny, nx)`` on the template grid, from each contrast's image
         already on that grid and the brain mask there (``cascade``: see :meth:`classify`; with
-        ``candidates`` and the card's ``candidate_filter``, the candidates it rejects are set to 0)."""
+        ``candidates`` and the card's ``candidate_filter``, the candidates it rejects are set to 0;
+        ``edges`` and the card's ``edge_refinement``, each lesion at the card's point is then grown
+        to its own intensity edge: :mod:`openrecon_stroke.lesion_edges`)."""
         f = self.card.candidate_filter
         if f is None or not candidates:
-            return self._probability(self.features(images_t, brain_t), brain_t, cascade)
-        x, out, lab, ids = self.candidates(images_t, brain_t, f.threshold, f.seed_probability, cascade)
-        judged = self.judge_candidates(x, out, brain_t, lab, ids)
-        drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
-        if drop:
-            gone = np.isin(lab, drop)
-            vox_ml = self.card.spacing_mm**3 / 1000
-            sizes = np.bincount(lab[gone], minlength=max(drop) + 1)
-            log.info(
-                "candidate filter: %d of %d lesion candidates removed (template space: %s; cut %.3f)",
-                len(drop),
-                len(ids),
-                ", ".join(
-                    f"{sizes[k] * vox_ml:.2f} mL at p={q:.3f}" for k, q in zip(ids, judged) if q < f.min_probability
-                ),
-                f.min_probability,
-            )
-            out[gone] = 0.0
+            out = self._probability(self.features(images_t, brain_t), brain_t, cascade)
+        else:
+            x, out, lab, ids = self.candidates(images_t, brain_t, f.threshold, f.seed_probability, cascade)
+            judged = self.judge_candidates(x, out, brain_t, lab, ids)
+            drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
+            if drop:
+                gone = np.isin(lab, drop)
+                vox_ml = self.card.spacing_mm**3 / 1000
+                sizes = np.bincount(lab[gone], minlength=max(drop) + 1)
+                log.info(
+                    "candidate filter: %d of %d lesion candidates removed (template space: %s; cut %.3f)",
+                    len(drop),
+                    len(ids),
+                    ", ".join(
+                        f"{sizes[k] * vox_ml:.2f} mL at p={q:.3f}" for k, q in zip(ids, judged) if q < f.min_probability
+                    ),
+                    f.min_probability,
+                )
+                out[gone] = 0.0
+        return self.grow_to_edges(out, images_t, brain_t) if edges else out
+
+    def grow_to_edges(self, prob: np.ndarray, images_t: dict[str, np.ndarray], brain_t: np.ndarray) -> np.ndarray:
+        """``prob`` with the card's ``edge_refinement`` applied (unchanged without one)."""
+        rule = self.card.edge_refinement
+        if rule is None:
+            return prob
+        pri = self.priors()
+        img = images_t[rule.contrast]
+        means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
+        if means["wm"] <= 0:
+            return prob
+        relative = img / means["wm"]
+        expected = lesion_edges.healthy_intensity(relative, brain_t, means, pri, self.card.spacing_mm, rule.mirror)
+        seed = self.card.seed_probability if self.card.seed_probability is not None else 0.0
+        out, added_ml = lesion_edges.grow_to_edges(
+            prob,
+            relative,
+            expected,
+            brain_t,
+            self.card.threshold,
+            seed,
+            self.card.min_lesion_mm3,
+            self.card.spacing_mm,
+            rule,
+        )
+        if added_ml > 0:
+            log.info("lesion edges: %.2f mL joined the lesions at their %s intensity edge", added_ml, rule.contrast)
         return out
 
     def _probability(self, x: np.ndarray, brain_t: np.ndarray, cascade: bool) -> np.ndarray:

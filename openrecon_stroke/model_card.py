@@ -326,6 +326,8 @@ class VoxelClassifierCard(Card):
     cascade: Cascade | None = None
     #: a second classifier over whole lesion candidates (optional, :class:`CandidateFilter`)
     candidate_filter: CandidateFilter | None = None
+    #: each lesion grown to its own intensity edge (optional, :class:`EdgeRefinement`)
+    edge_refinement: EdgeRefinement | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -333,6 +335,11 @@ class VoxelClassifierCard(Card):
 
         if self.candidate_filter is not None:
             self.candidate_filter.check(self)
+
+        if self.edge_refinement is not None and self.edge_refinement.contrast not in self.inputs:
+            raise ModelCardError(
+                f"{self.path}: edge_refinement reads {self.edge_refinement.contrast}, which is not among the inputs"
+            )
 
         if self.cascade is not None and len(self.files) != 1:
             raise ModelCardError(
@@ -365,6 +372,9 @@ class VoxelClassifierCard(Card):
             cascade=Cascade.parse(common["path"], d["cascade"]) if d.get("cascade") else None,
             candidate_filter=(
                 CandidateFilter.parse(common["path"], d["candidate_filter"]) if d.get("candidate_filter") else None
+            ),
+            edge_refinement=(
+                EdgeRefinement.parse(common["path"], d["edge_refinement"]) if d.get("edge_refinement") else None
             ),
         )
 
@@ -464,6 +474,54 @@ class CandidateFilter:
         missing = [k for k in lc.voxel_keys(card.inputs, card.features) if k not in card.features]
         if missing:
             raise ModelCardError(f"{card.path}: candidate_filter needs the voxel features {missing}")
+
+
+@dataclass(frozen=True)
+class EdgeRefinement:
+    """``edge_refinement`` of a voxel-classifier card (:func:`openrecon_stroke.lesion_edges.grow_to_edges`):
+    each lesion at the card's operating point grows, by at most ``reach_mm``, into voxels of
+    ``contrast`` darker than ``edge_fraction`` of the way from its own median intensity to the
+    healthy intensity expected there, where that is at least ``min_contrast`` (relative to white
+    matter) brighter; never into voxels under ``p_floor``; with ``fill_holes`` what it encloses
+    joins it. With ``mirror``, the healthy intensity is also no brighter than the mirrored voxel
+    of the other hemisphere (smoothed 2 mm): tissue dark on both sides is not missing tissue."""
+
+    contrast: str = "t1"
+    reach_mm: float = 4.5
+    edge_fraction: float = 0.5
+    min_contrast: float = 0.1
+    p_floor: float = 0.0
+    fill_holes: bool = True
+    mirror: bool = False
+
+    def __post_init__(self):
+        problem = None
+        if self.contrast not in ("t1", "flair"):
+            problem = f"contrast must be t1 or flair, not {self.contrast!r}"
+        elif not 0 <= self.reach_mm <= 20:
+            problem = "reach_mm must be 0-20"
+        elif not 0 < self.edge_fraction < 1:
+            problem = "edge_fraction must be in (0, 1)"
+        elif not (0 <= self.min_contrast < 1 and 0 <= self.p_floor < 1):
+            problem = "min_contrast and p_floor must be in [0, 1)"
+        if problem:
+            raise ValueError(problem)
+
+    @classmethod
+    def parse(cls, card_file: Path, d: dict) -> EdgeRefinement:
+        return _section(
+            card_file,
+            "edge_refinement needs contrast, reach_mm, edge_fraction, min_contrast, p_floor and fill_holes",
+            lambda: cls(
+                contrast=str(d["contrast"]),
+                reach_mm=float(d["reach_mm"]),
+                edge_fraction=float(d["edge_fraction"]),
+                min_contrast=float(d["min_contrast"]),
+                p_floor=float(d["p_floor"]),
+                fill_holes=bool(d["fill_holes"]),
+                mirror=bool(d.get("mirror", False)),
+            ),
+        )
 
 
 #: Where an image's CSF level is measured for the normative model's standardisation (card

@@ -168,8 +168,8 @@ def test_shipped_candidate_filter_keeps_a_clear_cavity_and_changes_only_whole_ca
     f = card.candidate_filter
     model = VoxelLesionModel(card)
     images, brain, centre = _painted_head(card, model)
-    whole = model.probability_arrays(images, brain, candidates=False)
-    got = model.probability_arrays(images, brain)
+    whole = model.probability_arrays(images, brain, candidates=False, edges=False)
+    got = model.probability_arrays(images, brain, edges=False)
     lab, ids = lc.label(whole, f.threshold, f.seed_probability, card.min_lesion_mm3, card.spacing_mm**3)
     assert lab[centre] in ids, "the painted cavity is a candidate"
     judged = dict(zip(ids, model.judge_candidates(model.features(images, brain), whole, brain, lab, ids)))
@@ -202,8 +202,8 @@ def test_candidate_filter_with_the_highest_cut_removes_every_candidate_and_nothi
     strict = VoxelLesionModel(VoxelClassifierCard.load(tmp_path))
     f = strict.card.candidate_filter
     images, brain, centre = _painted_head(strict.card, strict)
-    whole = strict.probability_arrays(images, brain, candidates=False)
-    got = strict.probability_arrays(images, brain)
+    whole = strict.probability_arrays(images, brain, candidates=False, edges=False)
+    got = strict.probability_arrays(images, brain, edges=False)
     lab, ids = lc.label(whole, f.threshold, f.seed_probability, strict.card.min_lesion_mm3, strict.card.spacing_mm**3)
     assert ids and lab[centre] in ids
     gone = np.isin(lab, ids)

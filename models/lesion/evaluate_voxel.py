@@ -10,7 +10,8 @@ exactly as the lesion stage does, and scored there against the truth mask of tha
 
     .venv/bin/python models/lesion/evaluate_voxel.py MODELS --cache CASES [--heads synthseg_15-20]
         [--inputs t1 flair fusion] [--thresholds 0.2] [--json OUT.json]
-    # leave-one-head-out: MODELS/<head>/ holds models trained without <head>
+    # leave-one-head-out: MODELS/<head>/ holds models trained without <head>; --edges '{...}' scores
+    # the models with a lesion-edge rule (model_card.EdgeRefinement) instead of their cards' own
     .venv/bin/python models/lesion/evaluate_voxel.py ROOT --loo --heads chris_t1 gd_t1 flair_real ...
 """
 
@@ -21,6 +22,7 @@ import json
 import logging
 import pickle
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from cases import expand, flair_alone_failed, model_view  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
 from openrecon_stroke.lesion_voxel import VoxelLesionModel  # noqa: E402
 from openrecon_stroke.metrics import lesion_table, summarise  # noqa: E402
-from openrecon_stroke.model_card import VoxelClassifierCard  # noqa: E402
+from openrecon_stroke.model_card import EdgeRefinement, VoxelClassifierCard  # noqa: E402
 
 log = logging.getLogger("evaluate_voxel")
 INPUTS = {"t1": ("t1",), "flair": ("flair",), "fusion": ("t1", "flair")}
@@ -72,10 +74,13 @@ def case_list(cache: Path, heads) -> list[tuple[str, int]]:
     ]
 
 
-def evaluate(model_for_head, cache: Path, heads, thresholds, key: str, seeds=(None,)) -> dict | None:
+def evaluate(
+    model_for_head, cache: Path, heads, thresholds, key: str, seeds=(None,), edges: EdgeRefinement | None = None
+) -> dict | None:
     """Score every case of ``heads`` with the model ``model_for_head(head)`` returns (a model
     folder, or None to skip the head), at each threshold and hysteresis seed (None: the card's);
-    pooled over the cases."""
+    pooled over the cases. ``edges``: the lesion-edge rule to use instead of the card's (it finds
+    the lesions at the card's own threshold and seed)."""
     settings = [(t, sd) for sd in seeds for t in thresholds]
     rows: dict = {st: [] for st in settings}
     healthy: dict = {st: [] for st in settings}
@@ -86,7 +91,8 @@ def evaluate(model_for_head, cache: Path, heads, thresholds, key: str, seeds=(No
         if folder is None or not (folder / "card.json").exists():
             continue
         if folder not in models:
-            models[folder] = VoxelLesionModel(VoxelClassifierCard.load(folder))
+            card = VoxelClassifierCard.load(folder)
+            models[folder] = VoxelLesionModel(card if edges is None else replace(card, edge_refinement=edges))
         model = models[folder]
         name, inputs = model.card.name, list(model.card.inputs)
         arrays, side = load_case(cache, head, case_seed)
@@ -179,18 +185,26 @@ def main(argv=None) -> int:
         help="hysteresis seeds to try, e.g. 0.5,0.8 (keep components whose peak reaches it); default: the card's",
     )
     ap.add_argument("--loo", action="store_true", help="MODELS/<head>/ holds the models trained without <head>")
+    ap.add_argument(
+        "--edges",
+        default="",
+        help="lesion edges instead of the card's, as JSON (model_card.EdgeRefinement), e.g. "
+        '\'{"contrast": "t1", "reach_mm": 3, "edge_fraction": 0.5, "min_contrast": 0.1, "p_floor": 0, '
+        '"fill_holes": true, "mirror": true}\'',
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     seeds = [float(v) for v in args.seeds.split(",") if v] or [None]
     heads = expand(args.heads)
+    edges = EdgeRefinement(**json.loads(args.edges)) if args.edges else None
     results = {}
     for key in args.inputs:
         if args.loo:
-            res = evaluate(lambda h, k=key: args.models / h / k, args.cache, heads, thresholds, key, seeds)
+            res = evaluate(lambda h, k=key: args.models / h / k, args.cache, heads, thresholds, key, seeds, edges)
         else:
-            res = evaluate(lambda h, k=key: args.models / k, args.cache, heads, thresholds, key, seeds)
+            res = evaluate(lambda h, k=key: args.models / k, args.cache, heads, thresholds, key, seeds, edges)
         if res is None:
             log.warning("%s: no model or no case", key)
             continue
