@@ -15,6 +15,13 @@ on both sides, joined to the ventricles. Each candidate here is one 26-connected
 * ``prior_csf``, ``prior_wm``, ``prior_depth``: the template's CSF and white-matter probability
   and depth below the brain surface (mm), mean over it; ``vent_mm``: distance from the template's
   lateral ventricles to its nearest voxel (mm);
+* optional (:data:`ANATOMY_FEATURES`, a filter trained with them; from this head's own image,
+  :func:`head_anatomy`): ``vent_share``, the fraction of its voxels within one voxel of this
+  head's lateral ventricles as measured on its image (they follow a ventricle larger than the
+  template's, where the registration did not); ``vent_shell``, the fraction of its 3 mm shell
+  inside them; ``dark_beyond``: ``log10(1 + V / v)``, ``V`` the CSF-dark voxels joined to it
+  (26-connected, through dark voxels, within 15 mm) outside it, ``v`` its own volume: a cavity in
+  white matter stands alone, a widened sulcus or ventricle wall continues into more CSF;
 * per contrast ``c``: ``c_int``, ``c_z``, ``c_mirror``: mean white-matter-relative intensity,
   normative z-score and mirror difference inside (the voxel features of the same names);
   ``c_shell``, ``c_shell_p90``: mean and 90th percentile of the relative intensity in the
@@ -31,6 +38,7 @@ Arrays are ``(nz, ny, nx)`` on the template grid (LPS, x mirrored by flipping th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -50,6 +58,13 @@ GLOBAL_FEATURES = (
     "prior_depth",
     "vent_mm",
 )
+#: Optional global features, from this head's own anatomy (:func:`head_anatomy`).
+ANATOMY_FEATURES = ("vent_share", "vent_shell", "dark_beyond")
+#: How far (mm) from a candidate ``dark_beyond`` follows the CSF-dark voxels joined to it.
+DARK_REACH_MM = 15.0
+#: CSF-dark: below the CSF intensity plus this fraction of the way to grey matter (as the
+#: ventricle measurement, :func:`openrecon_stroke.normative.ventricle_measure`).
+DARK_FRACTION = 0.35
 CONTRAST_FEATURES = ("int", "z", "mirror", "shell", "shell_p90", "rim")
 #: Voxel features a candidate description reads, per contrast (the card's model must have them);
 #: on the tissue-standardised scale ``tint`` and ``tmirror`` instead (:func:`scale`).
@@ -78,10 +93,18 @@ def voxel_keys(inputs: Sequence[str], voxel_features: Sequence[str] | None = Non
     return [_named(c, f, scale(c, voxel_features)) for c in inputs for f in VOXEL_FEATURES]
 
 
-def feature_names(inputs: Sequence[str], voxel_features: Sequence[str] | None = None) -> list[str]:
+def feature_names(
+    inputs: Sequence[str], voxel_features: Sequence[str] | None = None, anatomy: bool = False
+) -> list[str]:
     """Column names of :func:`describe`'s rows for a model with these contrasts and voxel features
-    (``None``: white-matter-relative on every contrast)."""
-    return list(GLOBAL_FEATURES) + [_named(c, f, scale(c, voxel_features)) for c in inputs for f in CONTRAST_FEATURES]
+    (``None``: white-matter-relative on every contrast); ``anatomy``: with
+    :data:`ANATOMY_FEATURES` after the global ones."""
+    extra = list(ANATOMY_FEATURES) if anatomy else []
+    return (
+        list(GLOBAL_FEATURES)
+        + extra
+        + [_named(c, f, scale(c, voxel_features)) for c in inputs for f in CONTRAST_FEATURES]
+    )
 
 
 @lru_cache(maxsize=2)
@@ -94,6 +117,50 @@ def ventricle_distance_mm(spacing_mm: float) -> np.ndarray:
     d = ndimage.distance_transform_edt(~vent, sampling=spacing_mm).astype(np.float32)
     d.flags.writeable = False
     return d
+
+
+@lru_cache(maxsize=2)
+def _template_regions(spacing_mm: float) -> np.ndarray:
+    """The region map on the template grid of ``spacing_mm`` (nearest neighbour; read-only)."""
+    import SimpleITK as sitk
+
+    from . import regions, template
+    from .resample import resample_array
+
+    reg, _ = regions.load_regions()
+    out = resample_array(
+        reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    out.flags.writeable = False
+    return out
+
+
+def head_anatomy_ready(spacing_mm: float) -> None:
+    """Read the region map onto the template grid now (server start-up), not in a study."""
+    _template_regions(spacing_mm)
+
+
+@dataclass(frozen=True)
+class HeadAnatomy:
+    """What :data:`ANATOMY_FEATURES` read of one head, on the template grid (bool arrays)."""
+
+    #: its lateral ventricles as measured on its image
+    ventricles: np.ndarray
+    #: its CSF-dark brain voxels
+    dark: np.ndarray
+
+
+def head_anatomy(image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float) -> HeadAnatomy:
+    """This head's lateral ventricles (:func:`openrecon_stroke.normative.ventricle_measure`,
+    seeded by the template's ventricles) and CSF-dark voxels (:data:`DARK_FRACTION`), from
+    ``image_t`` on the template grid, CSF darkest (T1-w, dark-fluid FLAIR); ``means``: its tissue
+    intensities (:func:`openrecon_stroke.template.tissue_means`)."""
+    from .normative import ventricle_measure
+
+    labels = _template_regions(spacing_mm)
+    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+    dark = brain_t & (image_t < means["csf"] + DARK_FRACTION * (means["gm"] - means["csf"]))
+    return HeadAnatomy(vent, dark)
 
 
 def label(
@@ -122,14 +189,16 @@ def describe(
     inputs: tuple[str, ...] | list[str],
     priors: dict[str, np.ndarray],
     spacing_mm: float,
+    anatomy: HeadAnatomy | None = None,
 ) -> np.ndarray:
     """Rows ``(len(ids), len(feature_names(inputs)))`` float32, one per candidate label in ``ids``.
 
     ``voxel``: the voxel features :func:`voxel_keys` of each contrast as whole-grid arrays,
     keyed by name (0 outside the brain; :func:`voxel_arrays`); their names set each contrast's
-    :func:`scale`; ``priors``: the template's ``csf``, ``wm`` and ``depth`` on the grid. Columns:
-    ``feature_names(inputs, list(voxel))``."""
-    names = feature_names(inputs, list(voxel))
+    :func:`scale`; ``priors``: the template's ``csf``, ``wm`` and ``depth`` on the grid;
+    ``anatomy``: this head's (:func:`head_anatomy`), for the :data:`ANATOMY_FEATURES`. Columns:
+    ``feature_names(inputs, list(voxel), anatomy is not None)``."""
+    names = feature_names(inputs, list(voxel), anatomy is not None)
     prefix = {c: scale(c, list(voxel)) for c in inputs}
     out = np.zeros((len(ids), len(names)), np.float32)
     if not ids:
@@ -138,6 +207,8 @@ def describe(
     pm = mirror(prob)
     objs = ndimage.find_objects(lab)
     pad = SHELL_STEPS + 1
+    if anatomy is not None:
+        pad = max(pad, int(np.ceil(DARK_REACH_MM / spacing_mm)) + 1)
     for row, k in enumerate(ids):
         sl = objs[k - 1]
         box = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(sl, lab.shape))
@@ -158,6 +229,13 @@ def describe(
             "prior_depth": float(priors["depth"][box][comp].mean()),
             "vent_mm": float(vent[box][comp].min()),
         }
+        if anatomy is not None:
+            measured = anatomy.ventricles[box]
+            f["vent_share"] = float((ndimage.binary_dilation(measured, iterations=1) & comp).sum()) / n_vox
+            f["vent_shell"] = float((measured & ring).sum()) / max(int(ring.sum()), 1)
+            joined, _ = ndimage.label(anatomy.dark[box] | comp, structure=np.ones((3, 3, 3), bool))
+            beyond = np.isin(joined, np.unique(joined[comp])) & ~comp
+            f["dark_beyond"] = float(np.log10(1.0 + beyond.sum() / n_vox))
         for c in inputs:
             t = f"{c}_{prefix[c]}"  # the contrast's intensity features, on its scale
             inside = voxel[f"{t}int"][box][comp]

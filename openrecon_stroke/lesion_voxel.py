@@ -94,6 +94,8 @@ class VoxelLesionModel:
         if self._filter is not None:
             self._filter.all()
             lesion_candidates.ventricle_distance_mm(self.card.spacing_mm)
+            if self.card.candidate_filter is not None and self.card.candidate_filter.uses_anatomy:
+                lesion_candidates.head_anatomy_ready(self.card.spacing_mm)
         _ = self.normative
         self.priors()
 
@@ -199,7 +201,7 @@ class VoxelLesionModel:
             out = self._probability(self.features(images_t, brain_t), brain_t, cascade)
         else:
             x, out, lab, ids = self.candidates(images_t, brain_t, f.threshold, f.seed_probability, cascade)
-            judged = self.judge_candidates(x, out, brain_t, lab, ids)
+            judged = self.judge_candidates(x, out, brain_t, lab, ids, images_t)
             drop = [k for k, q in zip(ids, judged) if q < f.min_probability]
             if drop:
                 gone = np.isin(lab, drop)
@@ -269,15 +271,43 @@ class VoxelLesionModel:
         return x, prob, lab, ids
 
     def judge_candidates(
-        self, x: np.ndarray, prob: np.ndarray, brain_t: np.ndarray, lab: np.ndarray, ids: list[int]
+        self,
+        x: np.ndarray,
+        prob: np.ndarray,
+        brain_t: np.ndarray,
+        lab: np.ndarray,
+        ids: list[int],
+        images_t: dict[str, np.ndarray],
     ) -> np.ndarray:
         """The candidate filter's probability that each candidate in ``ids`` is a lesion."""
-        if not ids or self._filter is None:
+        f = self.card.candidate_filter
+        if not ids or self._filter is None or f is None:
             return np.ones(len(ids), np.float32)
+        rows = self.describe_candidates(x, prob, brain_t, lab, ids, images_t, f.uses_anatomy)
+        return self._classify(self._filter.all(), rows)
+
+    def describe_candidates(
+        self,
+        x: np.ndarray,
+        prob: np.ndarray,
+        brain_t: np.ndarray,
+        lab: np.ndarray,
+        ids: list[int],
+        images_t: dict[str, np.ndarray],
+        anatomy: bool,
+    ) -> np.ndarray:
+        """:func:`openrecon_stroke.lesion_candidates.describe` rows of the candidates ``ids``
+        (``anatomy``: with the features of this head's own anatomy, measured on the first input's
+        image: :func:`openrecon_stroke.lesion_candidates.head_anatomy`)."""
         inputs = self.card.inputs
         vox = lesion_candidates.voxel_arrays(x, list(self.card.features), brain_t, inputs)
-        rows = lesion_candidates.describe(prob, lab, ids, brain_t, vox, inputs, self.priors(), self.card.spacing_mm)
-        return self._classify(self._filter.all(), rows)
+        pri = self.priors()
+        head = None
+        if anatomy:
+            img = images_t[inputs[0]]
+            means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
+            head = lesion_candidates.head_anatomy(img, brain_t, means, self.card.spacing_mm)
+        return lesion_candidates.describe(prob, lab, ids, brain_t, vox, inputs, pri, self.card.spacing_mm, head)
 
     def probability_image(
         self, images_t: dict[str, np.ndarray], brain_t: np.ndarray, cascade: bool = True, candidates: bool = True

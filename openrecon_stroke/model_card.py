@@ -463,12 +463,20 @@ class CandidateFilter:
             )
         return f
 
+    @property
+    def uses_anatomy(self) -> bool:
+        """Whether its columns include the features of the head's own anatomy
+        (:data:`openrecon_stroke.lesion_candidates.ANATOMY_FEATURES`)."""
+        from . import lesion_candidates as lc
+
+        return any(n in lc.ANATOMY_FEATURES for n in self.features)
+
     def check(self, card: VoxelClassifierCard) -> None:
         """The filter's columns are the candidate features of the card's contrasts, and the card's
         voxel features include those a candidate description reads."""
         from . import lesion_candidates as lc
 
-        want = lc.feature_names(card.inputs, card.features)
+        want = lc.feature_names(card.inputs, card.features, self.uses_anatomy)
         if list(self.features) != want:
             raise ModelCardError(f"{card.path}: candidate_filter features must be {want}, got {list(self.features)}")
         missing = [k for k in lc.voxel_keys(card.inputs, card.features) if k not in card.features]
@@ -543,7 +551,8 @@ class NormativeCard(Card):
     healthy CSF intensity relative to white matter that images are standardised to
     (``csf_reference``, between 0 and 1) and where an image's own CSF level is measured for that
     (``csf_measured_in``: ``brain`` or ``lateral_ventricles``), or the contrasts whose CSF, grey and
-    white matter are put on fixed levels instead (``tissue_standardised``)."""
+    white matter are put on fixed levels instead (``tissue_standardised``), and the contrasts whose
+    score counts only what is darker than healthy (``darker_only``)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -564,6 +573,9 @@ class NormativeCard(Card):
     #: contrasts standardised by :func:`openrecon_stroke.voxel_features.tissue_standardised`
     #: (the brain's CSF, grey and white matter on fixed levels) instead of the CSF reference
     tissue_standardised: tuple[str, ...] = ()
+    #: contrasts whose anomaly score counts only what is darker than healthy
+    #: (:func:`openrecon_stroke.normative.anomaly_score`)
+    darker_only: tuple[str, ...] = ()
 
     def __post_init__(self):
         super().__post_init__()
@@ -581,6 +593,8 @@ class NormativeCard(Card):
                 f"{self.path}: tissue_standardised needs known contrasts, none also in csf_reference; "
                 f"got {list(self.tissue_standardised)}"
             )
+        if any(c not in self.contrasts for c in self.darker_only):
+            raise ModelCardError(f"{self.path}: darker_only needs known contrasts; got {list(self.darker_only)}")
         if self.csf_measured_in not in CSF_PLACES:
             raise ModelCardError(
                 f"{self.path}: csf_measured_in must be one of {', '.join(CSF_PLACES)}, not {self.csf_measured_in!r}"
@@ -617,6 +631,7 @@ class NormativeCard(Card):
             csf_reference={str(k): float(v) for k, v in d.get("csf_reference", {}).items()},
             csf_measured_in=str(d.get("csf_measured_in", "brain")),
             tissue_standardised=tuple(d.get("tissue_standardised", ())),
+            darker_only=tuple(str(c) for c in d.get("darker_only", ())),
             jacobian=None
             if jac is None
             else {

@@ -142,6 +142,7 @@ def anomaly_score(
     smoothing_mm: float,
     spacing_mm: float,
     parts: tuple[str, ...] = PARTS,
+    darker_only: tuple[str, ...] = (),
 ) -> np.ndarray:
     """The uncalibrated anomaly score on the template grid, 0 outside ``brain``.
 
@@ -151,6 +152,12 @@ def anomaly_score(
     intensity and the mean over contrasts of |z| of the difference, the latter only where the voxel
     is farther from healthy than its mirror (``|z| >= |z at the mirror|``) and both are in the brain;
     smoothed ``smoothing_mm`` (Gaussian sigma) inside ``brain``. ``parts`` leaves one out (ablation).
+    A contrast in ``darker_only`` counts only what is darker than healthy: ``max(-z, 0)`` of the
+    intensity, and of the difference only where the voxel is darker than its mirror and itself
+    below healthy, more so than its mirror (``min(z, 0) < min(z at the mirror, 0)``: the healthy
+    side across from a bright vessel is not flagged). On a T1-w image the anomalies sought (a
+    lesion's cavity, CSF where tissue belongs) are darker; brighter is mostly contrast agent in
+    vessels, dura and choroid plexus.
     """
     unknown = set(parts) - set(PARTS)
     if unknown or not parts:
@@ -161,10 +168,14 @@ def anomaly_score(
     n = max(len(rel), 1)
     for c, r in rel.items():
         z = np.where(brain, intensity[c].z(r), 0)
-        total += np.abs(z)
+        darker = c in darker_only
+        total += np.maximum(-z, 0) if darker else np.abs(z)
         if "asymmetry" in parts and c in asymmetry:
-            zd = np.abs(asymmetry[c].z(r - voxel_features.mirror(r)))
-            farther = np.abs(z) >= np.abs(voxel_features.mirror(z))
+            zd = asymmetry[c].z(r - voxel_features.mirror(r))
+            if darker:  # the voxel itself below healthy, and further below than its mirror is off
+                zd, farther = np.maximum(-zd, 0), np.minimum(z, 0) < np.minimum(voxel_features.mirror(z), 0)
+            else:
+                zd, farther = np.abs(zd), np.abs(z) >= np.abs(voxel_features.mirror(z))
             asym += np.where(both & farther, zd, 0)
     score = np.maximum(total / n if "intensity" in parts else 0, asym / n).astype(np.float32)
     if smoothing_mm > 0:
@@ -250,7 +261,9 @@ class NormativeModel:
         """:func:`anomaly_score` of the white-matter-relative images ``rel`` (before calibration)."""
         asym = {c: a for c in rel if (a := self.asymmetry(c)) is not None}
         intensity = {c: self.intensity(c) for c in rel}
-        return anomaly_score(rel, brain, intensity, asym, self.card.smoothing_mm, self.card.spacing_mm, parts)
+        return anomaly_score(
+            rel, brain, intensity, asym, self.card.smoothing_mm, self.card.spacing_mm, parts, self.card.darker_only
+        )
 
     def score(self, rel: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
         """The anomaly score (1 = threshold fixed on held-out healthy brains), 0 outside ``brain``."""

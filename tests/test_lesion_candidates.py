@@ -86,6 +86,60 @@ def test_a_model_on_the_standardised_scale_gets_candidate_features_on_that_scale
         lc.voxel_arrays(x[:, :4], standardised[:4], brain, ("t1",))
 
 
+def test_anatomy_features_read_this_heads_ventricles_and_csf():
+    """A candidate inside a measured ventricle (an enlarged horn the template lacks) has share 1, a
+    shell mostly in it and dark CSF beyond it; a cavity alone in white matter has 0, 0 and none;
+    the columns come after the global ones and only when asked."""
+    shape = (30, 32, 40)
+    brain = np.ones(shape, bool)
+    horn, cavity = _ball(shape, (15, 16, 10), 4), _ball(shape, (15, 16, 30), 3)
+    ventricle = _ball(shape, (15, 16, 10), 6)  # the measured ventricle, larger than the candidate
+    prob = np.where(horn | cavity, 0.9, 0.0).astype(np.float32)
+    rel = np.where(horn | cavity, 0.3, 1.0).astype(np.float32)
+    vox = {"t1_int": rel, "t1_z": np.zeros(shape, np.float32), "t1_mirror": rel - rel[:, :, ::-1]}
+    priors = {k: np.full(shape, v, np.float32) for k, v in (("csf", 0.1), ("wm", 0.8), ("depth", 20.0))}
+    lab, ids = lc.label(prob, 0.3, 0.5, 10.0, 1.5**3)
+    names = lc.feature_names(("t1",), anatomy=True)
+    assert names[len(lc.GLOBAL_FEATURES) : len(lc.GLOBAL_FEATURES) + 3] == ["vent_share", "vent_shell", "dark_beyond"]
+    assert "vent_share" not in lc.feature_names(("t1",))
+    head = lc.HeadAnatomy(ventricles=ventricle, dark=ventricle | cavity)
+    rows = lc.describe(prob, lab, ids, brain, vox, ("t1",), priors, 1.5, head)
+    assert rows.shape == (2, len(names))
+    by = {int(lab[15, 16, 10]): "horn", int(lab[15, 16, 30]): "cavity"}
+    got = {by[k]: dict(zip(names, r)) for k, r in zip(ids, rows)}
+    assert got["horn"]["vent_share"] == 1.0 and got["horn"]["vent_shell"] > 0.9
+    beyond = (ventricle & ~horn).sum() / horn.sum()
+    assert got["horn"]["dark_beyond"] == pytest.approx(np.log10(1 + beyond), abs=1e-5)
+    assert got["cavity"]["vent_share"] == 0.0 and got["cavity"]["vent_shell"] == 0.0
+    assert got["cavity"]["dark_beyond"] == 0.0
+    assert lc.describe(prob, lab, ids, brain, vox, ("t1",), priors, 1.5).shape == (2, len(names) - 3)
+
+
+def test_head_anatomy_follows_a_ventricle_larger_than_the_templates():
+    """On a head made of the template's tissue maps with its lateral ventricles grown by 3 mm, the
+    measured ventricles cover the grown part, which the template's own ventricles do not; the
+    grown part is CSF-dark, white matter is not."""
+    from scipy import ndimage
+
+    from openrecon_stroke import template
+    from openrecon_stroke.regions import lateral_ventricles_on_template
+
+    sp = 3.0
+    pri = template.load_template(sp).arrays()
+    brain = pri["brain"] > 0.5
+    vent = lateral_ventricles_on_template(sp)
+    grown = ndimage.binary_dilation(vent, iterations=1) & brain
+    img = 500 * (0.75 * pri["gm"] + 1.0 * pri["wm"] + 0.25 * pri["csf"])
+    img = np.where(grown, 125.0, img).astype(np.float32)
+    means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain)
+    head = lc.head_anatomy(img, brain, means, sp)
+    got = head.ventricles
+    ring = grown & ~vent
+    assert got[ring].mean() > 0.8 and got[vent & brain].mean() > 0.8
+    assert got[brain & ~ndimage.binary_dilation(grown, iterations=2)].mean() < 0.01
+    assert head.dark[ring].all() and not head.dark[brain & (pri["wm"] > 0.9) & ~grown].any()
+
+
 def test_card_rejects_a_candidate_filter_that_does_not_fit(tmp_path):
     src = REPO / "models" / "lesion" / "flair"
     d = json.loads((src / "card.json").read_text())
@@ -112,6 +166,10 @@ def test_card_rejects_a_candidate_filter_that_does_not_fit(tmp_path):
             VoxelClassifierCard.load(tmp_path)
     (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": good}))
     assert VoxelClassifierCard.load(tmp_path).candidate_filter.min_probability == 0.1
+    assert not VoxelClassifierCard.load(tmp_path).candidate_filter.uses_anatomy
+    with_vent = {**good, "features": lc.feature_names(("flair",), anatomy=True)}
+    (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": with_vent}))
+    assert VoxelClassifierCard.load(tmp_path).candidate_filter.uses_anatomy
     d["features"] = [f for f in d["features"] if f != "flair_mirror"]
     (tmp_path / "card.json").write_text(json.dumps({**d, "candidate_filter": good}))
     with pytest.raises(ModelCardError, match="needs the voxel features"):
@@ -172,7 +230,7 @@ def test_shipped_candidate_filter_keeps_a_clear_cavity_and_changes_only_whole_ca
     got = model.probability_arrays(images, brain, edges=False)
     lab, ids = lc.label(whole, f.threshold, f.seed_probability, card.min_lesion_mm3, card.spacing_mm**3)
     assert lab[centre] in ids, "the painted cavity is a candidate"
-    judged = dict(zip(ids, model.judge_candidates(model.features(images, brain), whole, brain, lab, ids)))
+    judged = dict(zip(ids, model.judge_candidates(model.features(images, brain), whole, brain, lab, ids, images)))
     assert judged[lab[centre]] >= f.min_probability
     removed = [k for k, q in judged.items() if q < f.min_probability]
     assert (got[np.isin(lab, removed)] == 0).all()

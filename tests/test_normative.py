@@ -111,6 +111,29 @@ def test_anomaly_score_flags_the_abnormal_side_not_its_mirror():
         anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0, ("mirror",))
 
 
+def test_darker_only_scores_a_cavity_and_not_a_bright_vessel():
+    """A T1-w with a dark cavity on one side and a bright blob (contrast agent in a vessel) on the
+    other: the two-sided score lights both, the darker-only score the cavity alone, as strongly."""
+    shape = (20, 20, 21)
+    brain = _sphere(shape, (10, 10, 10), 9)
+    healthy = np.full(shape, 1.0, np.float32)
+    intensity = {"t1": Stats(healthy, np.full(shape, 0.1, np.float32))}
+    asymmetry = {"t1": Stats(np.zeros(shape, np.float32), np.full(shape, 0.1, np.float32))}
+    rel = healthy.copy()
+    cavity, vessel = _sphere(shape, (10, 6, 5), 2), _sphere(shape, (10, 14, 15), 2)
+    rel[cavity], rel[vessel] = 0.5, 1.6
+    both = anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0)
+    darker = anomaly_score({"t1": rel}, brain, intensity, asymmetry, 0.0, 1.0, darker_only=("t1",))
+    assert both[vessel].min() > 5 and both[cavity].min() > 4
+    assert darker[vessel].max() < 1e-6
+    np.testing.assert_allclose(darker[cavity], both[cavity], rtol=1e-6)
+    assert darker[cavity[:, :, ::-1]].max() < 1e-6  # the cavity's mirror is healthy, not darker
+    assert darker[vessel[:, :, ::-1]].max() < 1e-6  # nor is the healthy side across from the vessel
+    # a FLAIR keeps both sides while the T1-w is darker-only
+    fl = anomaly_score({"flair": rel}, brain, {"flair": intensity["t1"]}, {}, 0.0, 1.0, darker_only=("t1",))
+    assert fl[vessel].min() > 5
+
+
 def _region_map(shape, template_vent):
     """A region map as carried onto a series: left half (x < mid) left white matter, right half
     right white matter, the template's ventricles labelled by side."""

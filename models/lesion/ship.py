@@ -22,7 +22,8 @@ This script
 
     .venv/bin/python models/lesion/ship.py WORK [--inputs t1] [--dry-run]
 
-``--inputs`` ships only those cards (the others stay as they are); without ``WORK/normative`` the
+``--edges '{...}'`` puts that lesion-edge rule on the shipped cards (the evaluations must have
+been run with it). ``--inputs`` ships only those cards (the others stay as they are); without ``WORK/normative`` the
 shipped healthy-head statistics stay, and the new cards must have been trained with them.
 """
 
@@ -97,6 +98,13 @@ def portable(command: str, work: Path) -> str:
     return re.sub(r"--cache \S+", "--cache CASES", command.replace(str(work), "BUILD"))
 
 
+def card_files(card: dict) -> list[str]:
+    """Every file a voxel card names: its models, the cascade's first trees, the candidate filter."""
+    names = [entry["file"] for entry in card["files"]]
+    names += [card[k]["file"] for k in ("cascade", "candidate_filter") if card.get(k)]
+    return names
+
+
 def point_figures(evaluation: dict | None, inp: str, key: str) -> dict | None:
     if not evaluation or inp not in evaluation:
         return None
@@ -109,6 +117,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-healthy-fp", type=float, default=TARGETS["healthy_fp_ml"])
     ap.add_argument("--inputs", nargs="+", default=["t1", "flair", "fusion"], choices=["t1", "flair", "fusion"],
                     help="the cards to ship (default all three)")
+    ap.add_argument("--edges", default="",
+                    help="the lesion-edge rule the shipped cards carry (JSON, model_card.EdgeRefinement; chosen on "
+                         "the validation heads, the evaluations must have been run with it: evaluate_voxel --edges)")
     ap.add_argument("--dry-run", action="store_true", help="print the choices, copy nothing")
     args = ap.parse_args(argv)
 
@@ -130,6 +141,8 @@ def main(argv=None) -> int:
         card["threshold"] = thr
         card["seed_probability"] = seed
         card["normative"] = "../normative"
+        if args.edges:
+            card["edge_refinement"] = json.loads(args.edges)
         card["status"] = "experimental" if missed else "validated"
         card["status_note"] = ("misses: " + "; ".join(missed)) if missed else "every issue-15 target met"
         card["evaluation"] = {
@@ -164,8 +177,8 @@ def main(argv=None) -> int:
         if dst.exists():
             shutil.rmtree(dst)
         dst.mkdir(parents=True)
-        for entry in card["files"]:
-            shutil.copy2(args.work / "models" / inp / entry["file"], dst / entry["file"])
+        for name in card_files(card):
+            shutil.copy2(args.work / "models" / inp / name, dst / name)
         (dst / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     shipped = [str(d.relative_to(REPO)) for _, d in copies] + [f"models/lesion/{i}" for i in cards]
     print("copied into " + ", ".join(shipped))

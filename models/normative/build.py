@@ -182,7 +182,7 @@ SCORE_PARTS = {"score": PARTS, "intensity": ("intensity",), "asymmetry": ("asymm
 
 
 def raw_scores(
-    stats: dict[str, Stats], rel: dict[str, np.ndarray], brain: np.ndarray
+    stats: dict[str, Stats], rel: dict[str, np.ndarray], brain: np.ndarray, darker_only: tuple[str, ...] = ()
 ) -> dict[tuple[str, str], np.ndarray]:
     """The uncalibrated score (:func:`openrecon_stroke.normative.anomaly_score`) of every contrast
     combination present, for each entry of :data:`SCORE_PARTS`: ``{(parts name, combo): score}``."""
@@ -194,12 +194,14 @@ def raw_scores(
             sub = {c: rel[c] for c in combo}
             for name, parts in SCORE_PARTS.items():
                 out[(name, "+".join(combo))] = anomaly_score(
-                    sub, brain, intensity, asym, SCORE_SMOOTHING_MM, GRID_MM, parts
+                    sub, brain, intensity, asym, SCORE_SMOOTHING_MM, GRID_MM, parts, darker_only
                 )
     return out
 
 
-def calibrate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> dict[str, dict[str, float]]:
+def calibrate(
+    cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED, darker_only: tuple[str, ...] = ()
+) -> dict[str, dict[str, float]]:
     """99.9th percentile of each combination's score in healthy brains scored against statistics
     built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``."""
     heads = sorted({h for h, _ in cases})
@@ -214,7 +216,7 @@ def calibrate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> di
             les = arrays["lesion"].astype(np.float32) > 0.1
             if les.any():
                 core &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
-            for key, sc in raw_scores(stats, rel, brain).items():
+            for key, sc in raw_scores(stats, rel, brain, darker_only).items():
                 pooled.setdefault(key, []).append(sc[core])
         log.info("calibration fold %d/2 done", k + 1)
     out: dict[str, dict[str, float]] = {}
@@ -245,6 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--standardise-tissue", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
                     help="put the CSF, grey and white matter of these contrasts (none named: both) on fixed levels, "
                     "the lesion features' rule (card tissue_standardised); instead of --standardise for them")
+    ap.add_argument("--darker-only", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
+                    help="these contrasts' score counts only what is darker than healthy (card darker_only; "
+                    "on a T1-w, brighter is mostly contrast agent)")
     ap.add_argument("--csf-in", choices=CSF_PLACES, default="lateral_ventricles",
                     help="where each image's CSF level is measured for --standardise (card csf_measured_in)")
     args = ap.parse_args(argv)
@@ -267,7 +272,8 @@ def main(argv=None) -> int:
         log.info("healthy CSF relative to white matter (%s): %s", args.csf_in, reference)
         csf = CsfRule(reference, args.csf_in, tissue)
     csf_reference = csf.reference
-    calibration = calibrate(args.cache, cases, priors, csf)
+    darker = tuple(args.darker_only or ())
+    calibration = calibrate(args.cache, cases, priors, csf, darker)
     stats, has = build_stats(args.cache, cases, priors, csf)
     args.out.mkdir(parents=True, exist_ok=True)
     contrasts = [c for c in ("t1", "flair") if c in stats]
@@ -305,8 +311,9 @@ def main(argv=None) -> int:
         "asymmetry": asymmetry,
         **({"csf_reference": csf_reference, "csf_measured_in": csf.measured_in} if csf_reference else {}),
         **({"tissue_standardised": list(tissue)} if tissue else {}),
+        **({"darker_only": list(darker)} if darker else {}),
         "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
-        "smoothed",
+        "smoothed" + (f"; on the {'/'.join(darker)} only what is darker than healthy" if darker else ""),
         "smoothing_mm": SCORE_SMOOTHING_MM,
         "calibration": {k: round(v, 5) for k, v in calibration["score"].items()},
         "ablation_calibration": {
