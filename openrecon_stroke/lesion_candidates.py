@@ -16,12 +16,13 @@ on both sides, joined to the ventricles. Each candidate here is one 26-connected
   and depth below the brain surface (mm), mean over it; ``vent_mm``: distance from the template's
   lateral ventricles to its nearest voxel (mm);
 * optional (:data:`ANATOMY_FEATURES`, a filter trained with them; from this head's own image,
-  :func:`head_anatomy`): ``vent_share``, the fraction of its voxels within one voxel of this
-  head's lateral ventricles as measured on its image (they follow a ventricle larger than the
-  template's, where the registration did not); ``vent_shell``, the fraction of its 3 mm shell
-  inside them; ``dark_beyond``: ``log10(1 + V / v)``, ``V`` the CSF-dark voxels joined to it
-  (26-connected, through dark voxels, within 15 mm) outside it, ``v`` its own volume: a cavity in
-  white matter stands alone, a widened sulcus or ventricle wall continues into more CSF;
+  :func:`openrecon_stroke.lesion_voxel.head_anatomy`): ``vent_share``, the fraction of its
+  voxels within one voxel of this head's lateral ventricles as measured on its image (they
+  follow a ventricle larger than the template's, where the registration did not);
+  ``vent_shell``, the fraction of its 3 mm shell inside them; ``dark_beyond``,
+  ``log10(1 + V / v)``: ``V`` the CSF-dark voxels joined to it (26-connected, through dark
+  voxels, within 15 mm) outside it, ``v`` its own volume. A cavity in white matter stands
+  alone; a widened sulcus or a ventricle wall continues into more CSF;
 * per contrast ``c``: ``c_int``, ``c_z``, ``c_mirror``: mean white-matter-relative intensity,
   normative z-score and mirror difference inside (the voxel features of the same names);
   ``c_shell``, ``c_shell_p90``: mean and 90th percentile of the relative intensity in the
@@ -58,7 +59,7 @@ GLOBAL_FEATURES = (
     "prior_depth",
     "vent_mm",
 )
-#: Optional global features, from this head's own anatomy (:func:`head_anatomy`).
+#: Optional global features, from this head's own anatomy (:class:`HeadAnatomy`).
 ANATOMY_FEATURES = ("vent_share", "vent_shell", "dark_beyond")
 #: How far (mm) from a candidate ``dark_beyond`` follows the CSF-dark voxels joined to it.
 DARK_REACH_MM = 15.0
@@ -119,27 +120,6 @@ def ventricle_distance_mm(spacing_mm: float) -> np.ndarray:
     return d
 
 
-@lru_cache(maxsize=2)
-def _template_regions(spacing_mm: float) -> np.ndarray:
-    """The region map on the template grid of ``spacing_mm`` (nearest neighbour; read-only)."""
-    import SimpleITK as sitk
-
-    from . import regions, template
-    from .resample import resample_array
-
-    reg, _ = regions.load_regions()
-    out = resample_array(
-        reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
-    )
-    out.flags.writeable = False
-    return out
-
-
-def head_anatomy_ready(spacing_mm: float) -> None:
-    """Read the region map onto the template grid now (server start-up), not in a study."""
-    _template_regions(spacing_mm)
-
-
 @dataclass(frozen=True)
 class HeadAnatomy:
     """What :data:`ANATOMY_FEATURES` read of one head, on the template grid (bool arrays)."""
@@ -148,19 +128,6 @@ class HeadAnatomy:
     ventricles: np.ndarray
     #: its CSF-dark brain voxels
     dark: np.ndarray
-
-
-def head_anatomy(image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float) -> HeadAnatomy:
-    """This head's lateral ventricles (:func:`openrecon_stroke.normative.ventricle_measure`,
-    seeded by the template's ventricles) and CSF-dark voxels (:data:`DARK_FRACTION`), from
-    ``image_t`` on the template grid, CSF darkest (T1-w, dark-fluid FLAIR); ``means``: its tissue
-    intensities (:func:`openrecon_stroke.template.tissue_means`)."""
-    from .normative import ventricle_measure
-
-    labels = _template_regions(spacing_mm)
-    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
-    dark = brain_t & (image_t < means["csf"] + DARK_FRACTION * (means["gm"] - means["csf"]))
-    return HeadAnatomy(vent, dark)
 
 
 def label(
@@ -196,8 +163,8 @@ def describe(
     ``voxel``: the voxel features :func:`voxel_keys` of each contrast as whole-grid arrays,
     keyed by name (0 outside the brain; :func:`voxel_arrays`); their names set each contrast's
     :func:`scale`; ``priors``: the template's ``csf``, ``wm`` and ``depth`` on the grid;
-    ``anatomy``: this head's (:func:`head_anatomy`), for the :data:`ANATOMY_FEATURES`. Columns:
-    ``feature_names(inputs, list(voxel), anatomy is not None)``."""
+    ``anatomy``: this head's (:func:`openrecon_stroke.lesion_voxel.head_anatomy`), for the
+    :data:`ANATOMY_FEATURES`. Columns: ``feature_names(inputs, list(voxel), anatomy is not None)``."""
     names = feature_names(inputs, list(voxel), anatomy is not None)
     prefix = {c: scale(c, list(voxel)) for c in inputs}
     out = np.zeros((len(ids), len(names)), np.float32)

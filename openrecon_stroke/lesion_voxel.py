@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,6 +53,43 @@ MIN_BLOCK_ROWS = 8_192
 #: on the FLAIR connection are the T1-w model's); one contrast's 11 columns of a head at 1.5 mm
 #: are about 25 MB
 FEATURE_COLUMNS: memo.ContentMemo[np.ndarray] = memo.ContentMemo("lesion feature columns", 96 << 20)
+
+
+@lru_cache(maxsize=2)
+def _template_regions(spacing_mm: float) -> np.ndarray:
+    """The region map on the template grid of ``spacing_mm`` (nearest neighbour; read-only)."""
+    import SimpleITK as sitk
+
+    from . import regions
+    from .resample import resample_array
+
+    reg, _ = regions.load_regions()
+    out = resample_array(
+        reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    out.flags.writeable = False
+    return out
+
+
+def head_anatomy_ready(spacing_mm: float) -> None:
+    """Read the region map onto the template grid now (server start-up), not in a study."""
+    _template_regions(spacing_mm)
+
+
+def head_anatomy(
+    image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
+) -> lesion_candidates.HeadAnatomy:
+    """This head's lateral ventricles (:func:`openrecon_stroke.normative.ventricle_measure`,
+    seeded by the template's ventricles) and CSF-dark voxels
+    (:data:`openrecon_stroke.lesion_candidates.DARK_FRACTION`), from
+    ``image_t`` on the template grid, CSF darkest (T1-w, dark-fluid FLAIR); ``means``: its tissue
+    intensities (:func:`openrecon_stroke.template.tissue_means`)."""
+    from .normative import ventricle_measure
+
+    labels = _template_regions(spacing_mm)
+    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+    dark = brain_t & (image_t < means["csf"] + lesion_candidates.DARK_FRACTION * (means["gm"] - means["csf"]))
+    return lesion_candidates.HeadAnatomy(vent, dark)
 
 
 class VoxelLesionModel:
@@ -95,7 +133,7 @@ class VoxelLesionModel:
             self._filter.all()
             lesion_candidates.ventricle_distance_mm(self.card.spacing_mm)
             if self.card.candidate_filter is not None and self.card.candidate_filter.uses_anatomy:
-                lesion_candidates.head_anatomy_ready(self.card.spacing_mm)
+                head_anatomy_ready(self.card.spacing_mm)
         _ = self.normative
         self.priors()
 
@@ -306,7 +344,7 @@ class VoxelLesionModel:
         if anatomy:
             img = images_t[inputs[0]]
             means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain_t & (pri["brain"] > 0))
-            head = lesion_candidates.head_anatomy(img, brain_t, means, self.card.spacing_mm)
+            head = head_anatomy(img, brain_t, means, self.card.spacing_mm)
         return lesion_candidates.describe(prob, lab, ids, brain_t, vox, inputs, pri, self.card.spacing_mm, head)
 
     def probability_image(

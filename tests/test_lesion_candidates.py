@@ -132,7 +132,9 @@ def test_head_anatomy_follows_a_ventricle_larger_than_the_templates():
     img = 500 * (0.75 * pri["gm"] + 1.0 * pri["wm"] + 0.25 * pri["csf"])
     img = np.where(grown, 125.0, img).astype(np.float32)
     means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain)
-    head = lc.head_anatomy(img, brain, means, sp)
+    from openrecon_stroke.lesion_voxel import head_anatomy
+
+    head = head_anatomy(img, brain, means, sp)
     got = head.ventricles
     ring = grown & ~vent
     assert got[ring].mean() > 0.8 and got[vent & brain].mean() > 0.8

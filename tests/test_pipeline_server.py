@@ -252,12 +252,21 @@ def test_replay_cli_dicom_flag(server, stroke_phantom, tmp_path):
 
 
 def test_the_flair_connection_reuses_what_the_t1w_connection_computed(served_t1_first):
-    """Work done once per study: on the FLAIR connection the fused lesion model takes its 11 T1-w
-    feature columns, and the anomaly stage the T1-w's ventricles, from what the T1-w connection
-    computed (keyed by the content they are made from: the same values)."""
+    """Work done once per study: on the FLAIR connection the fused lesion model takes its T1-w
+    feature columns (when the T1-w card reads the T1-w the same way: since the T1-w card 0.4.0
+    reads it tissue-standardised and the fused card 0.3.0 white-matter-relative, it does not),
+    and the anomaly stage the T1-w's ventricles, from what the T1-w connection computed (keyed by
+    the content they are made from: the same values)."""
+    from openrecon_stroke.model_card import VoxelClassifierCard
+    from openrecon_stroke.runtime import model_folder
+
     t1, flair = served_t1_first.connections["t1"], served_t1_first.connections["flair"]
     assert not any("reused from an earlier series" in m or "as measured on its own connection" in m for m in t1.log)
-    assert any(m.startswith("11 feature column(s) reused from an earlier series of this study") for m in flair.log)
+    t1_card = VoxelClassifierCard.load(model_folder("lesion") / "t1")
+    fused_t1 = [n for n in VoxelClassifierCard.load(model_folder("lesion") / "fusion").features if n.startswith("t1_")]
+    if set(fused_t1) <= set(t1_card.features):  # the two cards read the T1-w alike: its columns come from the cache
+        want = f"{len(fused_t1)} feature column(s) reused from an earlier series of this study"
+        assert any(m.startswith(want) for m in flair.log)
     assert any(m.startswith("ventricles of the t1 series as measured on its own connection") for m in flair.log)
 
     # the measure reused is the T1-w connection's (before the lesion is left out of it)
