@@ -336,7 +336,7 @@ class VoxelLesionModel:
     ) -> np.ndarray:
         """:func:`openrecon_stroke.lesion_candidates.describe` rows of the candidates ``ids``
         (``anatomy``: with the features of this head's own anatomy, measured on the first input's
-        image: :func:`openrecon_stroke.lesion_candidates.head_anatomy`)."""
+        image: :func:`head_anatomy`)."""
         inputs = self.card.inputs
         vox = lesion_candidates.voxel_arrays(x, list(self.card.features), brain_t, inputs)
         pri = self.priors()
