@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,27 +54,6 @@ MIN_BLOCK_ROWS = 8_192
 FEATURE_COLUMNS: memo.ContentMemo[np.ndarray] = memo.ContentMemo("lesion feature columns", 96 << 20)
 
 
-@lru_cache(maxsize=2)
-def _template_regions(spacing_mm: float) -> np.ndarray:
-    """The region map on the template grid of ``spacing_mm`` (nearest neighbour; read-only)."""
-    import SimpleITK as sitk
-
-    from . import regions
-    from .resample import resample_array
-
-    reg, _ = regions.load_regions()
-    out = resample_array(
-        reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
-    )
-    out.flags.writeable = False
-    return out
-
-
-def head_anatomy_ready(spacing_mm: float) -> None:
-    """Read the region map onto the template grid now (server start-up), not in a study."""
-    _template_regions(spacing_mm)
-
-
 def head_anatomy(
     image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
 ) -> lesion_candidates.HeadAnatomy:
@@ -85,9 +63,9 @@ def head_anatomy(
     ``image_t`` on the template grid, CSF darkest (T1-w, dark-fluid FLAIR); ``means``: its tissue
     intensities (:func:`openrecon_stroke.template.tissue_means`)."""
     from .normative import ventricle_measure
+    from .regions import regions_on_template
 
-    labels = _template_regions(spacing_mm)
-    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+    vent = ventricle_measure(image_t, brain_t, regions_on_template(spacing_mm), means, (spacing_mm,) * 3).counted
     dark = brain_t & (image_t < means["csf"] + lesion_candidates.DARK_FRACTION * (means["gm"] - means["csf"]))
     return lesion_candidates.HeadAnatomy(vent, dark)
 
@@ -133,7 +111,9 @@ class VoxelLesionModel:
             self._filter.all()
             lesion_candidates.ventricle_distance_mm(self.card.spacing_mm)
             if self.card.candidate_filter is not None and self.card.candidate_filter.uses_anatomy:
-                head_anatomy_ready(self.card.spacing_mm)
+                from .regions import regions_on_template
+
+                regions_on_template(self.card.spacing_mm)  # what head_anatomy reads, not in a study
         _ = self.normative
         self.priors()
 

@@ -77,13 +77,21 @@ def side_ids() -> tuple[list[int], list[int]]:
 
 
 @lru_cache(maxsize=2)
-def lateral_ventricles_on_template(spacing_mm: float) -> np.ndarray:
-    """The template's lateral ventricles (boolean, read-only) on the template grid of ``spacing_mm``
-    (:func:`openrecon_stroke.template.template_grid`), nearest-neighbour from the region map."""
+def regions_on_template(spacing_mm: float) -> np.ndarray:
+    """The region map's labels (read-only) on the template grid of ``spacing_mm``
+    (:func:`openrecon_stroke.template.template_grid`), nearest-neighbour."""
     reg, _ = load_regions()
-    lab = resample_array(
+    out = resample_array(
         reg, template.template_grid(spacing_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
     )
-    out = np.isin(lab, lateral_ventricle_ids())
+    out.flags.writeable = False
+    return out
+
+
+@lru_cache(maxsize=2)
+def lateral_ventricles_on_template(spacing_mm: float) -> np.ndarray:
+    """The template's lateral ventricles (boolean, read-only) on the template grid of
+    ``spacing_mm`` (:func:`regions_on_template`)."""
+    out = np.isin(regions_on_template(spacing_mm), lateral_ventricle_ids())
     out.flags.writeable = False
     return out
