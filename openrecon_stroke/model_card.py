@@ -551,8 +551,9 @@ class NormativeCard(Card):
     healthy CSF intensity relative to white matter that images are standardised to
     (``csf_reference``, between 0 and 1) and where an image's own CSF level is measured for that
     (``csf_measured_in``: ``brain`` or ``lateral_ventricles``), or the contrasts whose CSF, grey and
-    white matter are put on fixed levels instead (``tissue_standardised``), and the contrasts whose
-    score counts only what is darker than healthy (``darker_only``)."""
+    white matter are put on fixed levels instead (``tissue_standardised``), the contrasts whose
+    score counts only what is darker than healthy (``darker_only``), and whether the score leaves
+    out this head's own lateral ventricles (``ventricles_apart``)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -576,6 +577,9 @@ class NormativeCard(Card):
     #: contrasts whose anomaly score counts only what is darker than healthy
     #: (:func:`openrecon_stroke.normative.anomaly_score`)
     darker_only: tuple[str, ...] = ()
+    #: the score is 0 in this head's lateral ventricles as measured on its image
+    #: (:func:`openrecon_stroke.normative.ventricles_apart`): their size is the ventricle measure's
+    ventricles_apart: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -595,6 +599,8 @@ class NormativeCard(Card):
             )
         if any(c not in self.contrasts for c in self.darker_only):
             raise ModelCardError(f"{self.path}: darker_only needs known contrasts; got {list(self.darker_only)}")
+        if not isinstance(self.ventricles_apart, bool):
+            raise ModelCardError(f"{self.path}: ventricles_apart must be true or false, not {self.ventricles_apart!r}")
         if self.csf_measured_in not in CSF_PLACES:
             raise ModelCardError(
                 f"{self.path}: csf_measured_in must be one of {', '.join(CSF_PLACES)}, not {self.csf_measured_in!r}"
@@ -632,6 +638,7 @@ class NormativeCard(Card):
             csf_measured_in=str(d.get("csf_measured_in", "brain")),
             tissue_standardised=tuple(d.get("tissue_standardised", ())),
             darker_only=tuple(str(c) for c in d.get("darker_only", ())),
+            ventricles_apart=d.get("ventricles_apart", False),
             jacobian=None
             if jac is None
             else {

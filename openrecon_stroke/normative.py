@@ -109,6 +109,25 @@ def standardise(rel: np.ndarray, csf_relative: float, csf_reference: float) -> n
     return (a * rel + (1.0 - a)).astype(np.float32)
 
 
+def ventricles_apart(
+    image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
+) -> np.ndarray:
+    """This head's lateral ventricles on the template grid of ``spacing_mm`` where they are
+    left-right symmetric: the voxels :func:`ventricle_measure` finds on ``image_t`` (CSF darkest:
+    T1-w, dark-fluid FLAIR; ``means`` its tissue intensities) whose mirror image (the template is
+    symmetric) it finds too, each side widened by one voxel first. Where a card with
+    ``ventricles_apart`` scores nothing. Ventricles larger than the template's lie over its white
+    matter and read as darker than healthy there; their size is the ventricle measure's (volume
+    against the healthy range), not the map's. A cavity against one ventricle (a periventricular
+    lesion, which the measure joins to the ventricle) has no such mirror and stays in the map."""
+    labels = regions.regions_on_template(spacing_mm)
+    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+    if not vent.any():
+        return vent
+    wide = ndimage.binary_dilation(vent)
+    return wide & voxel_features.mirror(wide)
+
+
 def relative_image(
     contrast: str,
     image_t: np.ndarray,
@@ -265,13 +284,24 @@ class NormativeModel:
             rel, brain, intensity, asym, self.card.smoothing_mm, self.card.spacing_mm, parts, self.card.darker_only
         )
 
-    def score(self, rel: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
-        """The anomaly score (1 = threshold fixed on held-out healthy brains), 0 outside ``brain``."""
+    def score(self, rel: dict[str, np.ndarray], brain: np.ndarray, apart: np.ndarray | None = None) -> np.ndarray:
+        """The anomaly score (1 = threshold fixed on held-out healthy brains), 0 outside ``brain``
+        and in ``apart`` (this head's lateral ventricles when the card sets ``ventricles_apart``,
+        :meth:`ventricles`)."""
         combo = "+".join(c for c in ("t1", "flair") if c in rel)
         thr = self.card.calibration.get(combo)
         if not thr:
             raise ModelCardError(f"{self.card.path}: no calibration for {combo}")
-        return (self.raw_score(rel, brain) / thr).astype(np.float32)
+        s = self.raw_score(rel, brain) / thr
+        if apart is not None:
+            s[apart] = 0.0
+        return s.astype(np.float32)
+
+    def ventricles(self, image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float]) -> np.ndarray | None:
+        """:func:`ventricles_apart` of the image when the card sets ``ventricles_apart``, else None."""
+        if not self.card.ventricles_apart:
+            return None
+        return ventricles_apart(image_t, brain_t, means, self.card.spacing_mm)
 
     def ventricle_z(self, ventricle_ml: float) -> float | None:
         v = self.card.ventricle_ml

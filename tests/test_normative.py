@@ -4,8 +4,11 @@ that the ventricle evaluation relies on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from openrecon_stroke.normative import (
     MIN_VENTRICLE_VOXELS,
@@ -179,7 +182,6 @@ def test_ventricle_volume_measures_dark_voxels_near_the_template_ventricles():
 def test_ventricle_volume_counts_partial_volume_at_the_walls():
     """A ventricle seen at a coarser resolution (each wall voxel part CSF, part tissue) measures
     its true volume, not only its fully dark voxels."""
-    from scipy import ndimage
 
     shape, sp = (60, 60, 60), (1.0, 1.0, 1.0)
     brain = _sphere(shape, (30, 30, 30), 27)
@@ -270,3 +272,64 @@ def test_ventricle_evaluation_reads_the_volume_the_anomaly_stage_measured(monkey
     (row,) = evaluate.ventricle_test(repo / "models" / "normative", ["mni"], growths=(0.2,))
     assert row["measured_ml"] is not None
     assert 0.7 < row["measured_ml"] / row["true_ml"] < 1.4, row
+
+
+def test_ventricles_apart_covers_grown_ventricles_and_not_a_cavity():
+    """The ventricles a card with ``ventricles_apart`` leaves out of the map: on a head made of
+    the template's tissue maps, its lateral ventricles grown by 3 mm on both sides (the part a
+    registration leaves over the template's white matter), a CSF-dark cavity in white matter 25 mm
+    or more from them and one against the outer wall of one ventricle (which the ventricle
+    measure joins to it): the grown ventricles are out of the map, both cavities stay in it."""
+    from openrecon_stroke import template
+    from openrecon_stroke.normative import ventricles_apart
+    from openrecon_stroke.regions import lateral_ventricles_on_template
+    from openrecon_stroke.voxel_features import mirror as voxel_features_mirror
+
+    sp = 3.0
+    pri = template.load_template(sp).arrays()
+    brain = pri["brain"] > 0.5
+    vent = lateral_ventricles_on_template(sp)
+    grown = ndimage.binary_dilation(vent, iterations=1) & brain
+    far = ndimage.distance_transform_edt(~grown) * sp >= 25
+    wm = brain & (pri["wm"] > 0.9) & far
+    z, y, x = np.argwhere(wm)[len(np.argwhere(wm)) // 2]
+    cavity = np.zeros_like(brain)
+    cavity[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = True
+    cavity &= brain
+    # against one ventricle: white matter within 6 mm of the grown ventricles, on one side only
+    near = ndimage.binary_dilation(grown, iterations=2) & ~ndimage.binary_dilation(grown) & (pri["wm"] > 0.9)
+    side = np.zeros_like(brain)
+    side[:, :, : brain.shape[2] // 2 - 3] = True
+    z0, y0, x0 = np.argwhere(near & side)[len(np.argwhere(near & side)) // 2]
+    beside = np.zeros_like(brain)
+    beside[z0 - 1 : z0 + 2, y0 - 1 : y0 + 2, x0 - 1 : x0 + 2] = True
+    beside &= brain & ~grown & ~voxel_features_mirror(grown)
+    img = 500 * (0.75 * pri["gm"] + 1.0 * pri["wm"] + 0.25 * pri["csf"])
+    img = np.where(grown | cavity | beside, 125.0, img).astype(np.float32)
+    means = template.tissue_means(img, pri["gm"], pri["wm"], pri["csf"], brain)
+    apart = ventricles_apart(img, brain, means, sp)
+    assert apart[grown & ~vent].mean() > 0.8 and apart[vent & brain].mean() > 0.8
+    assert not apart[cavity].any()
+    assert beside.sum() >= 5 and apart[beside].mean() < 0.5
+    assert apart[brain & ~ndimage.binary_dilation(grown, iterations=3)].mean() < 0.01
+
+
+def test_card_ventricles_apart_must_be_a_flag(tmp_path):
+    import json
+    import shutil
+
+    from openrecon_stroke.model_card import ModelCardError, NormativeCard
+
+    src = Path(__file__).resolve().parents[1] / "models" / "normative"
+    for f in src.iterdir():
+        if f.suffix in (".json", ".npz"):
+            shutil.copy(f, tmp_path / f.name)
+    d = json.loads((src / "card.json").read_text())
+    for value, ok in ((True, True), (False, True), ("yes", False), (1, False)):
+        d["ventricles_apart"] = value
+        (tmp_path / "card.json").write_text(json.dumps(d))
+        if ok:
+            assert NormativeCard.load(tmp_path).ventricles_apart is value
+        else:
+            with pytest.raises(ModelCardError, match="ventricles_apart"):
+                NormativeCard.load(tmp_path)

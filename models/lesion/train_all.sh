@@ -49,7 +49,7 @@ $PY models/lesion/cases.py --cache "$CACHE_VENTRICLES" --heads synthseg_01-12 --
     $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative" --exclude $VAL $TEST
 [ -f "$WORK/normative_anomaly/card.json" ] ||
     $PY models/normative/build.py --cache "$CACHE" --out "$WORK/normative_anomaly" --with-lesion-cases --standardise t1 \
-        --exclude $VAL $TEST
+        --standardise-tissue flair --darker-only t1 --ventricles-apart --exclude $VAL $TEST
 
 # 3. lesion voxel classifiers, one hard-negative round
 [ -f "$WORK/models/fusion/card.json" ] ||
@@ -94,7 +94,7 @@ $PY models/lesion/evaluate_voxel.py "$WORK/loo" --loo --cache "$CACHE" --heads c
 for h in chris_t1 gd_t1 flair_real; do  # the anomaly map on each real head, statistics built without it
     [ -f "$WORK/loo/$h/normative_anomaly/card.json" ] ||
         $PY models/normative/build.py --cache "$CACHE" --out "$WORK/loo/$h/normative_anomaly" --with-lesion-cases \
-            --standardise t1 \
+            --standardise t1 --standardise-tissue flair --darker-only t1 --ventricles-apart \
             --exclude $VAL $TEST "$h"
     $PY models/normative/evaluate.py "$WORK/loo/$h/normative_anomaly" --cache "$CACHE" --heads "$h" \
         --json "$WORK/eval_normative_$h.json"

@@ -44,6 +44,7 @@ from openrecon_stroke.normative import (  # noqa: E402
     anomaly_score,
     csf_relative,
     relative_image,
+    ventricles_apart,
     write_stats,
 )
 
@@ -105,6 +106,15 @@ def relative_images(
         for c, image, m, inside in contrast_views(arrays, priors)
     }
     return rel, arrays["brain"] > 0
+
+
+def case_ventricles(arrays: dict, priors: dict) -> np.ndarray:
+    """The case's lateral ventricles as the anomaly stage leaves them out of the score
+    (:func:`openrecon_stroke.normative.ventricles_apart`), measured on its reference image (the
+    T1-w when it has one, as the stage's reference series)."""
+    for _c, image, m, inside in contrast_views(arrays, priors):
+        return ventricles_apart(image, inside, m, GRID_MM)
+    return np.zeros(arrays["brain"].shape, bool)
 
 
 def accumulate(cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED) -> dict[str, list[np.ndarray]]:
@@ -200,10 +210,19 @@ def raw_scores(
 
 
 def calibrate(
-    cache: Path, cases, priors, csf: CsfRule = NOT_STANDARDISED, darker_only: tuple[str, ...] = ()
+    cache: Path,
+    cases,
+    priors,
+    csf: CsfRule = NOT_STANDARDISED,
+    darker_only: tuple[str, ...] = (),
+    apart: bool = False,
+    healthy_only: bool = False,
 ) -> dict[str, dict[str, float]]:
     """99.9th percentile of each combination's score in healthy brains scored against statistics
-    built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``."""
+    built from the other half of the heads (two folds by head): ``{parts name: {combo: value}}``
+    (``apart``: each brain's own lateral ventricles left out, :func:`case_ventricles`). The
+    brains scored: every case's tissue 4 mm away from its lesions, or with ``healthy_only`` the
+    cases without a lesion alone (the statistics still come from every case)."""
     heads = sorted({h for h, _ in cases})
     folds = [heads[0::2], heads[1::2]]
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
@@ -214,8 +233,12 @@ def calibrate(
             rel, brain = relative_images(arrays, priors, csf)
             core = ndimage.binary_erosion(brain, iterations=max(1, int(round(2.0 / GRID_MM))))
             les = arrays["lesion"].astype(np.float32) > 0.1
+            if les.any() and healthy_only:
+                continue
             if les.any():
                 core &= ~ndimage.binary_dilation(les, iterations=max(1, int(round(4.0 / GRID_MM))))
+            if apart:
+                core &= ~case_ventricles(arrays, priors)
             for key, sc in raw_scores(stats, rel, brain, darker_only).items():
                 pooled.setdefault(key, []).append(sc[core])
         log.info("calibration fold %d/2 done", k + 1)
@@ -250,6 +273,12 @@ def main(argv=None) -> int:
     ap.add_argument("--darker-only", nargs="*", choices=["t1", "flair"], metavar="CONTRAST",
                     help="these contrasts' score counts only what is darker than healthy (card darker_only; "
                     "on a T1-w, brighter is mostly contrast agent)")
+    ap.add_argument("--ventricles-apart", action="store_true",
+                    help="the score leaves out each head's own lateral ventricles, as measured on its image "
+                    "(card ventricles_apart): their size is the ventricle measure's")
+    ap.add_argument("--calibrate-on", choices=["all", "healthy"], default="all",
+                    help="the brains the threshold is the 99.9th percentile of: every case's tissue away from its "
+                    "lesions, or the healthy cases alone (the statistics come from every case either way)")
     ap.add_argument("--csf-in", choices=CSF_PLACES, default="lateral_ventricles",
                     help="where each image's CSF level is measured for --standardise (card csf_measured_in)")
     args = ap.parse_args(argv)
@@ -273,7 +302,9 @@ def main(argv=None) -> int:
         csf = CsfRule(reference, args.csf_in, tissue)
     csf_reference = csf.reference
     darker = tuple(args.darker_only or ())
-    calibration = calibrate(args.cache, cases, priors, csf, darker)
+    calibration = calibrate(
+        args.cache, cases, priors, csf, darker, args.ventricles_apart, healthy_only=args.calibrate_on == "healthy"
+    )
     stats, has = build_stats(args.cache, cases, priors, csf)
     args.out.mkdir(parents=True, exist_ok=True)
     contrasts = [c for c in ("t1", "flair") if c in stats]
@@ -312,14 +343,25 @@ def main(argv=None) -> int:
         **({"csf_reference": csf_reference, "csf_measured_in": csf.measured_in} if csf_reference else {}),
         **({"tissue_standardised": list(tissue)} if tissue else {}),
         **({"darker_only": list(darker)} if darker else {}),
+        **({"ventricles_apart": True} if args.ventricles_apart else {}),
         "score": "max(mean |z| of intensity, mean |z| of left-right difference on the side farther from healthy), "
-        "smoothed" + (f"; on the {'/'.join(darker)} only what is darker than healthy" if darker else ""),
+        "smoothed" + (f"; on the {'/'.join(darker)} only what is darker than healthy" if darker else "")
+        + ("; 0 in the head's own lateral ventricles where left-right symmetric" if args.ventricles_apart else ""),
         "smoothing_mm": SCORE_SMOOTHING_MM,
         "calibration": {k: round(v, 5) for k, v in calibration["score"].items()},
         "ablation_calibration": {
             name: {k: round(v, 5) for k, v in cal.items()} for name, cal in calibration.items() if name != "score"
         },
-        "calibration_rule": f"{PERCENTILE}th percentile of held-out healthy brains (two folds by head), brain eroded 2 mm",
+        "calibration_rule": f"{PERCENTILE}th percentile of held-out healthy brains (two folds by head), brain eroded "
+        "2 mm"
+        + (", their own lateral ventricles left out" if args.ventricles_apart else "")
+        + (
+            "; the healthy cases alone"
+            if args.calibrate_on == "healthy"
+            else "; healthy cases and the tissue of lesion cases 4 mm away from their lesions"
+            if args.with_lesion_cases
+            else ""
+        ),
         "jacobian": jac,
         "files": [{"file": f, "sha256": file_sha256(args.out / f)} for f in files],
         "training": {

@@ -45,19 +45,22 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "models" / "lesion"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build import GRID_MM, CsfRule, healthy_cases, relative_images  # noqa: E402
+from build import GRID_MM, CsfRule, case_ventricles, healthy_cases, relative_images  # noqa: E402
 from cases import expand, head_source, list_cases, load_case  # noqa: E402
+
 from openrecon_stroke import template, voxel_features  # noqa: E402
 from openrecon_stroke.lesion import postprocess  # noqa: E402
 from openrecon_stroke.metrics import lesion_table  # noqa: E402
-from openrecon_stroke.normative import NormativeModel  # noqa: E402
 from openrecon_stroke.model_card import NormativeCard  # noqa: E402
+from openrecon_stroke.normative import NormativeModel  # noqa: E402
 
 log = logging.getLogger("evaluate_normative")
 MIN_MM3 = 50.0
 #: the normative card's CSF standardisation (set in main): every image here is standardised as
 #: the anomaly stage standardises it, the baseline's included (the same intensities as the map)
 CSF_RULE = CsfRule()
+#: the card's ``ventricles_apart`` (set in main): the map leaves out each head's own ventricles
+APART = False
 
 
 def auprc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -103,19 +106,23 @@ def native(score_t: np.ndarray, side: dict, target: str) -> np.ndarray:
 
 
 def score_cases(methods: dict, cache: Path, cases) -> dict:
-    """``methods``: name -> (score function (rel, brain) -> calibrated score on the template grid)."""
+    """``methods``: name -> (score function (rel, brain, ventricles left out or None) -> calibrated
+    score on the template grid)."""
     out = {m: {"auprc": [], "dice": [], "f1": [], "healthy_ml": [], "buckets": {}} for m in methods}
     for head, seed in cases:
         arrays, side = load_case(cache, head, seed, side=True)
-        rel, brain = relative_images(arrays, template.load_template(GRID_MM).arrays(), CSF_RULE)
+        priors = template.load_template(GRID_MM).arrays()
+        rel, brain = relative_images(arrays, priors, CSF_RULE)
         ref = side["reference"]
         rel = {c: r for c, r in rel.items() if c in side["to_template"]}
         truth = arrays[f"native_{ref}_truth"] > 0
         inside = arrays[f"native_{ref}_brain"] > 0
         spacing_zyx = tuple(float(v) for v in side["native_grids"][ref].GetSpacing())[::-1]
         vox = float(np.prod(spacing_zyx))
+        said = []
+        apart = case_ventricles(arrays, priors) if APART else None
         for m, fn in methods.items():
-            s = np.where(inside, native(fn(rel, brain), side, ref), 0.0)
+            s = np.where(inside, native(fn(rel, brain, apart), side, ref), 0.0)
             pred = postprocess(s, vox, 1.0, MIN_MM3)
             if truth.any():
                 out[m]["auprc"].append(auprc(s[inside], truth[inside]))
@@ -124,9 +131,11 @@ def score_cases(methods: dict, cache: Path, cases) -> dict:
                 out[m]["f1"].append(t["lesion_f1"])
                 for b, v in t["buckets"].items():
                     out[m]["buckets"].setdefault(b, []).append((v["recall"], v["n_true"]))
+                said.append(f"{m}: Dice {t['dice']:.3f}")
             else:
                 out[m]["healthy_ml"].append(float(pred.sum()) * vox / 1000)
-        log.info("%s_%d scored", head, seed)
+                said.append(f"{m}: {out[m]['healthy_ml'][-1]:.2f} mL")
+        log.info("%s_%d scored (%s; %s)", head, seed, "+".join(sorted(rel)), ", ".join(said))
     summary = {}
     for m, r in out.items():
         summary[m] = {
@@ -144,9 +153,12 @@ def score_cases(methods: dict, cache: Path, cases) -> dict:
 
 
 def _part_only(nm: NormativeModel, part: str, calibration: dict):
-    def score(rel, brain):
+    def score(rel, brain, apart):
         combo = "+".join(c for c in ("t1", "flair") if c in rel)
-        return nm.raw_score(rel, brain, (part,)) / float(calibration[combo])
+        s = nm.raw_score(rel, brain, (part,)) / float(calibration[combo])
+        if apart is not None:
+            s[apart] = 0.0
+        return s
 
     return score
 
@@ -249,8 +261,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     nm = NormativeModel(NormativeCard.load(args.normative))
-    global CSF_RULE
+    global CSF_RULE, APART
     CSF_RULE = CsfRule(dict(nm.card.csf_reference), nm.card.csf_measured_in, nm.card.tissue_standardised)
+    APART = nm.card.ventricles_apart
     priors = template.load_template(GRID_MM).arrays()
     tcache = args.train_cache or args.cache
     train = healthy_cases(tcache, expand(args.train_heads)) or list_cases(tcache, expand(args.train_heads))
@@ -268,8 +281,9 @@ def main(argv=None) -> int:
         cal.append(base.raw(rel, brain)[core])
     base_thr = float(np.percentile(np.concatenate(cal), 99.9)) if cal else 1.0
     methods = {
-        "normative z-map": lambda rel, brain: nm.score(rel, brain),
-        "baseline: intensity histogram": lambda rel, brain: base.raw(rel, brain) / base_thr,
+        "normative z-map": lambda rel, brain, apart: nm.score(rel, brain, apart),
+        # the named baseline as it always was: intensity alone, no anatomy
+        "baseline: intensity histogram": lambda rel, brain, apart: base.raw(rel, brain) / base_thr,
     }
     # ablation: each part of the score alone, with its own calibration (same rule, written by build.py)
     for name, cal in (nm.card.get("ablation_calibration") or {}).items():

@@ -6,7 +6,8 @@ With the study in template space (:class:`~.results.TemplateResult`) and the nor
 against healthy brains at the same template position (normative z-score) and its left-right
 difference against healthy brains' (on the side farther from healthy), the larger of the two
 means of |z| over the contrasts, smoothed, calibrated so that 1.0 is the threshold fixed on
-held-out healthy brains; mapped back onto every series' grid. The lateral ventricles are the
+held-out healthy brains (0 in the head's own lateral ventricles when the card says
+``ventricles_apart``); mapped back onto every series' grid. The lateral ventricles are the
 template's, carried onto the reference series and measured there (CSF-dark voxels); the
 deformation to the template gives the regions whose size is outside the healthy range
 (log-Jacobian z-score), each located through the template.
@@ -96,7 +97,11 @@ class AnomalyDetection(Stage):
             c: template.tissue_means(tmpl.images[c], pri["gm"], pri["wm"], pri["csf"], inside_t) for c in contrasts
         }
         rel = {c: nm.relative(c, tmpl.images[c], means[c], inside_t) for c in contrasts}
-        score_t = sitk.GetImageFromArray(nm.score(rel, tmpl.brain))
+        # this head's own lateral ventricles, measured on the template grid, when the card leaves
+        # them out of the map (their size is the ventricle measure below)
+        first = next((c for c in ("t1", "flair") if c in rel), None)
+        apart = nm.ventricles(tmpl.images[first], inside_t, means[first]) if first is not None else None
+        score_t = sitk.GetImageFromArray(nm.score(rel, tmpl.brain, apart))
         score_t.CopyInformation(template.template_grid(tmpl.spacing_mm))
         ref = tmpl.reference
         comment = f"anomaly score, 1 = threshold on healthy brains; {card.name} {card.version}"
