@@ -57,15 +57,13 @@ FEATURE_COLUMNS: memo.ContentMemo[np.ndarray] = memo.ContentMemo("lesion feature
 def head_anatomy(
     image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
 ) -> lesion_candidates.HeadAnatomy:
-    """This head's lateral ventricles (:func:`openrecon_stroke.normative.ventricle_measure`,
-    seeded by the template's ventricles) and CSF-dark voxels
-    (:data:`openrecon_stroke.lesion_candidates.DARK_FRACTION`), from
+    """This head's lateral ventricles (:func:`openrecon_stroke.normative.ventricles_on_template`)
+    and CSF-dark voxels (:data:`openrecon_stroke.lesion_candidates.DARK_FRACTION`), from
     ``image_t`` on the template grid, CSF darkest (T1-w, dark-fluid FLAIR); ``means``: its tissue
     intensities (:func:`openrecon_stroke.template.tissue_means`)."""
-    from .normative import ventricle_measure
-    from .regions import regions_on_template
+    from .normative import ventricles_on_template
 
-    vent = ventricle_measure(image_t, brain_t, regions_on_template(spacing_mm), means, (spacing_mm,) * 3).counted
+    vent = ventricles_on_template(image_t, brain_t, means, spacing_mm)
     dark = brain_t & (image_t < means["csf"] + lesion_candidates.DARK_FRACTION * (means["gm"] - means["csf"]))
     return lesion_candidates.HeadAnatomy(vent, dark)
 

@@ -109,6 +109,16 @@ def standardise(rel: np.ndarray, csf_relative: float, csf_reference: float) -> n
     return (a * rel + (1.0 - a)).astype(np.float32)
 
 
+def ventricles_on_template(
+    image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
+) -> np.ndarray:
+    """The voxels :func:`ventricle_measure` counts as this head's lateral ventricles on the template
+    grid of ``spacing_mm`` (``image_t`` CSF darkest; ``means`` its tissue intensities), seeded by
+    the template's own (:func:`openrecon_stroke.regions.regions_on_template`)."""
+    labels = regions.regions_on_template(spacing_mm)
+    return ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+
+
 def ventricles_apart(
     image_t: np.ndarray, brain_t: np.ndarray, means: dict[str, float], spacing_mm: float
 ) -> np.ndarray:
@@ -120,8 +130,7 @@ def ventricles_apart(
     matter and read as darker than healthy there; their size is the ventricle measure's (volume
     against the healthy range), not the map's. A cavity against one ventricle (a periventricular
     lesion, which the measure joins to the ventricle) has no such mirror and stays in the map."""
-    labels = regions.regions_on_template(spacing_mm)
-    vent = ventricle_measure(image_t, brain_t, labels, means, (spacing_mm,) * 3).counted
+    vent = ventricles_on_template(image_t, brain_t, means, spacing_mm)
     if not vent.any():
         return vent
     wide = ndimage.binary_dilation(vent)
