@@ -553,7 +553,7 @@ class NormativeCard(Card):
     (``csf_measured_in``: ``brain`` or ``lateral_ventricles``), or the contrasts whose CSF, grey and
     white matter are put on fixed levels instead (``tissue_standardised``), the contrasts whose
     score counts only what is darker than healthy (``darker_only``), and whether the score leaves
-    out this head's own lateral ventricles (``ventricles_apart``)."""
+    out this head's own lateral ventricles where left-right symmetric (``ventricles_apart``)."""
 
     kind: ClassVar[str] = "normative"
 
@@ -577,8 +577,9 @@ class NormativeCard(Card):
     #: contrasts whose anomaly score counts only what is darker than healthy
     #: (:func:`openrecon_stroke.normative.anomaly_score`)
     darker_only: tuple[str, ...] = ()
-    #: the score is 0 in this head's lateral ventricles as measured on its image
-    #: (:func:`openrecon_stroke.normative.ventricles_apart`): their size is the ventricle measure's
+    #: the score is 0 in this head's lateral ventricles as measured on its image, where they are
+    #: left-right symmetric (:func:`openrecon_stroke.normative.ventricles_apart`): their size is
+    #: the ventricle measure's
     ventricles_apart: bool = False
 
     def __post_init__(self):

@@ -295,8 +295,8 @@ class NormativeModel:
 
     def score(self, rel: dict[str, np.ndarray], brain: np.ndarray, apart: np.ndarray | None = None) -> np.ndarray:
         """The anomaly score (1 = threshold fixed on held-out healthy brains), 0 outside ``brain``
-        and in ``apart`` (this head's lateral ventricles when the card sets ``ventricles_apart``,
-        :meth:`ventricles`)."""
+        and in ``apart`` (this head's symmetric lateral ventricles when the card sets
+        ``ventricles_apart``, :meth:`ventricles`)."""
         combo = "+".join(c for c in ("t1", "flair") if c in rel)
         thr = self.card.calibration.get(combo)
         if not thr:

@@ -6,8 +6,8 @@ With the study in template space (:class:`~.results.TemplateResult`) and the nor
 against healthy brains at the same template position (normative z-score) and its left-right
 difference against healthy brains' (on the side farther from healthy), the larger of the two
 means of |z| over the contrasts, smoothed, calibrated so that 1.0 is the threshold fixed on
-held-out healthy brains (0 in the head's own lateral ventricles when the card says
-``ventricles_apart``); mapped back onto every series' grid. The lateral ventricles are the
+held-out healthy brains (0 in the head's own lateral ventricles where left-right symmetric,
+when the card says ``ventricles_apart``); mapped back onto every series' grid. The lateral ventricles are the
 template's, carried onto the reference series and measured there (CSF-dark voxels); the
 deformation to the template gives the regions whose size is outside the healthy range
 (log-Jacobian z-score), each located through the template.
